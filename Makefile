@@ -1,0 +1,28 @@
+# The two commands of the README:  `make demo`  (the main job)  and  `make test`  (the suite).
+# Each creates its own virtual environment in .venv and installs what it needs.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.spidec-installed
+
+.PHONY: venv demo test bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[torch,test]'
+	touch $@
+
+demo: $(STAMP)
+	$(VENV)/bin/spidec inspect examples/digits_fb.spir
+	$(VENV)/bin/spidec reference examples/digits_fb.spir --data digits --batch 32
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) bench/reference_solver.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,30 @@
+"""Frontends: model files into the spidec IR.
+
+Installed as ``spidec.frontends``. The text form (``.spir``) is read by :mod:`spidec.text`; the ONNX
+and PyTorch frontends join here as they are built (see the project's issues).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import SpidecError
+from ..ir import Graph
+
+#: extension -> (description, loader)
+LOADERS = {
+    ".spir": "spidec IR text form",
+}
+
+
+def load(path: str | os.PathLike, **kwargs) -> Graph:
+    """Load ``path`` with the frontend its extension names."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".spir":
+        from ..text import load as load_text
+
+        return load_text(path, **kwargs)
+    known = ", ".join(f"{ext} ({what})" for ext, what in LOADERS.items())
+    raise SpidecError(f"cannot load {str(path)!r}: no frontend reads '{suffix or 'files without an extension'}'"
+                      f" yet; spidec reads {known}")

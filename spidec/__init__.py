@@ -1,0 +1,42 @@
+"""spidec: compile feedback spiking neural networks into programs that train themselves with spikes.
+
+The method is SPIDE (spike-based implicit differentiation on the equilibrium state, Xiao et al.,
+Neural Networks 2023). This package holds the core: the IR (:mod:`spidec.ir`, ops in
+:mod:`spidec.ops`), its text form (:mod:`spidec.text`), the exact rate-space reference
+(:mod:`spidec.reference`) and the CLI; frontends and backends live in ``spidec.frontends`` and
+``spidec.backends``.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version as _version
+
+from . import ops, reference
+from .errors import SpidecError
+from .ir import Graph, Input, Neuron, Population, Readout, Synapse
+from .ops import AvgPool2d, Conv2d, Dense, Flatten, LinearOp, Pad, Reshape, Scale, Zero
+from .text import dumps, loads, save
+
+try:
+    __version__ = _version("spidec")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0+unknown"
+
+
+def parse(text: str, tensors: dict | None = None, **kwargs) -> Graph:
+    """Parse the IR text form (see :func:`spidec.text.loads`)."""
+    return loads(text, tensors, **kwargs)
+
+
+def load(path, **kwargs) -> Graph:
+    """Load a model file into the IR; the frontend is chosen by the file's extension."""
+    from .frontends import load as _load
+
+    return _load(path, **kwargs)
+
+
+__all__ = [
+    "AvgPool2d", "Conv2d", "Dense", "Flatten", "Graph", "Input", "LinearOp", "Neuron", "Pad",
+    "Population", "Readout", "Reshape", "Scale", "SpidecError", "Synapse", "Zero", "__version__",
+    "dumps", "load", "loads", "ops", "parse", "reference", "save",
+]
