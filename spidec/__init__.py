@@ -9,7 +9,8 @@ Neural Networks 2023). This package holds the core: the IR (:mod:`spidec.ir`, op
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version as _version
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
 
 from . import ops, reference
 from .errors import SpidecError

@@ -51,7 +51,7 @@ class SpidecError(Exception):
         return text
 
     def located(self, *, file: str | None = None, line: int | None = None, column: int | None = None,
-                node: str | None = None) -> "SpidecError":
+                node: str | None = None) -> SpidecError:
         """The same error with location fields filled where they were unknown."""
         return SpidecError(
             self.message,

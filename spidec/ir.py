@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields
-from typing import Any, Iterable, Iterator, NamedTuple, Union
+from typing import Any, NamedTuple
 
 import networkx as nx
 import numpy as np
@@ -146,7 +147,7 @@ class Readout(ValueEq):
                               f"got {fmt_shape(self.shape)}", hint="flatten before the readout")
 
 
-Node = Union[Input, Population, Readout]
+Node = Input | Population | Readout
 
 
 @dataclass(frozen=True, eq=False)
@@ -298,7 +299,7 @@ class Graph:
         src, dst = self._endpoints(name)
         self._g.edges[src, dst, name]["obj"] = synapse
 
-    def copy(self) -> "Graph":
+    def copy(self) -> Graph:
         """A new graph sharing the (immutable) nodes and synapses."""
         g = Graph(self.name)
         g._g = self._g.copy()
@@ -351,7 +352,7 @@ class Graph:
         return name in self._g or name in self._synapses
 
     # ----------------------------------------------------------------- validation
-    def validate(self) -> "Graph":
+    def validate(self) -> Graph:
         """Check the graph is well formed; raise a :class:`SpidecError` naming the node otherwise.
 
         Checks: inputs have no incoming and readouts no outgoing synapse; every population and
@@ -464,7 +465,7 @@ class Graph:
     def num_parameters(self) -> int:
         return sum(int(t.size) for t in self.parameters().values())
 
-    def with_tensors(self, values: dict[str, Any]) -> "Graph":
+    def with_tensors(self, values: dict[str, Any]) -> Graph:
         """A copy with the named tensors replaced (same shapes required)."""
         slots = self.tensor_slots()
         g = self.copy()
@@ -488,7 +489,7 @@ class Graph:
                 g.replace_synapse(slot.owner, Synapse(tuple(ops), syn.delay))
         return g
 
-    def astype(self, dtype: Any) -> "Graph":
+    def astype(self, dtype: Any) -> Graph:
         """A copy with every tensor cast to ``dtype`` (e.g. float64 for exact checks)."""
         return self.with_tensors({k: v.astype(dtype) for k, v in self.parameters(False).items()})
 

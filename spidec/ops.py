@@ -125,7 +125,7 @@ class LinearOp(ValueEq):
         """Gradient of ``sum(post * apply(pre))`` w.r.t. each learnable tensor, summed over batch."""
         return {}
 
-    def replace(self, **changes: Any) -> "LinearOp":
+    def replace(self, **changes: Any) -> LinearOp:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         values.update(changes)
         return type(self)(**values)

@@ -15,8 +15,9 @@ Everything runs in float64 whatever the graph's dtype.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -25,6 +26,7 @@ from .ir import Graph, Input, Population, Readout
 from .ops import Shape, fmt_shape
 
 DENSE_MAX_NEURONS = 3000  # above this, method="auto" solves the backward system matrix-free (GMRES)
+DENSE_BATCH_BYTES = 256 << 20  # memory for the stacked per-sample matrices of one dense solve
 
 
 @dataclass
@@ -265,11 +267,12 @@ def _solve_dense(net: _Net, masks: dict[str, np.ndarray], rhs: dict[str, np.ndar
     G = np.concatenate([rhs[p].reshape(batch, -1) for p in net.pops], axis=1)
     M = np.concatenate([masks[p].reshape(batch, -1) for p in net.pops], axis=1)
     delta = np.empty_like(G)
-    WT = W.T
-    for b in range(batch):
-        A = np.eye(n) - WT * M[b][None, :]
+    WT, eye = W.T, np.eye(n)
+    chunk = max(1, DENSE_BATCH_BYTES // (8 * n * n))  # samples per batched LAPACK call
+    for b0 in range(0, batch, chunk):
+        A = eye[None] - WT[None] * M[b0: b0 + chunk, None, :]  # I - W^T diag(m_b), one per sample
         try:
-            delta[b] = np.linalg.solve(A, G[b])
+            delta[b0: b0 + chunk] = np.linalg.solve(A, G[b0: b0 + chunk, :, None])[..., 0]
         except np.linalg.LinAlgError:
             raise SpidecError("the implicit-gradient system I - W^T diag(m) is singular: the feedback "
                               "loop has gain 1 on the unsaturated neurons",

@@ -25,7 +25,7 @@ import lark
 import numpy as np
 
 from .errors import SpidecError
-from .ir import Graph, Input, Neuron, Population, Readout, Synapse
+from .ir import Graph, Input, Neuron, Population, Readout
 from .ops import OPS, LinearOp, fmt_shape
 
 VERSION = 1
@@ -110,6 +110,10 @@ def _neuron_text(n: Neuron) -> str:
     return text + ")"
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def _pad_comment(line: str, comment: str, width: int = 64) -> str:
     return f"{line.ljust(width)}  # {comment}" if len(line) < width else f"{line}  # {comment}"
 
@@ -147,9 +151,10 @@ def dumps(g: Graph, *, inline_max: int = 8, tensors_file: str | None = None) -> 
         if e.synapse.num_parameters():
             comment += f", {e.synapse.num_parameters():,} params"
         body.append(_pad_comment(line, comment))
+    counts = ", ".join(_plural(n, w) for n, w in ((len(g.inputs), "input"), (len(g.populations), "population"),
+                                                   (len(g.readouts), "readout"), (len(g.synapses()), "synapse")))
     head = [
-        f"# spidec IR: {len(g.inputs)} inputs, {len(g.populations)} populations, {len(g.readouts)} "
-        f"readouts, {len(g.synapses())} synapses, {g.num_parameters():,} parameters",
+        f"# spidec IR: {counts}, {g.num_parameters():,} parameters",
         f"spir {VERSION}",
         f"graph {g.name}",
     ]
@@ -524,6 +529,9 @@ def _atomic_write(path: Path, write: Any) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file ordinary permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,0 +1,210 @@
+"""The ``spidec`` command line.
+
+Exit codes: 0 success, 1 a user error (bad model, bad file, bad input: one line on stderr),
+2 bad command-line usage, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .errors import SpidecError
+from .ir import Graph, Input, Population, Readout
+from .ops import fmt_shape
+from .text import _plural
+
+EPILOG_INSPECT = """examples:
+  spidec inspect examples/digits_fb.spir
+  spidec inspect model.spir --no-text      # the tables only
+"""
+
+EPILOG_REFERENCE = """examples:
+  spidec reference examples/digits_fb.spir --data digits --batch 32
+  spidec reference model.spir --batch 4 --seed 1 --json
+"""
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    cols = [header] + rows
+    widths = [max(len(r[i]) for r in cols) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cols]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _load(path: str) -> Graph:
+    from .frontends import load
+
+    return load(path)
+
+
+def summary(g: Graph) -> str:
+    """The tables ``spidec inspect`` prints: nodes, synapses, step order."""
+    head = (f"{g.name}: {_plural(len(g.inputs), 'input')}, {_plural(len(g.populations), 'population')}, "
+            f"{_plural(len(g.readouts), 'readout')}, {_plural(len(g.synapses()), 'synapse')}, "
+            f"{g.num_parameters():,} parameters, {sum(p.size for p in g.populations):,} neurons")
+    node_rows = []
+    for n in g.nodes:
+        if isinstance(n, Input):
+            node_rows.append([n.name, "input", fmt_shape(n.shape), "", "", ""])
+        elif isinstance(n, Population):
+            nm = n.neuron
+            neuron = f"{nm.model} vth={nm.vth:g} u_rest={nm.u_rest:g}"
+            if nm.model == "LIF":
+                neuron += f" leak={nm.leak:g}"
+            bias = fmt_shape(n.bias.shape) if n.bias is not None else "-"
+            node_rows.append([n.name, "population", fmt_shape(n.shape), f"{n.size:,}", neuron, bias])
+        elif isinstance(n, Readout):
+            bias = fmt_shape(n.bias.shape) if n.bias is not None else "-"
+            node_rows.append([n.name, "readout", fmt_shape(n.shape), "", f"loss={n.loss}", bias])
+    syn_rows = []
+    for e in g.synapses():
+        shapes = e.synapse.shapes(g.node(e.src).shape)
+        syn_rows.append([e.name, f"{e.src} -> {e.dst}", str(e.synapse.delay),
+                         " |> ".join(op.kind for op in e.synapse.ops),
+                         f"{fmt_shape(shapes[0])} -> {fmt_shape(shapes[-1])}", f"{e.synapse.num_parameters():,}"])
+    feedback = [f"{e.name} ({e.src} -> {e.dst})" for e in g.synapses() if e.synapse.delay]
+    parts = [head, "", _table(node_rows, ["node", "kind", "shape", "neurons", "neuron", "bias"]), "",
+             _table(syn_rows, ["synapse", "edge", "delay", "ops", "shapes", "params"]), "",
+             f"step order: {', '.join(g.step_order())}",
+             f"feedback (delayed) synapses: {', '.join(feedback) or 'none'}"]
+    return "\n".join(parts)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    g = _load(args.file)
+    print(summary(g))
+    if not args.no_text:
+        print("\n" + str(g), end="")
+    return 0
+
+
+def _reference_inputs(g: Graph, args: argparse.Namespace) -> tuple[dict[str, np.ndarray], np.ndarray | None, str]:
+    rng = np.random.default_rng(args.seed)
+    if args.data == "random":
+        x = {i.name: rng.random((args.batch,) + i.shape) for i in g.inputs}
+        labels = None
+        ro = g.readouts
+        if len(ro) == 1 and ro[0].loss == "cross_entropy":
+            labels = rng.integers(0, ro[0].shape[0], size=args.batch)
+        return x, labels, f"{args.batch} random inputs (uniform in [0, 1), seed {args.seed})"
+    from .data import load as load_data
+
+    if len(g.inputs) != 1:
+        raise SpidecError(f"--data {args.data} feeds one input, but the graph has {len(g.inputs)}")
+    ds = load_data(args.data).reshaped(g.inputs[0].shape)
+    idx = rng.choice(len(ds.y_test), size=min(args.batch, len(ds.y_test)), replace=False)
+    return ({g.inputs[0].name: ds.x_test[idx]}, ds.y_test[idx],
+            f"{len(idx)} {args.data} test samples (seed {args.seed})")
+
+
+def cmd_reference(args: argparse.Namespace) -> int:
+    from . import reference as ref
+
+    g = _load(args.file)
+    x, labels, what = _reference_inputs(g, args)
+    eq = ref.equilibrium(g, x, tol=args.tol, damping=args.damping)
+    report: dict[str, Any] = {
+        "model": g.name, "inputs": what, "iterations": eq.iterations, "residual": eq.residual,
+        "populations": {}, "readouts": {}, "gradients": {},
+    }
+    for p, a in eq.rates.items():
+        report["populations"][p] = {
+            "neurons": int(np.prod(a.shape[1:])), "mean_rate": float(a.mean()),
+            "silent": float((a <= 0).mean()), "active": float(((a > 0) & (a < 1)).mean()),
+            "saturated": float((a >= 1).mean()),
+        }
+    grads = None
+    if labels is not None and g.readouts:
+        value, dL_dy = ref.loss(g, eq.outputs, labels)
+        grads = ref.implicit_backward(g, eq, dL_dy, method=args.method, loss_value=value)
+        r = g.readouts[0]
+        acc = float((eq.outputs[r.name].argmax(axis=1) == labels).mean()) if r.loss == "cross_entropy" else None
+        report["readouts"][r.name] = {"loss": value, "kind": r.loss, "accuracy": acc}
+        for name, gr in grads.params.items():
+            report["gradients"][name] = {"shape": list(gr.shape), "norm": float(np.linalg.norm(gr)),
+                                         "max_abs": float(np.abs(gr).max())}
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"reference equilibrium of {g.name} on {what}:")
+    print(f"converged in {eq.iterations} iterations, residual {eq.residual:.2e}\n")
+    rows = [[p, f"{s['neurons']:,}", f"{s['mean_rate']:.4f}", f"{100 * s['silent']:.1f}%",
+             f"{100 * s['active']:.1f}%", f"{100 * s['saturated']:.1f}%"] for p, s in report["populations"].items()]
+    print(_table(rows, ["population", "neurons", "mean rate", "a = 0", "0 < a < 1", "a = 1"]))
+    for r, s in report["readouts"].items():
+        acc = f", accuracy {100 * s['accuracy']:.1f}%" if s["accuracy"] is not None else ""
+        print(f"\nreadout {r}: {s['kind']} loss {s['loss']:.4f}{acc} (untrained weights give chance level)")
+    if grads is not None:
+        print("\nexact implicit gradient (delta = g + W^T (m * delta), solved exactly):")
+        rows = [[n, fmt_shape(tuple(s["shape"])), f"{s['norm']:.4e}", f"{s['max_abs']:.4e}"]
+                for n, s in report["gradients"].items()]
+        print(_table(rows, ["tensor", "shape", "norm", "max |grad|"]))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spidec",
+        description="Compile feedback spiking neural networks into programs that train themselves with "
+                    "spikes (SPIDE).",
+        epilog="exit codes: 0 ok, 1 error in the model/data/files (one line on stderr), 2 bad usage, "
+               "130 interrupted",
+    )
+    parser.add_argument("--version", action="version", version=f"spidec {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("inspect", help="print a model's IR, shapes and parameter counts",
+                       description="Load a model and print its nodes, synapses, step order and IR text.",
+                       epilog=EPILOG_INSPECT, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("file", help="model file (.spir)")
+    p.add_argument("--no-text", action="store_true", help="print the tables only, not the IR text")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("reference", help="exact rate-space equilibrium and implicit gradient",
+                       description="Solve the model's rate equilibrium a* = clamp(W a* + F x + b, 0, 1) "
+                                   "exactly and, with labels, the exact implicit gradient of the loss.",
+                       epilog=EPILOG_REFERENCE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("file", help="model file (.spir)")
+    p.add_argument("--data", default="random", choices=["random", "digits"],
+                   help="inputs: random values, or test samples of a data set (default: random)")
+    p.add_argument("--batch", type=int, default=16, help="number of samples (default: 16)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--tol", type=float, default=1e-10, help="convergence tolerance (default: 1e-10)")
+    p.add_argument("--damping", type=float, default=1.0, help="fixed-point damping in (0, 1] (default: 1)")
+    p.add_argument("--method", default="auto", choices=["auto", "dense", "gmres"],
+                   help="linear solver of the implicit gradient (default: auto)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_reference)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    if getattr(args, "batch", 1) < 1:
+        parser.error("--batch must be at least 1")
+    try:
+        return args.func(args)
+    except SpidecError as e:
+        print(f"spidec: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("spidec: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # output piped into head & co.
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

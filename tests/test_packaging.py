@@ -1,0 +1,45 @@
+"""The layout promised by DESIGN.md and the two-command setup."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import spidec.backends
+import spidec.frontends
+import tomllib
+
+import spidec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_frontends_and_backends_are_mapped_into_the_spidec_namespace():
+    assert Path(spidec.frontends.__file__).resolve().parent == ROOT / "frontends"
+    assert Path(spidec.backends.__file__).resolve().parent == ROOT / "backends"
+    assert Path(spidec.__file__).resolve().parent == ROOT / "spidec"
+
+
+def test_layout_directories_exist():
+    for d in ("spidec", "frontends", "backends", "runtime", "tests", "bench", "examples"):
+        assert (ROOT / d).is_dir(), d
+
+
+def test_torch_is_optional_and_pinned_to_the_cpu_wheel_by_the_install_step():
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    deps = meta["project"]["dependencies"]
+    assert not any(d.startswith("torch") for d in deps)
+    assert any(d.startswith("torch") for d in meta["project"]["optional-dependencies"]["torch"])
+    assert "torch==2.13.0" in (ROOT / "constraints.txt").read_text()
+    assert "-c constraints.txt" in (ROOT / "Makefile").read_text()
+
+
+def test_readme_commands_are_the_ones_ci_runs():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "make test" in readme and "make demo" in readme
+    assert re.search(r"^make test$", ci, re.M)
+
+
+def test_grammar_ships_with_the_package():
+    assert (Path(spidec.__file__).parent / "spir.lark").exists()
