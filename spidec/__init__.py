@@ -15,7 +15,7 @@ from importlib.metadata import version as _version
 from . import ops, reference
 from .errors import SpidecError
 from .ir import Graph, Input, Neuron, Population, Readout, Synapse
-from .ops import AvgPool2d, Conv2d, Dense, Flatten, LinearOp, Pad, Reshape, Scale, Zero
+from .ops import AvgPool2d, Conv2d, ConvTranspose2d, Dense, Flatten, LinearOp, Pad, Reshape, Scale, Zero
 from .text import dumps, loads, save
 
 try:
@@ -37,7 +37,7 @@ def load(path, **kwargs) -> Graph:
 
 
 __all__ = [
-    "AvgPool2d", "Conv2d", "Dense", "Flatten", "Graph", "Input", "LinearOp", "Neuron", "Pad",
+    "AvgPool2d", "Conv2d", "ConvTranspose2d", "Dense", "Flatten", "Graph", "Input", "LinearOp", "Neuron", "Pad",
     "Population", "Readout", "Reshape", "Scale", "SpidecError", "Synapse", "Zero", "__version__",
     "dumps", "load", "loads", "ops", "parse", "reference", "save",
 ]

@@ -193,6 +193,27 @@ def _scatter_windows(cols: np.ndarray, shape_in: Shape, k: tuple[int, int], s: t
     return xp[:, :, p[0]: p[0] + h, p[1]: p[1] + w]
 
 
+def _conv(x: np.ndarray, w: np.ndarray, s: tuple[int, int], p: tuple[int, int]) -> np.ndarray:
+    """Cross-correlation of ``x [B, Cin, H, W]`` with ``w [Cout, Cin, kh, kw]``."""
+    win = _windows(x, (w.shape[2], w.shape[3]), s, p)
+    out = np.tensordot(win, w, axes=([1, 4, 5], [1, 2, 3]))  # [B, Ho, Wo, Cout]
+    return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+
+
+def _conv_adjoint(y: np.ndarray, w: np.ndarray, shape_in: Shape, s: tuple[int, int],
+                  p: tuple[int, int]) -> np.ndarray:
+    """Adjoint of :func:`_conv` onto an input of per-sample shape ``shape_in``."""
+    cols = np.tensordot(y, w, axes=([1], [0]))  # [B, Ho, Wo, Cin, kh, kw]
+    return _scatter_windows(cols.transpose(0, 3, 1, 2, 4, 5), shape_in, (w.shape[2], w.shape[3]), s, p)
+
+
+def _conv_grad(post: np.ndarray, pre: np.ndarray, k: tuple[int, int], s: tuple[int, int],
+               p: tuple[int, int]) -> np.ndarray:
+    """``d<post, conv_w(pre)>/dw``, batch-summed: ``[Cout, Cin, kh, kw]``."""
+    win = _windows(pre, k, s, p)  # [B, Cin, Ho, Wo, kh, kw]
+    return np.tensordot(post, win, axes=([0, 2, 3], [0, 2, 3]))
+
+
 @dataclass(frozen=True, eq=False)
 class Conv2d(LinearOp):
     """2-D cross-correlation (PyTorch/ONNX ``Conv``), weight ``[Cout, Cin, kh, kw]``, no groups."""
@@ -232,14 +253,10 @@ class Conv2d(LinearOp):
         return (int(cout), _conv_out(h, kh, sh, ph), _conv_out(w, kw, sw, pw))
 
     def apply(self, x: np.ndarray) -> np.ndarray:
-        win = _windows(x, self.kernel, self.stride, self.padding)
-        out = np.tensordot(win, self.weight, axes=([1, 4, 5], [1, 2, 3]))  # [B, Ho, Wo, Cout]
-        return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+        return _conv(x, self.weight, self.stride, self.padding)
 
     def adjoint(self, y: np.ndarray, shape_in: Shape) -> np.ndarray:
-        cols = np.tensordot(y, self.weight, axes=([1], [0]))  # [B, Ho, Wo, Cin, kh, kw]
-        return _scatter_windows(cols.transpose(0, 3, 1, 2, 4, 5), shape_in, self.kernel, self.stride,
-                                self.padding)
+        return _conv_adjoint(y, self.weight, shape_in, self.stride, self.padding)
 
     def learnable(self) -> tuple[str, ...]:
         return ("weight",) if self.trainable else ()
@@ -247,8 +264,69 @@ class Conv2d(LinearOp):
     def grad(self, post: np.ndarray, pre: np.ndarray) -> dict[str, np.ndarray]:
         if not self.trainable:
             return {}
-        win = _windows(pre, self.kernel, self.stride, self.padding)  # [B, Cin, Ho, Wo, kh, kw]
-        return {"weight": np.tensordot(post, win, axes=([0, 2, 3], [0, 2, 3]))}
+        return {"weight": _conv_grad(post, pre, self.kernel, self.stride, self.padding)}
+
+
+@dataclass(frozen=True, eq=False)
+class ConvTranspose2d(LinearOp):
+    """Transposed 2-D convolution (PyTorch/ONNX ``ConvTranspose``), weight ``[Cin, Cout, kh, kw]``:
+    exactly the adjoint of ``Conv2d`` with the same weight, stride and padding, on an output
+    enlarged by ``output_padding`` (< stride). SPIDE's ConvNet-F uses it for the feedback."""
+
+    weight: np.ndarray
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    output_padding: tuple[int, int] = (0, 0)
+    trainable: bool = True
+    kind: ClassVar[str] = "conv_transpose2d"
+    args: ClassVar[tuple[Arg, ...]] = (
+        Arg("weight", "tensor", required=True),
+        Arg("stride", "pair", (1, 1)),
+        Arg("padding", "pair", (0, 0)),
+        Arg("output_padding", "pair", (0, 0)),
+        Arg("trainable", "bool", True),
+    )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "weight", as_tensor(self.weight, "conv_transpose2d weight", ndim=4))
+        object.__setattr__(self, "stride", _pair(self.stride, "conv_transpose2d stride", 1))
+        object.__setattr__(self, "padding", _pair(self.padding, "conv_transpose2d padding", 0))
+        object.__setattr__(self, "output_padding", _pair(self.output_padding, "conv_transpose2d output_padding", 0))
+        object.__setattr__(self, "trainable", bool(self.trainable))
+        if any(o >= s for o, s in zip(self.output_padding, self.stride)):
+            raise SpidecError(f"conv_transpose2d output_padding {list(self.output_padding)} must be smaller "
+                              f"than the stride {list(self.stride)}")
+
+    @property
+    def kernel(self) -> tuple[int, int]:
+        return (int(self.weight.shape[2]), int(self.weight.shape[3]))
+
+    def shape_out(self, shape_in: Shape) -> Shape:
+        cin, cout = self.weight.shape[:2]
+        if len(shape_in) != 3 or shape_in[0] != cin:
+            raise SpidecError(f"conv_transpose2d with weight {fmt_shape(self.weight.shape)} expects input "
+                              f"shape [{cin}, H, W], got {fmt_shape(shape_in)}")
+        out = tuple((n - 1) * s - 2 * p + k + o for n, s, p, k, o in
+                    zip(shape_in[1:], self.stride, self.padding, self.kernel, self.output_padding))
+        if min(out) < 1:
+            raise SpidecError(f"conv_transpose2d padding {list(self.padding)} leaves no output for input "
+                              f"{fmt_shape(shape_in)}")
+        return (int(cout), int(out[0]), int(out[1]))
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        return _conv_adjoint(x, self.weight, self.shape_out(x.shape[1:]), self.stride, self.padding)
+
+    def adjoint(self, y: np.ndarray, shape_in: Shape) -> np.ndarray:
+        return _conv(y, self.weight, self.stride, self.padding)
+
+    def learnable(self) -> tuple[str, ...]:
+        return ("weight",) if self.trainable else ()
+
+    def grad(self, post: np.ndarray, pre: np.ndarray) -> dict[str, np.ndarray]:
+        # <post, T_W pre> = <C_W post, pre>: the conv weight gradient with the roles swapped
+        if not self.trainable:
+            return {}
+        return {"weight": _conv_grad(pre, post, self.kernel, self.stride, self.padding)}
 
 
 @dataclass(frozen=True, eq=False)
@@ -440,5 +518,5 @@ class Zero(LinearOp):
 
 
 OPS: dict[str, type[LinearOp]] = {
-    cls.kind: cls for cls in (Dense, Conv2d, AvgPool2d, Reshape, Flatten, Pad, Scale, Zero)
+    cls.kind: cls for cls in (Dense, Conv2d, ConvTranspose2d, AvgPool2d, Reshape, Flatten, Pad, Scale, Zero)
 }

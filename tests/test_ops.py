@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spidec import AvgPool2d, Conv2d, Dense, Flatten, Pad, Reshape, Scale, SpidecError, Zero
+from spidec import AvgPool2d, Conv2d, ConvTranspose2d, Dense, Flatten, Pad, Reshape, Scale, SpidecError, Zero
 
 SETTINGS = settings(max_examples=60, deadline=None)
 
@@ -36,6 +36,18 @@ def conv_case(draw):
     w = draw(st.integers(max(1, kw - 2 * pw), 9))
     rng = np.random.default_rng(draw(st.integers(0, 2**31)))
     return Conv2d(rng.standard_normal((cout, cin, kh, kw)), (sh, sw), (ph, pw)), (cin, h, w), rng
+
+
+@st.composite
+def conv_transpose_case(draw):
+    cin, cout = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    ph, pw = draw(st.integers(0, (kh - 1) // 2)), draw(st.integers(0, (kw - 1) // 2))
+    oh, ow = draw(st.integers(0, sh - 1)), draw(st.integers(0, sw - 1))
+    h, w = draw(st.integers(1, 7)), draw(st.integers(1, 7))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31)))
+    return ConvTranspose2d(rng.standard_normal((cin, cout, kh, kw)), (sh, sw), (ph, pw), (oh, ow)), (cin, h, w), rng
 
 
 @st.composite
@@ -111,6 +123,13 @@ def test_dense_adjoint_and_grad(case):
 @SETTINGS
 @given(conv_case())
 def test_conv2d_adjoint_and_grad(case):
+    check_adjoint(*case)
+    check_grad(*case)
+
+
+@SETTINGS
+@given(conv_transpose_case())
+def test_conv_transpose2d_adjoint_and_grad(case):
     check_adjoint(*case)
     check_grad(*case)
 
@@ -202,6 +221,16 @@ def test_conv2d_matches_torch(case):
         ref_t = F.conv_transpose2d(torch.from_numpy(y), torch.from_numpy(op.weight.copy()), stride=op.stride,
                                    padding=op.padding, output_padding=out_pad)
         np.testing.assert_allclose(op.adjoint(y, shape), ref_t.numpy(), rtol=1e-10, atol=1e-10)
+
+
+@settings(max_examples=40, deadline=None)
+@given(conv_transpose_case())
+def test_conv_transpose2d_matches_torch(case):
+    op, shape, rng = case
+    x = rng.standard_normal((2,) + shape)
+    ref = F.conv_transpose2d(torch.from_numpy(x), torch.from_numpy(op.weight.copy()), stride=op.stride,
+                             padding=op.padding, output_padding=op.output_padding)
+    np.testing.assert_allclose(op.apply(x), ref.numpy(), rtol=1e-10, atol=1e-10)
 
 
 @settings(max_examples=40, deadline=None)

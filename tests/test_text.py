@@ -51,8 +51,10 @@ def random_graph(draw):
 
     def chain(src_shape, dst_shape):
         """Ops from src_shape to dst_shape, chosen among several routes."""
-        route = draw(st.sampled_from(["dense", "scaled", "conv", "pool", "pad", "zero"]))
+        route = draw(st.sampled_from(["dense", "scaled", "conv", "convT", "pool", "pad", "zero"]))
         ops = []
+        if route == "convT" and src_shape == (3, 2, 2) and dst_shape == (2, 4, 4):
+            return [ConvTranspose2d(t(3, 2, 3, 3), 2, 1, 1)]
         if route == "conv" and len(src_shape) == 3 and len(dst_shape) == 3 and dst_shape[1:] == src_shape[1:]:
             return [Conv2d(t(dst_shape[0], src_shape[0], 3, 3), 1, 1, draw(st.booleans()))]
         if route == "pool" and len(src_shape) == 3 and src_shape[1] >= 2:
