@@ -13,6 +13,7 @@ import spidec
 from spidec import (
     AvgPool2d,
     Conv2d,
+    ConvTranspose2d,
     Dense,
     Flatten,
     Graph,
