@@ -1,7 +1,8 @@
 """Frontends: model files into the spidec IR.
 
-Installed as ``spidec.frontends``. The text form (``.spir``) is read by :mod:`spidec.text`; the ONNX
-and PyTorch frontends join here as they are built (see the project's issues).
+Installed as ``spidec.frontends``. The text form (``.spir``) is read by :mod:`spidec.text`, ONNX
+models by :mod:`spidec.frontends.onnx` and PyTorch modules by :mod:`spidec.frontends.torch`
+(``spidec.from_torch``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from ..ir import Graph
 #: extension -> (description, loader)
 LOADERS = {
     ".spir": "spidec IR text form",
+    ".onnx": "ONNX model, one step of the feedback network",
 }
 
 
@@ -25,6 +27,10 @@ def load(path: str | os.PathLike, **kwargs) -> Graph:
         from ..text import load as load_text
 
         return load_text(path, **kwargs)
+    if suffix == ".onnx":
+        from .onnx import load_onnx
+
+        return load_onnx(path, **kwargs)
     known = ", ".join(f"{ext} ({what})" for ext, what in LOADERS.items())
     raise SpidecError(f"cannot load {str(path)!r}: no frontend reads '{suffix or 'files without an extension'}'"
                       f" yet; spidec reads {known}")

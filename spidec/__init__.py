@@ -13,7 +13,7 @@ from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
 
 from . import ops, reference
-from .errors import SpidecError
+from .errors import SpidecError, SpidecWarning
 from .ir import Graph, Input, Neuron, Population, Readout, Synapse
 from .ops import AvgPool2d, Conv2d, ConvTranspose2d, Dense, Flatten, LinearOp, Pad, Reshape, Scale, Zero
 from .text import dumps, loads, save
@@ -29,6 +29,14 @@ def parse(text: str, tensors: dict | None = None, **kwargs) -> Graph:
     return loads(text, tensors, **kwargs)
 
 
+def from_torch(module, inputs=None, state=None, outputs=None, **kwargs) -> Graph:
+    """Lower a PyTorch module (one step of the feedback network) into the IR
+    (see :func:`spidec.frontends.torch.from_torch`)."""
+    from .frontends.torch import from_torch as _from_torch
+
+    return _from_torch(module, inputs, state, outputs, **kwargs)
+
+
 def load(path, **kwargs) -> Graph:
     """Load a model file into the IR; the frontend is chosen by the file's extension."""
     from .frontends import load as _load
@@ -38,6 +46,6 @@ def load(path, **kwargs) -> Graph:
 
 __all__ = [
     "AvgPool2d", "Conv2d", "ConvTranspose2d", "Dense", "Flatten", "Graph", "Input", "LinearOp", "Neuron", "Pad",
-    "Population", "Readout", "Reshape", "Scale", "SpidecError", "Synapse", "Zero", "__version__",
-    "dumps", "load", "loads", "ops", "parse", "reference", "save",
+    "Population", "Readout", "Reshape", "Scale", "SpidecError", "SpidecWarning", "Synapse", "Zero", "__version__",
+    "dumps", "from_torch", "load", "loads", "ops", "parse", "reference", "save",
 ]

@@ -22,12 +22,16 @@ from .text import _plural
 
 EPILOG_INSPECT = """examples:
   spidec inspect examples/digits_fb.spir
-  spidec inspect model.spir --no-text      # the tables only
+  spidec inspect examples/digits_fb.onnx --no-text        # the tables only
+  spidec inspect model.onnx --state z:z_next              # pair a state input explicitly
+  spidec inspect --torch examples/models.py:ConvNetF
+  spidec inspect --torch cell.py:Cell --input x:64 --input z:128 --outputs z_next,logits
 """
 
 EPILOG_REFERENCE = """examples:
   spidec reference examples/digits_fb.spir --data digits --batch 32
-  spidec reference model.spir --batch 4 --seed 1 --json
+  spidec reference examples/digits_fb.onnx --batch 4 --seed 1 --json
+  spidec reference --torch examples/models.py:LeNetF --batch 2
 """
 
 
@@ -39,10 +43,95 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _load(path: str) -> Graph:
+def _shape_arg(text: str) -> tuple[str, tuple[int, ...]]:
+    """``x:1x28x28`` or ``x:1,28,28`` -> ("x", (1, 28, 28))."""
+    name, _, dims = text.partition(":")
+    try:
+        shape = tuple(int(d) for d in dims.replace("x", ",").split(",") if d.strip())
+    except ValueError:
+        shape = ()
+    if not name or not shape or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"expected NAME:SHAPE like x:1x28x28, got {text!r}")
+    return name, shape
+
+
+def _pairs_arg(text: str) -> dict[str, str]:
+    pairs = {}
+    for item in filter(None, text.split(",")):
+        a, sep, b = item.partition(":")
+        if not sep or not a or not b:
+            raise argparse.ArgumentTypeError(f"expected STATE:OUTPUT pairs like z:z_next, got {text!r}")
+        pairs[a.strip()] = b.strip()
+    return pairs
+
+
+def _load_torch_class(spec: str) -> object:
+    """``path/to/module.py:ClassName`` -> an instance (constructed without arguments, in eval mode)."""
+    import importlib.util
+    from pathlib import Path
+
+    path, sep, cls_name = spec.rpartition(":")
+    if not sep or not path or not cls_name:
+        raise SpidecError(f"--torch expects FILE.py:ClassName, got {spec!r}")
+    file = Path(path)
+    if not file.is_file():
+        raise SpidecError(f"file {path!r} not found")
+    sys.path.insert(0, str(file.resolve().parent))  # so the module can import its neighbours
+    try:
+        module_spec = importlib.util.spec_from_file_location(file.stem, file)
+        module = importlib.util.module_from_spec(module_spec)  # type: ignore[arg-type]
+        module_spec.loader.exec_module(module)  # type: ignore[union-attr]
+    except SpidecError:
+        raise
+    except Exception as e:
+        raise SpidecError(f"importing {path} failed: {type(e).__name__}: {e}") from None
+    finally:
+        sys.path.pop(0)
+    cls = getattr(module, cls_name, None)
+    if cls is None:
+        raise SpidecError(f"{path} defines no '{cls_name}'")
+    try:
+        instance = cls()
+    except Exception as e:
+        raise SpidecError(f"{cls_name}() failed: {type(e).__name__}: {e}",
+                          hint="the class must be constructible without arguments") from None
+    return instance.eval() if hasattr(instance, "eval") else instance
+
+
+def _load(args: argparse.Namespace) -> Graph:
+    state = args.state or None
+    if args.torch:
+        if args.file:
+            raise SpidecError("give either a model file or --torch FILE.py:ClassName, not both")
+        from .frontends.torch import from_torch
+
+        inputs = dict(args.input) if args.input else None
+        outputs = args.outputs.split(",") if args.outputs else None
+        return from_torch(_load_torch_class(args.torch), inputs, state, outputs)
+    if not args.file:
+        raise SpidecError("no model given: pass a .spir/.onnx file or --torch FILE.py:ClassName")
+    if args.input or args.outputs:
+        raise SpidecError("--input and --outputs apply to --torch models only")
     from .frontends import load
 
-    return load(path)
+    if state is not None:
+        if not args.file.lower().endswith(".onnx"):
+            raise SpidecError("--state applies to ONNX and --torch models only")
+        return load(args.file, state=state)
+    return load(args.file)
+
+
+def _model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", nargs="?", help="model file (.spir or .onnx)")
+    p.add_argument("--torch", metavar="FILE.py:CLASS", help="a PyTorch module class (constructed without "
+                   "arguments) instead of a file")
+    p.add_argument("--input", action="append", type=_shape_arg, metavar="NAME:SHAPE",
+                   help="--torch: per-sample shape of a forward argument, e.g. x:1x28x28 (repeatable; default: "
+                   "the class's spidec_inputs)")
+    p.add_argument("--state", type=_pairs_arg, metavar="STATE:OUTPUT[,...]",
+                   help="pair state inputs with outputs, e.g. z:z_next (default: metadata spidec.state or the "
+                   "NAME/NAME_next convention)")
+    p.add_argument("--outputs", metavar="NAME[,...]", help="--torch: names of forward's returned values")
 
 
 def summary(g: Graph) -> str:
@@ -79,7 +168,7 @@ def summary(g: Graph) -> str:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    g = _load(args.file)
+    g = _load(args)
     print(summary(g))
     if not args.no_text:
         print("\n" + str(g), end="")
@@ -108,7 +197,7 @@ def _reference_inputs(g: Graph, args: argparse.Namespace) -> tuple[dict[str, np.
 def cmd_reference(args: argparse.Namespace) -> int:
     from . import reference as ref
 
-    g = _load(args.file)
+    g = _load(args)
     x, labels, what = _reference_inputs(g, args)
     eq = ref.equilibrium(g, x, tol=args.tol, damping=args.damping)
     report: dict[str, Any] = {
@@ -164,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="print a model's IR, shapes and parameter counts",
                        description="Load a model and print its nodes, synapses, step order and IR text.",
                        epilog=EPILOG_INSPECT, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("file", help="model file (.spir)")
+    _model_arguments(p)
     p.add_argument("--no-text", action="store_true", help="print the tables only, not the IR text")
     p.set_defaults(func=cmd_inspect)
 
@@ -172,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Solve the model's rate equilibrium a* = clamp(W a* + F x + b, 0, 1) "
                                    "exactly and, with labels, the exact implicit gradient of the loss.",
                        epilog=EPILOG_REFERENCE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("file", help="model file (.spir)")
+    _model_arguments(p)
     p.add_argument("--data", default="random", choices=["random", "digits"],
                    help="inputs: random values, or test samples of a data set (default: random)")
     p.add_argument("--batch", type=int, default=16, help="number of samples (default: 16)")

@@ -8,6 +8,10 @@ it as one line and exits non-zero; no traceback.
 from __future__ import annotations
 
 
+class SpidecWarning(UserWarning):
+    """Something spidec accepted but changed or approximated (e.g. a ReLU read as clamp(0, 1))."""
+
+
 class SpidecError(Exception):
     """A user-facing error: ``file:line:col: node 'x': message (hint: fix)``."""
 

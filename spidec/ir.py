@@ -493,6 +493,33 @@ class Graph:
         """A copy with every tensor cast to ``dtype`` (e.g. float64 for exact checks)."""
         return self.with_tensors({k: v.astype(dtype) for k, v in self.parameters(False).items()})
 
+    def canonical(self) -> Graph:
+        """The same network with names that depend only on its structure: inputs ``in0..`` in order,
+        populations ``p0..`` and readouts ``r0..`` in step order, synapses ``s0..`` by (target,
+        source, ops). Two frontends' lowerings of one model compare equal after this."""
+        order = {n: i for i, n in enumerate(self.step_order())}
+        names: dict[str, str] = {}
+        for k, node in enumerate(self.inputs):
+            names[node.name] = f"in{k}"
+        pops = sorted(self.populations, key=lambda n: order[n.name])
+        for k, node in enumerate(pops):
+            names[node.name] = f"p{k}"
+        for k, node in enumerate(sorted(self.readouts, key=lambda n: order[n.name])):
+            names[node.name] = f"r{k}"
+        edges = sorted(self.synapses(), key=lambda e: (
+            (0 if isinstance(self.node(e.dst), Population) else 1), names[e.dst], names[e.src], e.synapse.delay,
+            tuple(op.kind for op in e.synapse.ops)))
+        for k, e in enumerate(edges):
+            names[e.name] = f"s{k}"
+        g = Graph("model")
+        for node in [*self.inputs, *pops, *sorted(self.readouts, key=lambda n: order[n.name])]:
+            values = {f.name: getattr(node, f.name) for f in fields(node)}
+            values["name"] = names[node.name]
+            g.add(type(node)(**values))
+        for e in edges:
+            g.add_synapse(names[e.src], names[e.dst], e.synapse.ops, delay=e.synapse.delay, name=names[e.name])
+        return g
+
     # ----------------------------------------------------------------- comparison and printing
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Graph):

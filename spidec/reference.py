@@ -123,6 +123,19 @@ class _Net:
             z = z + syn.apply(before[src] if syn.delay else now[src])
         return z
 
+    def sweep(self, values: dict[str, np.ndarray], damping: float = 1.0) -> float:
+        """One time step in place: populations in step order, delayed synapses reading the rates
+        from before the step. Returns the largest change of a rate."""
+        before = dict(values)
+        change = 0.0
+        for p in self.pops:
+            f = np.clip(self.current(p, values, before), 0, 1)
+            new = f if damping == 1 else before[p] + damping * (f - before[p])
+            new = np.broadcast_to(new, before[p].shape)
+            change = max(change, float(np.max(np.abs(new - before[p]))))
+            values[p] = new
+        return change
+
     def residual(self, values: dict[str, np.ndarray]) -> float:
         return max((float(np.max(np.abs(np.clip(self.current(p, values, values), 0, 1) - values[p])))
                     for p in self.pops), default=0.0)
@@ -166,14 +179,7 @@ def equilibrium(g: Graph, inputs: Any, *, tol: float = 1e-10, max_iter: int = 10
     for it in range(1, max_iter + 1):
         if converged:
             break
-        before = dict(values)
-        change = 0.0
-        for p in net.pops:
-            f = np.clip(net.current(p, values, before), 0, 1)
-            new = f if damping == 1 else before[p] + damping * (f - before[p])
-            new = np.broadcast_to(new, before[p].shape)
-            change = max(change, float(np.max(np.abs(new - before[p]))))
-            values[p] = new
+        change = net.sweep(values, damping)
         if change <= tol:
             converged = True
             break
@@ -192,6 +198,23 @@ def equilibrium(g: Graph, inputs: Any, *, tol: float = 1e-10, max_iter: int = 10
                  "norm <= 2), or pass damping=0.5 for an oscillating loop")
     rates = {p: np.array(values[p]) for p in net.pops}
     return Equilibrium(x, rates, net.outputs(values), it, residual, converged)
+
+
+def step(g: Graph, inputs: Any, rates: Mapping[str, np.ndarray] | None = None
+         ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """One application of the step map: every population once, in step order; delayed synapses
+    read ``rates`` (the previous step's, zeros where not given). Returns the new rates and the
+    readouts' outputs: what a frontend's model computes in one call of ``forward(x, z)``."""
+    net = _Net(g)
+    x = _batch_inputs(g, inputs)
+    batch = next(iter(x.values())).shape[0]
+    values: dict[str, np.ndarray] = dict(x)
+    for p in net.pops:
+        shape = (batch,) + net.nodes[p].shape
+        given = None if rates is None else rates.get(p)
+        values[p] = np.zeros(shape) if given is None else np.broadcast_to(np.asarray(given, np.float64), shape)
+    net.sweep(values)
+    return {p: np.array(values[p]) for p in net.pops}, net.outputs(values)
 
 
 def _feedback_description(g: Graph) -> str:
@@ -400,4 +423,4 @@ def loss_at(g: Graph, inputs: Any, targets: Any, **eq_options: Any) -> float:
     return loss(g, eq.outputs, targets)[0]
 
 
-__all__ = ["Equilibrium", "Gradients", "equilibrium", "gradients", "implicit_backward", "loss", "loss_at"]
+__all__ = ["Equilibrium", "Gradients", "equilibrium", "gradients", "implicit_backward", "loss", "loss_at", "step"]

@@ -22,9 +22,9 @@ def test_inspect_prints_tables_and_the_ir(run_cli, examples_dir):
     code, out, err = run_cli("inspect", str(examples_dir / "digits_fb.spir"))
     assert code == 0 and err == ""
     assert "digits_fb: 1 input, 1 population, 1 readout, 3 synapses, 25,994 parameters, 128 neurons" in out
-    assert "h_h      h -> h  1" in out  # the feedback synapse, delayed
-    assert "step order: h, y" in out
-    assert "synapse h_h: h -> h delay=1 = dense(@h_h.weight)" in out
+    assert "fb       z -> z       1" in out  # the feedback synapse, delayed
+    assert "step order: z, logits" in out
+    assert "synapse fb: z -> z delay=1 = dense(@fb.weight)" in out
 
 
 def test_reference_on_digits_reports_rates_loss_and_gradients(run_cli, examples_dir):
@@ -33,10 +33,10 @@ def test_reference_on_digits_reports_rates_loss_and_gradients(run_cli, examples_
     assert code == 0, err
     report = json.loads(out)
     assert report["residual"] < 1e-9 and report["iterations"] > 1
-    h = report["populations"]["h"]
+    h = report["populations"]["z"]
     assert h["neurons"] == 128 and abs(h["silent"] + h["active"] + h["saturated"] - 1) < 1e-12
-    assert 0 < report["readouts"]["y"]["loss"] < 10
-    assert set(report["gradients"]) == {"h.bias", "y.bias", "x_h.weight", "h_h.weight", "h_y.weight"}
+    assert 0 < report["readouts"]["logits"]["loss"] < 10
+    assert set(report["gradients"]) == {"z.bias", "logits.bias", "fc_in.weight", "fb.weight", "readout.weight"}
     assert all(v["norm"] > 0 for v in report["gradients"].values())
     code, out, _ = run_cli("reference", str(examples_dir / "digits_fb.spir"), "--batch", "2")
     assert code == 0 and "converged in" in out and "exact implicit gradient" in out
@@ -65,7 +65,41 @@ def test_missing_file_and_unknown_format(run_cli, tmp_path):
     assert code == 1 and "not found" in err
     (tmp_path / "m.onnx").write_bytes(b"")
     code, _, err = run_cli("inspect", str(tmp_path / "m.onnx"))
-    assert code == 1 and "no frontend reads '.onnx'" in err and ".spir" in err
+    assert code == 1 and "m.onnx: the file is empty, not an ONNX model" in err
+    (tmp_path / "m.pb").write_bytes(b"")
+    code, _, err = run_cli("inspect", str(tmp_path / "m.pb"))
+    assert code == 1 and "no frontend reads '.pb'" in err and ".spir" in err and ".onnx" in err
+
+
+def test_model_option_errors(run_cli, examples_dir, tmp_path):
+    code, _, err = run_cli("inspect")
+    assert code == 1 and "no model given" in err
+    code, _, err = run_cli("inspect", str(examples_dir / "digits_fb.spir"), "--state", "z:z_next")
+    assert code == 1 and "--state applies to ONNX and --torch models only" in err
+    code, _, err = run_cli("inspect", "--torch", str(tmp_path / "nope.py") + ":X")
+    assert code == 1 and "not found" in err
+    code, _, err = run_cli("inspect", "--torch", str(examples_dir / "models.py") + ":Nope")
+    assert code == 1 and "defines no 'Nope'" in err
+    code, _, err = run_cli("inspect", "--torch", "x.py", "--input", "bad")
+    assert code == 2 and "NAME:SHAPE" in err
+
+
+def test_torch_class_with_shapes_on_the_command_line(run_cli, tmp_path):
+    (tmp_path / "cell.py").write_text(
+        "import torch\n"
+        "class Cell(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.a = torch.nn.Linear(3, 5)\n"
+        "        self.b = torch.nn.Linear(5, 5, bias=False)\n"
+        "        self.c = torch.nn.Linear(5, 2)\n"
+        "    def forward(self, x, h):\n"
+        "        h2 = torch.clamp(self.a(x) + self.b(h), 0, 1)\n"
+        "        return h2, self.c(h2)\n")
+    code, out, err = run_cli("inspect", "--torch", f"{tmp_path / 'cell.py'}:Cell", "--input", "x:3",
+                             "--input", "h:5", "--state", "h:h2", "--outputs", "h2,y", "--no-text")
+    assert code == 0, err
+    assert "b        h -> h  1" in out and "c        h -> y  0" in out
 
 
 def test_usage_errors_exit_2(run_cli, examples_dir):
