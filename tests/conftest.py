@@ -12,7 +12,7 @@ import spidec
 from spidec import AvgPool2d, Conv2d, Dense, Flatten, Graph, Neuron, Reshape, Scale
 
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = ROOT / "examples"  # noqa: used by test modules
+EXAMPLES = ROOT / "examples"  # imported by the test modules
 
 
 def _u(rng: np.random.Generator, shape: tuple[int, ...], scale: float) -> np.ndarray:

@@ -115,6 +115,20 @@ def test_onnx_examples_match_onnxruntime(name, exporter, onnx_files):
     check_step_and_equilibrium(g, ort_step(path), sample(build(name)))
 
 
+@pytest.mark.parametrize("opset", [11, 13, 17, 20])
+def test_legacy_exporter_opsets(opset, tmp_path):
+    """The legacy exporter writes Clip bounds, pads and reshapes differently across opsets."""
+    module = build("lenet_f")
+    path = export_onnx(module, tmp_path / f"lenet_{opset}.onnx", opset=opset)
+    assert onnx.load(str(path)).opset_import[0].version == opset
+    g = spidec.load(path)
+    feed = sample(module, batch=2, seed=opset)
+    rates, outs = ref.step(g, data_inputs(feed), {"z": feed["z"]})
+    z_next, logits = ort_step(path)(feed)
+    np.testing.assert_allclose(rates["z"], z_next, atol=ATOL)
+    np.testing.assert_allclose(outs["logits"], logits, atol=ATOL)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_torch_examples_match_the_module(name):
     module = build(name)
