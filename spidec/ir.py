@@ -24,6 +24,7 @@ import numpy as np
 
 from .errors import SpidecError
 from .ops import LinearOp, Shape, ValueEq, as_tensor, fmt_shape, values_equal
+from .training import Schedule, Simulation, Training
 
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 LOSSES = ("cross_entropy", "mse")
@@ -239,6 +240,10 @@ class Graph:
         self.name = _check_name(name, "graph")
         self._g = nx.MultiDiGraph()
         self._synapses: dict[str, tuple[str, str]] = {}  # insertion order = text order
+        # what the passes add (see spidec.training): None on a plain forward graph
+        self.simulation: Simulation | None = None
+        self.training: Training | None = None
+        self.schedule: Schedule | None = None
 
     # ----------------------------------------------------------------- building
     @property
@@ -304,6 +309,7 @@ class Graph:
         g = Graph(self.name)
         g._g = self._g.copy()
         g._synapses = dict(self._synapses)
+        g.simulation, g.training, g.schedule = self.simulation, self.training, self.schedule
         return g
 
     # ----------------------------------------------------------------- queries
@@ -406,7 +412,39 @@ class Graph:
             raise SpidecError(f"the cycle {path} has no delayed synapse, so a time step has no order",
                               node=cycle[0][0],
                               hint=f"mark its feedback synapse ({', '.join(names)}) with delay=1")
+        if self.training is not None:
+            self._check_training(self.training)
         return self
+
+    def _check_training(self, t: Training) -> None:
+        """The training structure refers to this graph consistently (names, gates, delays)."""
+        couples = {c.name: c for c in t.couples}
+        of = {c.of: c.name for c in t.couples}
+        for c in t.couples:
+            if c.name in self:
+                raise SpidecError(f"couple '{c.name}' has the name of a node or synapse", node=c.name)
+            if not isinstance(self.node(c.of) if c.of in self._g else None, Population):
+                raise SpidecError(f"couple '{c.name}' is of '{c.of}', which is not a population", node=c.name)
+        if len(couples) != len(t.couples) or len(of) != len(t.couples):
+            raise SpidecError("two couples share a name or a population")
+        missing = [p.name for p in self.populations if p.name not in of]
+        if missing:
+            raise SpidecError(f"population(s) {', '.join(missing)} have no couple", node=missing[0])
+        for b in t.backward:
+            e = self.synapse(b.forward)
+            if (b.src, b.dst, b.gate, b.delay) != (of.get(e.dst), of.get(e.src), e.dst, e.synapse.delay):
+                raise SpidecError(f"backward synapse '{b.name}' must run {of.get(e.dst)} -> {of.get(e.src)} "
+                                  f"gate={e.dst} delay={e.synapse.delay}, the transpose of '{b.forward}'",
+                                  node=b.name)
+        for inj in t.injections:
+            e = self.synapse(inj.forward)
+            if (inj.readout, inj.couple) != (e.dst, of.get(e.src)) or not isinstance(self.node(e.dst), Readout):
+                raise SpidecError(f"injection through '{inj.forward}' must run {e.dst} -> {of.get(e.src)}",
+                                  node=inj.forward)
+        slots = self.tensor_slots()
+        for u in t.updates:
+            if u.tensor not in slots or not slots[u.tensor].learnable:
+                raise SpidecError(f"update of '{u.tensor}', which is not a learnable tensor of the graph")
 
     def _check_bias(self, node: Population | Readout) -> None:
         b = node.bias
@@ -527,6 +565,8 @@ class Graph:
         if self.name != other.name or list(self._g.nodes) != list(other._g.nodes):
             return False
         if list(self._synapses.items()) != list(other._synapses.items()):
+            return False
+        if (self.simulation, self.training, self.schedule) != (other.simulation, other.training, other.schedule):
             return False
         return all(self.node(n) == other.node(n) for n in self._g.nodes) and all(
             a.synapse == b.synapse for a, b in zip(self.synapses(), other.synapses()))

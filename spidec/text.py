@@ -153,6 +153,7 @@ def dumps(g: Graph, *, inline_max: int = 8, tensors_file: str | None = None) -> 
         body.append(_pad_comment(line, comment))
     counts = ", ".join(_plural(n, w) for n, w in ((len(g.inputs), "input"), (len(g.populations), "population"),
                                                    (len(g.readouts), "readout"), (len(g.synapses()), "synapse")))
+    body.extend(_pass_lines(g))
     head = [
         f"# spidec IR: {counts}, {g.num_parameters():,} parameters",
         f"spir {VERSION}",
@@ -161,6 +162,46 @@ def dumps(g: Graph, *, inline_max: int = 8, tensors_file: str | None = None) -> 
     if tensors_file is not None and p.tensors:
         head.append(f"tensors {json.dumps(tensors_file)}")
     return "\n".join(head + [""] + body) + "\n", p.tensors
+
+
+def _names(xs: tuple[str, ...] | list[str]) -> str:
+    return "[" + ", ".join(xs) + "]"
+
+
+def _pass_lines(g: Graph) -> list[str]:
+    """The statements of what the passes added (simulation, training, schedule)."""
+    out: list[str] = []
+    if g.simulation is not None:
+        out += ["", f"simulate T={g.simulation.T} encoding={g.simulation.encoding}"]
+    t = g.training
+    if t is not None:
+        opt = t.optimizer
+        out += ["", f"train T_back={t.T_back} sf={_num(t.sf)} optimizer=sgd(lr={_num(opt.lr)}, "
+                f"momentum={_num(opt.momentum)}, weight_decay={_num(opt.weight_decay)}, "
+                f"milestones=[{', '.join(map(str, opt.milestones))}], gamma={_num(opt.gamma)}, "
+                f"feedback_norm={_num(opt.feedback_norm)})"]
+        for c in t.couples:
+            line = f"couple {c.name}: {c.of} vth={_num(c.vth)} u_rest={_num(c.u_rest)}"  # type: ignore[arg-type]
+            out.append(_pad_comment(line + (f" leak={_num(c.leak)}" if c.leak != 1.0 else ""),
+                                    "ternary neuron couple (-1/0/+1 spikes)"))
+        for b in t.backward:
+            line = f"backward {b.name}: {b.src} -> {b.dst} gate={b.gate}{' delay=1' if b.delay else ''} " \
+                   f"= transpose({b.forward})"
+            out.append(_pad_comment(line, f"m({b.gate}) * spikes through {b.forward}^T"))
+        for i in t.injections:
+            out.append(_pad_comment(f"inject {i.readout} -> {i.couple} = transpose({i.forward})",
+                                    f"sf * dL/d{i.readout} every backward step"))
+        for u in t.updates:
+            args = [f"{k}={v}" for k, v in (("synapse", u.synapse), ("post", u.post), ("gate", u.gate)) if v]
+            out.append(f"update @{u.tensor} = {u.kind}({', '.join(args)})")
+    s = g.schedule
+    if s is not None:
+        # (option names must not be statement keywords such as "backward": hence *_order)
+        out += ["", f"schedule forward_order={_names(s.forward)} backward_order={_names(s.backward)} "
+                f"delayed={_names(s.delayed)} delayed_back={_names(s.delayed_back)}"]
+        for b in s.buffers:
+            out.append(f"buffer {b.name} stage={b.stage} shape={fmt_shape(b.shape)} what={json.dumps(b.what)}")
+    return out
 
 
 # ============================================================== parsing
@@ -454,12 +495,117 @@ class _Reader:
         for s in stmts:
             if s.data == "synapse_stmt":
                 self.synapse_stmt(g, s)
+        self.pass_stmts(g, stmts)
         try:
             g.validate()
         except SpidecError as e:
             line = self.lines.get(e.node) if e.node else None
             raise SpidecError(e.message, file=self.source, line=line, node=e.node, hint=e.hint) from None
         return g
+
+    # ---------------------------------------------------------- what the passes add
+    def _kw(self, s: Any, children: list[Any], spec: dict[str, type], stmt: str) -> dict[str, Any]:
+        """Options of a pass statement, converted to the types in ``spec``."""
+        opts = self.options(children, tuple(spec), stmt)
+        out: dict[str, Any] = {}
+        for k, (v, where) in opts.items():
+            want = spec[k]
+            if want is str and isinstance(v, (_Ident, str)):
+                out[k] = v.name if isinstance(v, _Ident) else v
+            elif want is int and isinstance(v, int):
+                out[k] = v
+            elif want is float and isinstance(v, (int, float)):
+                out[k] = float(v)
+            elif want is list and isinstance(v, list):
+                out[k] = [x.name if isinstance(x, _Ident) else x for x in v]
+            elif want is _Call and isinstance(v, _Call):
+                out[k] = v
+            else:
+                raise self.error(where, f"{stmt} option {k} has the wrong kind of value")
+        return out
+
+    def _transpose_of(self, op: Any) -> str:
+        name = str(op.children[0])
+        args = op.children[1:]
+        if name != "transpose" or len(args) != 1 or args[0].data != "positional":
+            raise self.error(op, "expected transpose(SYNAPSE)")
+        v = self.value(args[0].children[0])
+        if not isinstance(v, _Ident):
+            raise self.error(op, "expected transpose(SYNAPSE) with a synapse name")
+        return v.name
+
+    def pass_stmts(self, g: Graph, stmts: list[Any]) -> None:
+        from .training import (
+            BackwardSynapse,
+            Buffer,
+            Couple,
+            Injection,
+            Optimizer,
+            Schedule,
+            Simulation,
+            Training,
+            Update,
+        )
+
+        couples, backward, injections, updates, buffers = [], [], [], [], []
+        train: dict[str, Any] | None = None
+        sched: dict[str, Any] | None = None
+        try:
+            for s in stmts:
+                kind = s.data
+                if kind == "simulate_stmt":
+                    g.simulation = Simulation(**self._kw(s, s.children, {"T": int, "encoding": str}, "simulate"))
+                elif kind == "couple_stmt":
+                    kw = self._kw(s, s.children[2:], {"vth": float, "u_rest": float, "leak": float}, "couple")
+                    couples.append(Couple(str(s.children[0]), str(s.children[1]), **kw))
+                elif kind == "backward_stmt":
+                    name, src, dst = (str(c) for c in s.children[:3])
+                    kw = self._kw(s, s.children[3:-1], {"gate": str, "delay": int}, "backward")
+                    backward.append(BackwardSynapse(name, src, dst, self._transpose_of(s.children[-1]),
+                                                    kw.get("gate", ""), kw.get("delay", 0)))
+                elif kind == "inject_stmt":
+                    injections.append(Injection(str(s.children[0]), str(s.children[1]),
+                                                self._transpose_of(s.children[2])))
+                elif kind == "update_stmt":
+                    op = s.children[1]
+                    args, kwargs = self.args(op.children[1:])
+                    if args:
+                        raise self.error(op, "update rules take keyword arguments: synapse=, post=, gate=")
+                    kw = {}
+                    for k, v, where in kwargs:
+                        if k not in ("synapse", "post", "gate") or not isinstance(v, _Ident):
+                            raise self.error(where, f"update rule argument {k} must be one of synapse, post, gate "
+                                             "with a name")
+                        kw[k] = v.name
+                    updates.append(Update(str(s.children[0])[1:], str(op.children[0]), **kw))
+                elif kind == "train_stmt":
+                    train = self._kw(s, s.children, {"T_back": int, "sf": float, "optimizer": _Call}, "train")
+                elif kind == "schedule_stmt":
+                    sched = self._kw(s, s.children, {k: list for k in ("forward_order", "backward_order", "delayed",
+                                                                         "delayed_back")}, "schedule")
+                elif kind == "buffer_stmt":
+                    kw = self._kw(s, s.children[1:], {"stage": str, "shape": list, "what": str}, "buffer")
+                    buffers.append(Buffer(str(s.children[0]), kw.get("stage", ""), tuple(kw.get("shape", ())),
+                                          kw.get("what", "")))
+            if train is not None or couples:
+                train = train or {}
+                opt = train.pop("optimizer", None)
+                optimizer = Optimizer()
+                if opt is not None:
+                    if opt.name != "sgd" or opt.args:
+                        raise SpidecError("optimizer must be sgd(lr=..., momentum=..., ...)")
+                    optimizer = Optimizer(**{k: (v if not isinstance(v, list) else tuple(v)) for k, v, _ in opt.kwargs})
+                g.training = Training(couples=tuple(couples), backward=tuple(backward), injections=tuple(injections),
+                                      updates=tuple(updates), optimizer=optimizer, **train)
+            if sched is not None:
+                g.schedule = Schedule(**{k.replace("_order", ""): tuple(v) for k, v in sched.items()},
+                                      buffers=tuple(buffers))
+        except SpidecError as e:
+            if e.line is not None:
+                raise
+            raise SpidecError(e.message, file=self.source, hint=e.hint) from None
+        except TypeError as e:
+            raise SpidecError(f"bad training settings: {e}", file=self.source) from None
 
     def _declare(self, s: Any, g: Graph, name: str) -> None:
         if name in g:

@@ -1,0 +1,44 @@
+"""Passes: pure ``Graph -> Graph`` functions (the input graph is never changed), composable into
+pipelines. ``PIPELINE`` is the order ``spidec compile`` runs them in; ``run(g, upto=NAME)`` stops
+after the named pass (what ``spidec inspect --after NAME`` prints).
+
+* ``spiking``  -- neuron models, thresholds, ``T`` forward steps, input encoding
+* ``spide``    -- ternary couples, backward synapses, loss injection, local update rules, optimiser
+* ``schedule`` -- per-step order of both stages, delays, and the buffers each stage keeps
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import SpidecError
+from ..ir import Graph
+from .schedule import schedule
+from .spide import spide
+from .spiking import spiking
+
+PIPELINE: dict[str, Callable[..., Graph]] = {"spiking": spiking, "spide": spide, "schedule": schedule}
+
+
+def options_of(name: str) -> list[str]:
+    return [p for p in inspect.signature(PIPELINE[name]).parameters if p != "g"]
+
+
+def run(g: Graph, upto: str | None = None, **options: Any) -> Graph:
+    """Run the pipeline (up to and including ``upto``); each option goes to the pass that takes it."""
+    if upto is not None and upto not in PIPELINE:
+        raise SpidecError(f"unknown pass '{upto}'; the passes are: {', '.join(PIPELINE)}")
+    known = {o for name in PIPELINE for o in options_of(name)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise SpidecError(f"unknown pass option(s) {', '.join(unknown)}; the options are: {', '.join(sorted(known))}")
+    for name, fn in PIPELINE.items():
+        g = fn(g, **{k: v for k, v in options.items() if k in options_of(name)})
+        if name == upto:
+            break
+    return g
+
+
+__all__ = ["PIPELINE", "run", "schedule", "spide", "spiking"]

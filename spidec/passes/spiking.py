@@ -1,0 +1,35 @@
+"""The ``spiking`` pass: how the forward stage spikes."""
+
+from __future__ import annotations
+
+from ..errors import SpidecError
+from ..ir import Graph, Neuron, Population
+from ..training import Simulation
+
+
+def spiking(g: Graph, T: int = 30, neuron: str | None = None, vth: float | None = None, leak: float | None = None,
+            encoding: str = "constant") -> Graph:
+    """Simulate the forward stage for ``T`` steps with IF/LIF neurons and the SPIDE reset.
+
+    Each population keeps its neuron unless ``neuron`` (``IF``/``LIF``), ``vth`` or ``leak`` is
+    given; ``u_rest`` is ``-vth`` (reset by subtraction of ``V = 2 vth``: rounding the rate). The
+    backends scale every input current by ``V``, so that spike rates approximate the IR's
+    rate-space equilibrium ``clamp(W a + F x + b, 0, 1)`` for any ``vth``. ``encoding``:
+    ``constant`` (the input is a constant current every step) or ``temporal`` (inputs of shape
+    ``[B, T, ...]``, e.g. event data; the local updates use the time-averaged input).
+    """
+    g.validate()
+    out = g.copy()
+    for node in g.populations:
+        n = node.neuron
+        model = neuron or n.model
+        new_leak = leak if leak is not None else (n.leak if model == "LIF" else 1.0)
+        if model == "LIF" and new_leak == 1.0 and leak is None and n.model != "LIF":
+            raise SpidecError("neuron=LIF needs a leak < 1 (e.g. leak=0.9)")
+        new_vth = vth if vth is not None else n.vth
+        new = Neuron(model, new_vth, -new_vth, new_leak)
+        out.replace_node(Population(node.name, node.shape, new, node.bias))
+    out.simulation = Simulation(int(T), encoding)
+    out.training = None  # the training structure depends on the neurons: the spide pass rebuilds it
+    out.schedule = None
+    return out.validate()
