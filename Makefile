@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(VENV)/bin/spidec inspect examples/digits_fb.spir
 	$(VENV)/bin/spidec reference examples/digits_fb.spir --data digits --batch 32
+	$(VENV)/bin/spidec compile examples/digits_fb.onnx --target sim -o build/digits_fb
+	$(VENV)/bin/spidec train build/digits_fb --data digits --epochs 20
 
 test: $(STAMP)
 	$(PY) -m pytest -q

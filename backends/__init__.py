@@ -1,8 +1,26 @@
-"""Backends: the IR into programs that run and train it (``sim``, ``c``, ``lava``).
+"""Backends: the training graph into programs that run and train it.
 
-Installed as ``spidec.backends``; each backend is one module plus its jinja2 templates. None is
-built yet: the core (IR, text form, reference) comes first, and the backends are tested against
-:mod:`spidec.reference`.
+Installed as ``spidec.backends``; each backend is one module plus its jinja2 templates:
+
+* ``sim`` -- a self-contained PyTorch program (CPU/CUDA, ``torchrun`` data parallelism)
+
+The C runtime and Lava backends join here (see the project's issues). Every backend is tested
+against :mod:`spidec.reference` and against the others.
 """
 
-TARGETS: dict[str, str] = {}
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from ..errors import SpidecError
+
+TARGETS: dict[str, str] = {"sim": "PyTorch simulator program (CPU/CUDA, torchrun)"}
+
+
+def get(target: str) -> Any:
+    """The backend module for ``target`` (it has ``emit(graph, out) -> artifact``)."""
+    if target not in TARGETS:
+        raise SpidecError(f"unknown target '{target}'; spidec compiles to: "
+                          + ", ".join(f"{k} ({v})" for k, v in TARGETS.items()))
+    return importlib.import_module(f"{__name__}.{target}")

@@ -12,7 +12,8 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
 
-from . import ops, reference
+from . import ops, passes, reference
+from .compile import compile
 from .errors import SpidecError, SpidecWarning
 from .ir import Graph, Input, Neuron, Population, Readout, Synapse
 from .ops import AvgPool2d, Conv2d, ConvTranspose2d, Dense, Flatten, LinearOp, Pad, Reshape, Scale, Zero
@@ -45,7 +46,33 @@ def load(path, **kwargs) -> Graph:
 
 
 __all__ = [
-    "AvgPool2d", "Conv2d", "ConvTranspose2d", "Dense", "Flatten", "Graph", "Input", "LinearOp", "Neuron", "Pad",
-    "Population", "Readout", "Reshape", "Scale", "SpidecError", "SpidecWarning", "Synapse", "Zero", "__version__",
-    "dumps", "from_torch", "load", "loads", "ops", "parse", "reference", "save",
+    "AvgPool2d",
+    "Conv2d",
+    "ConvTranspose2d",
+    "Dense",
+    "Flatten",
+    "Graph",
+    "Input",
+    "LinearOp",
+    "Neuron",
+    "Pad",
+    "Population",
+    "Readout",
+    "Reshape",
+    "Scale",
+    "SpidecError",
+    "SpidecWarning",
+    "Synapse",
+    "Zero",
+    "__version__",
+    "compile",
+    "dumps",
+    "from_torch",
+    "load",
+    "loads",
+    "ops",
+    "parse",
+    "passes",
+    "reference",
+    "save",
 ]

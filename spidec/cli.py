@@ -167,8 +167,42 @@ def summary(g: Graph) -> str:
     return "\n".join(parts)
 
 
+def _pass_arguments(p: argparse.ArgumentParser) -> None:
+    grp = p.add_argument_group("pass options (defaults: SPIDE's reference settings)")
+    grp.add_argument("--T", type=int, help="forward time steps (default 30)")
+    grp.add_argument("--T-back", dest="T_back", type=int, help="backward time steps (default 100)")
+    grp.add_argument("--neuron", choices=["IF", "LIF"], help="neuron model of every population (default: kept)")
+    grp.add_argument("--vth", type=float, help="forward threshold (default: kept, 1.0)")
+    grp.add_argument("--leak", type=float, help="LIF leak in (0, 1)")
+    grp.add_argument("--encoding", choices=["constant", "temporal"], help="input encoding (default constant)")
+    grp.add_argument("--vth-back", dest="vth_back", type=float, help="couple threshold (default 0.5)")
+    grp.add_argument("--sf", type=float, help="loss scale factor (default 100)")
+    grp.add_argument("--lr", type=float, help="learning rate (default 0.1)")
+    grp.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
+    grp.add_argument("--weight-decay", dest="weight_decay", type=float, help="weight decay (default 5e-4)")
+    grp.add_argument("--milestones", type=lambda s: tuple(int(x) for x in s.split(",") if x),
+                     help="epochs where the learning rate is multiplied by --gamma, e.g. 20,40")
+    grp.add_argument("--gamma", type=float, help="learning-rate decay at each milestone (default 0.1)")
+    grp.add_argument("--feedback-norm", dest="feedback_norm", type=float,
+                     help="Frobenius-norm bound of feedback weights, 0 for none (default 1)")
+
+
+PASS_OPTIONS = ("T", "T_back", "neuron", "vth", "leak", "encoding", "vth_back", "sf", "lr", "momentum",
+                "weight_decay", "milestones", "gamma", "feedback_norm")
+
+
+def _pass_options(args: argparse.Namespace) -> dict:
+    return {k: getattr(args, k) for k in PASS_OPTIONS if getattr(args, k, None) is not None}
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     g = _load(args)
+    if args.after:
+        from . import passes
+
+        g = passes.run(g, upto=args.after, **_pass_options(args))
+    elif _pass_options(args):
+        raise SpidecError("pass options need --after PASS (or use spidec compile)")
     print(summary(g))
     if not args.no_text:
         print("\n" + str(g), end="")
@@ -239,6 +273,47 @@ def cmd_reference(args: argparse.Namespace) -> int:
     return 0
 
 
+EPILOG_COMPILE = """examples:
+  spidec compile examples/digits_fb.onnx --target sim -o build/
+  spidec compile --torch examples/models.py:ConvNetF -o build/ --T 30 --T-back 100 --sf 100 --lr 0.05
+  spidec train build/ --data digits --epochs 20
+"""
+
+EPILOG_TRAIN = """examples:
+  spidec train build/ --data digits --epochs 20
+  spidec train build/ --data mnist --epochs 5 --batch 128 --device cuda
+  spidec train build/ --data digits --resume       # continue from build/checkpoint.pt
+"""
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from .compile import compile as compile_graph
+
+    g = _load(args)
+    art = compile_graph(g, target=args.target, out=args.out, **_pass_options(args))
+    files = ", ".join(sorted(p.name for p in art.out.iterdir() if p.is_file()))
+    t = art.graph.training
+    print(f"compiled {art.graph.name} for target {args.target} into {art.out}/ ({files})")
+    if t is not None and art.graph.simulation is not None:
+        print(f"T={art.graph.simulation.T} T_back={t.T_back} sf={t.sf:g} lr={t.optimizer.lr:g} "
+              f"momentum={t.optimizer.momentum:g} weight_decay={t.optimizer.weight_decay:g}; "
+              f"{len(t.couples)} couples, {len(t.backward)} backward synapses, {len(t.updates)} update rules")
+    print(f"train it: spidec train {art.out} --data digits")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .backends.sim import SimArtifact
+
+    build = Path(args.build)
+    if not (build / "train.py").is_file():
+        raise SpidecError(f"{args.build!r} holds no compiled program (no train.py)",
+                          hint="compile first: spidec compile MODEL -o " + args.build)
+    return SimArtifact(build, None).train(*args.rest)  # type: ignore[arg-type]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="spidec",
@@ -255,7 +330,28 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=EPILOG_INSPECT, formatter_class=argparse.RawDescriptionHelpFormatter)
     _model_arguments(p)
     p.add_argument("--no-text", action="store_true", help="print the tables only, not the IR text")
+    p.add_argument("--after", choices=["spiking", "spide", "schedule"],
+                   help="run the passes up to this one and print the result")
+    _pass_arguments(p)
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("compile", help="compile a model into a training program",
+                       description="Run the passes (spiking, spide, schedule) and emit a program that trains the "
+                                   "network with spikes.",
+                       epilog=EPILOG_COMPILE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _model_arguments(p)
+    p.add_argument("--target", default="sim", help="sim (default)")
+    p.add_argument("-o", "--out", default="build", help="output folder (default: build)")
+    _pass_arguments(p)
+    p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("train", help="train a compiled program (arguments go to its train.py)",
+                       description="Run a compiled program's trainer in this process. Everything after the folder "
+                                   "goes to its train.py (see: spidec train BUILD --help).",
+                       epilog=EPILOG_TRAIN, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("build", help="folder written by spidec compile")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="train.py arguments (--data, --epochs, --batch, ...)")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("reference", help="exact rate-space equilibrium and implicit gradient",
                        description="Solve the model's rate equilibrium a* = clamp(W a* + F x + b, 0, 1) "

@@ -1,0 +1,25 @@
+"""``spidec.compile``: a model graph into a training program for a target."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .ir import Graph
+
+
+def compile(g: Graph, target: str = "sim", out: str | os.PathLike = "build", **options: Any) -> Any:
+    """Run the passes (``spiking``, ``spide``, ``schedule``; ``options`` go to the pass that takes
+    them, e.g. ``T=30, T_back=100, sf=100, lr=0.1``) and emit the ``target``'s program into ``out``.
+
+    A graph that already went through the passes (e.g. a training graph loaded from ``.spir``) is
+    compiled as it is when no options are given. Returns the backend's artifact (for ``sim``:
+    ``.load()`` the network, ``.train(*cli_args)``).
+    """
+    from . import passes
+    from .backends import get
+
+    backend = get(target)
+    if g.schedule is None or options:
+        g = passes.run(g, **options)
+    return backend.emit(g, out)
