@@ -34,7 +34,7 @@ def spide(g: Graph, T_back: int = 100, vth_back: float = 0.5, sf: float = 100.0,
         taken.add(name)
         return name
 
-    couples = {p.name: Couple(fresh(f"{p.name}_b"), p.name, vth_back, -vth_back, p.neuron.leak)
+    couples = {p.name: Couple(fresh(f"{p.name}_couple"), p.name, vth_back, -vth_back, p.neuron.leak)
                for p in g.populations}
     backward, injections = [], []
     for e in g.synapses():
