@@ -25,6 +25,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/reference_solver.py
+	$(PY) bench/sim_throughput.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

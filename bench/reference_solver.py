@@ -25,6 +25,8 @@ from spidec import reference as ref
 from spidec.data import digits
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples"))
+from export import build  # noqa: E402
 
 
 def best_of(repeat: int, fn):
@@ -45,7 +47,7 @@ def main(argv: list[str]) -> int:
 
     rows = []
     for name in ("digits_fb", "mnist_mlp_fb"):
-        g = spidec.load(ROOT / "examples" / f"{name}.spir")
+        g = spidec.from_torch(build(name), name=name)
         rng = np.random.default_rng(0)
         if name == "digits_fb":
             ds = digits()
