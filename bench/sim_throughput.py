@@ -3,7 +3,8 @@
     python bench/sim_throughput.py [--epochs 3] [--skip-accuracy]
 
 One training step = the forward stage (T = 30) + the ternary backward stage (T_back = 100) + the
-local updates and SGD, on MNIST images, float32, on this machine's CPU (torch's default threads).
+local updates and SGD, on MNIST images, float32, on this machine's CPU (torch's default threads),
+best of 3 windows of 2 s.
 Reported beside the costs of the authors' PyTorch implementation on a 2-core CPU from SPIDE.md. Then
 the MNIST MLP with self-feedback is trained for --epochs epochs on the 60,000 training images and
 tested on the 10,000 test images. Prints a table, writes bench/results/sim_throughput.json.
@@ -35,17 +36,22 @@ from export import build  # noqa: E402
 REFERENCE = {"mnist_mlp_fb": {1: 139, 64: 2677}, "lenet_f": {1: 8.7, 64: 39}}
 
 
-def throughput(art, x: np.ndarray, y: np.ndarray, batch: int, seconds: float = 3.0) -> float:
+def throughput(art, x: np.ndarray, y: np.ndarray, batch: int, seconds: float = 2.0, windows: int = 3) -> float:
+    """Best of ``windows`` measurement windows (this machine is shared and noisy)."""
     net, m = art.load(), art.module()
     xb, yb = torch.from_numpy(x[:batch]), torch.from_numpy(y[:batch])
     m.train_step(net, {"x": xb}, yb, 0.01)  # warm-up
-    steps, t0 = 0, time.perf_counter()
-    while True:
-        m.train_step(net, {"x": xb}, yb, 0.01)
-        steps += 1
-        elapsed = time.perf_counter() - t0
-        if elapsed >= seconds and steps >= 2:
-            return steps * batch / elapsed
+    best = 0.0
+    for _ in range(windows):
+        steps, t0 = 0, time.perf_counter()
+        while True:
+            m.train_step(net, {"x": xb}, yb, 0.01)
+            steps += 1
+            elapsed = time.perf_counter() - t0
+            if elapsed >= seconds and steps >= 2:
+                break
+        best = max(best, steps * batch / elapsed)
+    return best
 
 
 def main(argv: list[str]) -> int:
