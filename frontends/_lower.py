@@ -196,6 +196,17 @@ class Lowering:
             return Affine(a.shape, a.terms, np.array(full), channel)
         return Affine(a.shape, a.terms, a.offset + full, a.channel_offset and channel)
 
+    def mul(self, a: Value, b: Value, where: str) -> Value:
+        """A product: linear only when one factor is a constant."""
+        if isinstance(a, Const) and isinstance(b, Const):
+            return Const(a.value * b.value)
+        if isinstance(a, Const):
+            a, b = b, a
+        if not isinstance(b, Const):
+            raise self.error(where, "multiplies two signals; only linear ops (products with constants) may stand "
+                             "between populations")
+        return self.scale(a, b.value, where)
+
     def scale(self, v: Value, c: Any, where: str) -> Value:
         if isinstance(v, Const):
             return Const(v.value * c)

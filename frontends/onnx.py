@@ -421,15 +421,7 @@ def _neg(c, node, ins, attrs, where):
 
 @handles("Mul")
 def _mul(c, node, ins, attrs, where):
-    a, b = ins
-    if isinstance(a, Const) and isinstance(b, Const):
-        return Const(a.value * b.value)
-    if isinstance(a, Const):
-        a, b = b, a
-    if not isinstance(b, Const):
-        raise c.low.error(where, "multiplies two signals; only linear ops (products with constants) may stand "
-                          "between populations")
-    return c.low.scale(a, b.value, where)
+    return c.low.mul(ins[0], ins[1], where)
 
 
 @handles("Div")

@@ -417,16 +417,7 @@ class _TorchLowering:
         if isinstance(a, (int, float)) and isinstance(b, (int, float)):
             return a + b if op == "add" else a * b
         a, b = self.as_value(a), self.as_value(b)
-        if op == "add":
-            return self.low.add(a, b, where)
-        if isinstance(a, Const) and isinstance(b, Const):
-            return Const(a.value * b.value)
-        if isinstance(a, Const):
-            a, b = b, a
-        if not isinstance(b, Const):
-            raise self.low.error(where, "multiplies two signals; only linear ops (products with constants) may "
-                                 "stand between populations")
-        return self.low.scale(a, b.value, where)
+        return self.low.add(a, b, where) if op == "add" else self.low.mul(a, b, where)
 
     def call_method(self, node: Any, where: str) -> Any:
         args, kw = self.args(node)

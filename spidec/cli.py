@@ -15,9 +15,11 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from .backends import TARGETS
 from .errors import SpidecError
 from .ir import Graph, Input, Population, Readout
 from .ops import fmt_shape
+from .passes import PIPELINE
 from .text import _plural
 
 EPILOG_INSPECT = """examples:
@@ -330,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=EPILOG_INSPECT, formatter_class=argparse.RawDescriptionHelpFormatter)
     _model_arguments(p)
     p.add_argument("--no-text", action="store_true", help="print the tables only, not the IR text")
-    p.add_argument("--after", choices=["spiking", "spide", "schedule"],
+    p.add_argument("--after", choices=list(PIPELINE),
                    help="run the passes up to this one and print the result")
     _pass_arguments(p)
     p.set_defaults(func=cmd_inspect)
@@ -340,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "network with spikes.",
                        epilog=EPILOG_COMPILE, formatter_class=argparse.RawDescriptionHelpFormatter)
     _model_arguments(p)
-    p.add_argument("--target", default="sim", help="sim (default)")
+    p.add_argument("--target", default="sim", choices=list(TARGETS), help="what to emit (default: sim)")
     p.add_argument("-o", "--out", default="build", help="output folder (default: build)")
     _pass_arguments(p)
     p.set_defaults(func=cmd_compile)

@@ -123,6 +123,22 @@ class _Net:
             z = z + syn.apply(before[src] if syn.delay else now[src])
         return z
 
+    def start(self, x: dict[str, np.ndarray], given: Mapping[str, np.ndarray] | None, what: str
+              ) -> dict[str, np.ndarray]:
+        """Inputs plus every population's starting rates (``given`` ones, zeros otherwise)."""
+        batch = next(iter(x.values())).shape[0]
+        values: dict[str, np.ndarray] = dict(x)
+        for p in self.pops:
+            shape = (batch,) + self.nodes[p].shape
+            if given is not None and p in given:
+                a0 = np.asarray(given[p], dtype=np.float64)
+                if a0.shape != shape:
+                    raise SpidecError(f"{what} of '{p}' have shape {fmt_shape(a0.shape)}, expected {fmt_shape(shape)}")
+                values[p] = a0
+            else:
+                values[p] = np.zeros(shape)
+        return values
+
     def sweep(self, values: dict[str, np.ndarray], damping: float = 1.0) -> float:
         """One time step in place: populations in step order, delayed synapses reading the rates
         from before the step. Returns the largest change of a rate."""
@@ -162,18 +178,9 @@ def equilibrium(g: Graph, inputs: Any, *, tol: float = 1e-10, max_iter: int = 10
         raise SpidecError(f"damping must lie in (0, 1], got {damping}")
     net = _Net(g)
     x = _batch_inputs(g, inputs)
-    batch = next(iter(x.values())).shape[0]
-    values: dict[str, np.ndarray] = dict(x)
+    values = net.start(x, init, "initial rates")
     for p in net.pops:
-        shape = (batch,) + net.nodes[p].shape
-        if init is not None and p in init:
-            a0 = np.asarray(init[p], dtype=np.float64)
-            if a0.shape != shape:
-                raise SpidecError(f"initial rates of '{p}' have shape {fmt_shape(a0.shape)}, expected "
-                                  f"{fmt_shape(shape)}")
-            values[p] = np.clip(a0, 0, 1)
-        else:
-            values[p] = np.zeros(shape)
+        values[p] = np.clip(values[p], 0, 1)
     best, best_it, change, it = math.inf, 0, math.inf, 0
     converged = not net.pops
     for it in range(1, max_iter + 1):
@@ -206,13 +213,7 @@ def step(g: Graph, inputs: Any, rates: Mapping[str, np.ndarray] | None = None
     read ``rates`` (the previous step's, zeros where not given). Returns the new rates and the
     readouts' outputs: what a frontend's model computes in one call of ``forward(x, z)``."""
     net = _Net(g)
-    x = _batch_inputs(g, inputs)
-    batch = next(iter(x.values())).shape[0]
-    values: dict[str, np.ndarray] = dict(x)
-    for p in net.pops:
-        shape = (batch,) + net.nodes[p].shape
-        given = None if rates is None else rates.get(p)
-        values[p] = np.zeros(shape) if given is None else np.broadcast_to(np.asarray(given, np.float64), shape)
+    values = net.start(_batch_inputs(g, inputs), rates, "previous rates")
     net.sweep(values)
     return {p: np.array(values[p]) for p in net.pops}, net.outputs(values)
 
