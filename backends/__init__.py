@@ -15,7 +15,10 @@ from typing import Any
 
 from ..errors import SpidecError
 
-TARGETS: dict[str, str] = {"sim": "PyTorch simulator program (CPU/CUDA, torchrun)"}
+TARGETS: dict[str, str] = {
+    "sim": "PyTorch simulator program (CPU/CUDA, torchrun)",
+    "c": "C99 program that trains on the device (host executable and shared library)",
+}
 
 
 def get(target: str) -> Any:

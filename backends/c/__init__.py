@@ -1,0 +1,381 @@
+"""The ``c`` backend: a training graph into C99 that trains the network on the device it runs on.
+
+    art = emit(g, "build/")          # model.c + the runtime + a Makefile
+    rt = art.build()                 # make; a ctypes handle on the shared library
+    rt.train(x, y, epochs=5); rt.evaluate(x_test, y_test)
+
+The folder holds ``model.c`` (sizes as constants, state in static arrays, the schedule unrolled,
+the initial weights as initialised arrays), a copy of ``runtime/`` (``spide.h`` and the shared
+sources: data-set and checkpoint files, the training loop, the command-line program) and a
+``Makefile`` that builds the host executable ``train`` (``train``/``eval``/``predict``/``info``)
+and the shared library. Same graph, same bytes.
+
+Supported today: synapses made of one dense weight with flatten/reshape and constant scalar scales
+around it (or no weight: an identity with a scale), IF/LIF populations of any shape with full
+biases, one data input (constant encoding) and one cross-entropy readout. Conv, pooling and padding
+are refused with a message (use ``--target sim`` for them meanwhile).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import math
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import numpy as np
+
+from ...errors import SpidecError
+from ...ir import Graph, Input, Population
+from ...ops import Dense, Flatten, Reshape, Scale
+from ...text import dumps
+
+TEMPLATES = Path(__file__).with_name("templates")
+
+
+def _c_float(v: float) -> str:
+    s = f"{float(np.float32(v)):.9g}"
+    if not any(ch in s for ch in ".en"):
+        s += ".0"
+    return s + "f"
+
+
+def _cname(name: str) -> str:
+    return "t_" + "".join(c if c.isalnum() else "_" for c in name)
+
+
+def _runtime_dir() -> Path:
+    from ...runtime import ROOT
+
+    if not (ROOT / "include" / "spide.h").exists():  # pragma: no cover - a broken installation
+        raise SpidecError(f"the C runtime sources are missing from {ROOT}")
+    return ROOT
+
+
+class _Chain:
+    """A synapse reduced to ``factor * W`` (W dense, or None for an identity)."""
+
+    def __init__(self, g: Graph, syn: str) -> None:
+        e = g.synapse(syn)
+        self.factor = 1.0
+        self.weight: str | None = None
+        slots = {(s.owner, s.op, s.field): n for n, s in g.tensor_slots().items()}
+        for i, op in enumerate(e.synapse.ops):
+            if isinstance(op, (Flatten, Reshape)):
+                continue
+            if isinstance(op, Scale) and isinstance(op.factor, float):
+                self.factor *= op.factor
+            elif isinstance(op, Dense) and self.weight is None:
+                self.weight = slots[(e.name, i, "weight")]
+            else:
+                what = "a second dense weight" if isinstance(op, Dense) else f"op {op.kind}"
+                raise SpidecError(f"synapse '{e.name}': the C backend does not support {what} yet (it reads a dense "
+                                  "weight with flatten/reshape and scalar scales around it)",
+                                  hint="use --target sim for this model")
+        n_src, n_dst = math.prod(g.node(e.src).shape), math.prod(g.node(e.dst).shape)
+        if self.weight is None and n_src != n_dst:
+            raise SpidecError(f"synapse '{e.name}' has no weight but changes the size")  # pragma: no cover
+
+
+def context(g: Graph) -> dict[str, Any]:
+    from ... import __version__
+
+    if g.simulation is None or g.training is None or g.schedule is None:
+        raise SpidecError("the c backend needs a training graph; run the passes first: spidec.passes.run(g)")
+    if g.simulation.encoding != "constant":
+        raise SpidecError("the c backend reads constant input currents only", hint="use --target sim for temporal "
+                          "inputs")
+    if len(g.inputs) != 1:
+        raise SpidecError(f"the c backend trains models with one data input, this one has {len(g.inputs)}")
+    if len(g.readouts) != 1 or g.readouts[0].loss != "cross_entropy":
+        raise SpidecError("the c backend trains one cross-entropy readout (a classifier)")
+    t, sched = g.training, g.schedule
+    n = {node.name: math.prod(node.shape) for node in g.nodes}
+    cvar = {p.name: "".join(c if c.isalnum() else "_" for c in p.name) for p in g.populations}
+    chains = {e.name: _Chain(g, e.name) for e in g.synapses()}
+    readout = g.readouts[0]
+    transposed = {c.weight for e, c in chains.items() if c.weight and g.synapse(e).dst in n}
+    feedback = {c.weight for e, c in chains.items() if c.weight and g.synapse(e).synapse.delay}
+    tensors = []
+    for name, slot in g.tensor_slots().items():
+        arr = g.tensor(name).astype(np.float32)
+        if slot.op is None and arr.shape != g.node(slot.owner).shape:
+            raise SpidecError(f"bias '{name}' is per channel; the c backend needs a full bias",
+                              hint="use --target sim for this model")
+        values = np.char.mod("%.9g", arr.ravel())
+        lines = [", ".join(values[i: i + 8]) for i in range(0, len(values), 8)]
+        tensors.append({"name": name, "c": _cname(name), "size": int(arr.size), "learnable": slot.learnable,
+                        "shape": list(arr.shape) if arr.ndim == 2 else [int(arr.size)],
+                        "transposed": name in transposed, "feedback": name in feedback and slot.learnable,
+                        "init": "    " + ",\n    ".join(lines)})
+    pops = []
+    for p in sched.forward:
+        node = g.node(p)
+        feeds = []
+        for e in g.in_synapses(p):
+            c = chains[e.name]
+            kind = "input" if isinstance(g.node(e.src), Input) else ("delayed" if e.synapse.delay else "now")
+            feeds.append({"kind": kind, "syn": e.name, "w": _cname(c.weight) if c.weight else None,
+                          "factor": c.factor, "n_src": n[e.src], "src_c": cvar.get(e.src)})
+        if any(f["kind"] == "input" and f["w"] is None for f in feeds):
+            raise SpidecError(f"population '{p}' reads the input without a weight; the c backend needs one")
+        nrn = node.neuron
+        couple = t.couple_of(p)
+        pops.append({"name": p, "c": cvar[p], "n": n[p], "V": nrn.V, "vth": nrn.vth, "leak": nrn.leak,
+                     "norm": float(g.simulation.T) if nrn.leak == 1.0 else
+                     (1 - nrn.leak ** g.simulation.T) / (1 - nrn.leak),
+                     "bias": _cname(f"{p}.bias") if node.bias is not None else None, "feeds": feeds,
+                     "delayed": p in sched.delayed, "couple": couple.name, "cvth": couple.vth, "S": couple.S,
+                     "cleak": couple.leak, "norm_b": float(t.T_back) if couple.leak == 1.0 else
+                     (1 - couple.leak ** t.T_back) / (1 - couple.leak),
+                     "bdelayed": couple.name in sched.delayed_back})
+    by = {p["name"]: p for p in pops}
+    back = []
+    for cname in sched.backward:
+        p = by[next(c.of for c in t.couples if c.name == cname)]
+        bfeeds = [{"syn": b.forward, "w": _cname(chains[b.forward].weight) if chains[b.forward].weight else None,
+                   "factor": chains[b.forward].factor, "src_c": cvar[b.gate], "delayed": bool(b.delay)}
+                  for b in t.backward if b.dst == cname]
+        injections = [{"w": _cname(chains[i.forward].weight), "factor": chains[i.forward].factor}
+                      for i in t.injections if i.couple == cname]
+        back.append({**p, "bfeeds": bfeeds, "injections": injections})
+    rfeeds = []
+    for e in g.in_synapses(readout.name):
+        c = chains[e.name]
+        if c.weight is None or not isinstance(g.node(e.src), Population):
+            raise SpidecError(f"readout synapse '{e.name}' needs a dense weight from a population for the c backend")
+        rfeeds.append({"w": _cname(c.weight), "factor": c.factor, "n_src": n[e.src], "pre": f"a_{cvar[e.src]}"})
+    updates = []
+    for u in t.updates:
+        c = _cname(u.tensor)
+        if u.kind in ("local", "delta"):
+            e = g.synapse(u.synapse)  # type: ignore[arg-type]
+            ch = chains[e.name]
+            pre = "x_in" if isinstance(g.node(e.src), Input) else f"a_{cvar[e.src]}"
+            post = f"post_{cvar[e.dst]}" if u.kind == "local" else "dlogits"
+            updates.append({"tensor": u.tensor, "kind": u.kind, "c": c, "rows": n[e.dst], "cols": n[e.src],
+                            "pre": pre, "post": post, "factor": ch.factor,
+                            "what": f"{u.kind} rule through {e.name} ({e.src} -> {e.dst})"})
+        else:
+            post = "dlogits" if u.kind == "delta_bias" else f"post_{cvar[u.gate]}"  # type: ignore[index]
+            rows = n[u.post] if u.kind == "delta_bias" else n[u.gate]  # type: ignore[index]
+            updates.append({"tensor": u.tensor, "kind": u.kind, "c": c, "rows": rows, "post": post,
+                            "what": f"{u.kind} rule"})
+    text, _ = dumps(g, inline_max=0)
+    return {
+        "version": __version__, "model": g.name, "hash": hashlib.sha256(text.encode()).hexdigest()[:16],
+        "T": g.simulation.T, "T_back": t.T_back, "sf": t.sf, "opt": t.optimizer,
+        "n_inputs": n[g.inputs[0].name], "n_classes": n[readout.name], "tensors": tensors, "pops": pops,
+        "back": back, "updates": updates,
+        "readout": {"name": readout.name, "bias": _cname(f"{readout.name}.bias") if readout.bias is not None else None,
+                    "feeds": rfeeds},
+    }
+
+
+def _env() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
+                             keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
+    env.filters["f"] = _c_float
+    return env
+
+
+MAKEFILE = """# Generated by spidec: builds the host trainer and the shared library of model '{name}'.
+#   make              train (train/eval/predict/info) and lib{name}.so
+#   make sanitize     train-san, under AddressSanitizer and UndefinedBehaviorSanitizer
+CC ?= cc
+ARCH ?= -march=native
+CFLAGS ?= -std=c99 -O3 $(ARCH) -ffp-contract=off -Wall -Wextra -Werror
+SRC = model.c runtime/src/spide_io.c runtime/src/spide_train.c
+INC = -Iruntime/include
+
+all: train lib{name}.so
+
+train: $(SRC) runtime/src/spide_main.c runtime/include/spide.h
+\t$(CC) $(CFLAGS) $(INC) -o $@ $(SRC) runtime/src/spide_main.c -lm
+
+lib{name}.so: $(SRC) runtime/include/spide.h
+\t$(CC) $(CFLAGS) $(INC) -fPIC -shared -o $@ $(SRC) -lm
+
+sanitize: train-san
+
+train-san: $(SRC) runtime/src/spide_main.c runtime/include/spide.h
+\t$(CC) -std=c99 -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all \\
+\t\t-ffp-contract=off -Wall -Wextra -Werror $(INC) -o $@ $(SRC) runtime/src/spide_main.c -lm
+
+clean:
+\trm -f train train-san lib{name}.so
+
+.PHONY: all sanitize clean
+"""
+
+
+def emit(g: Graph, out: str | Path) -> CArtifact:
+    """Write the C sources for training graph ``g`` into ``out``."""
+    ctx = context(g)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "model.c").write_text(_env().get_template("model.c.j2").render(**ctx))
+    rt = _runtime_dir()
+    for sub in ("include", "src"):
+        (out / "runtime" / sub).mkdir(parents=True, exist_ok=True)
+        for f in sorted((rt / sub).iterdir()):
+            if f.suffix in (".c", ".h"):
+                shutil.copyfile(f, out / "runtime" / sub / f.name)
+    (out / "Makefile").write_text(MAKEFILE.format(name=_lib_name(g)))
+    text, _ = dumps(g, inline_max=0)
+    (out / "model.spir").write_text(text)
+    return CArtifact(out, g)
+
+
+def _lib_name(g: Graph) -> str:
+    return "".join(c if c.isalnum() else "_" for c in g.name)
+
+
+@dataclass
+class CArtifact:
+    out: Path
+    graph: Graph
+
+    def build(self, *, sanitize: bool = False, quiet: bool = True) -> CRuntime:
+        """Run ``make`` (gcc/cc); return a ctypes handle on the shared library."""
+        target = ["sanitize"] if sanitize else []
+        done = subprocess.run(["make", "-C", str(self.out), *target], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SpidecError(f"building the C program failed:\n{done.stdout[-2000:]}{done.stderr[-4000:]}")
+        if not quiet:
+            print(done.stdout)
+        return CRuntime(self.out / f"lib{_lib_name(self.graph)}.so")
+
+    @property
+    def executable(self) -> Path:
+        return self.out / "train"
+
+
+class _Info(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_char_p), ("hash", ctypes.c_char_p), ("n_inputs", ctypes.c_int),
+                ("n_classes", ctypes.c_int), ("n_tensors", ctypes.c_int), ("T", ctypes.c_int),
+                ("T_back", ctypes.c_int), ("lr", ctypes.c_float), ("sf", ctypes.c_float)]
+
+
+class CRuntime:
+    """A loaded model library: numpy in, numpy out."""
+
+    def __init__(self, path: Path) -> None:
+        self.lib = lib = ctypes.CDLL(str(path))
+        f32p = np.ctypeslib.ndpointer(np.float32, flags="C_CONTIGUOUS")
+        i32p = np.ctypeslib.ndpointer(np.int32, flags="C_CONTIGUOUS")
+        lib.spide_info.restype = ctypes.POINTER(_Info)
+        lib.spide_tensor_name.restype = ctypes.c_char_p
+        lib.spide_tensor_size.restype = ctypes.c_size_t
+        for fn in ("spide_get_tensor", "spide_set_tensor", "spide_get_grad", "spide_get_momentum",
+                   "spide_set_momentum"):
+            getattr(lib, fn).argtypes = [ctypes.c_int, f32p]
+        lib.spide_forward.argtypes = [f32p]
+        lib.spide_forward.restype = ctypes.POINTER(ctypes.c_float)
+        lib.spide_learn.argtypes = [f32p, ctypes.c_int, ctypes.c_int]
+        lib.spide_learn.restype = ctypes.c_float
+        lib.spide_step.argtypes = [ctypes.c_float]
+        lib.spide_get_counts.argtypes = [f32p]
+        lib.spide_get_back_sums.argtypes = [f32p]
+        lib.spide_take_events.restype = ctypes.c_uint64
+        lib.spide_lr_at.argtypes = [ctypes.c_int, ctypes.c_float]
+        lib.spide_lr_at.restype = ctypes.c_float
+        lib.spide_train_epoch.argtypes = [f32p, i32p, ctypes.c_int, i32p, ctypes.c_int, ctypes.c_float,
+                                          ctypes.POINTER(ctypes.c_int), ctypes.c_void_p]
+        lib.spide_train_epoch.restype = ctypes.c_double
+        lib.spide_evaluate.argtypes = [f32p, i32p, ctypes.c_int, ctypes.POINTER(ctypes.c_double)]
+        lib.spide_evaluate.restype = ctypes.c_double
+        info = lib.spide_info().contents
+        self.name, self.hash = info.name.decode(), info.hash.decode()
+        self.n_inputs, self.n_classes, self.T, self.T_back = info.n_inputs, info.n_classes, info.T, info.T_back
+        self.lr, self.sf = float(info.lr), float(info.sf)
+        self.tensor_names = [lib.spide_tensor_name(i).decode() for i in range(info.n_tensors)]
+        self.sizes = [int(lib.spide_tensor_size(i)) for i in range(info.n_tensors)]
+
+    def _x(self, x: Any) -> np.ndarray:
+        x = np.ascontiguousarray(np.asarray(x, dtype=np.float32).reshape(-1, self.n_inputs))
+        return x
+
+    def get_weights(self) -> dict[str, np.ndarray]:
+        out = {}
+        for i, (name, size) in enumerate(zip(self.tensor_names, self.sizes)):
+            buf = np.empty(size, np.float32)
+            self.lib.spide_get_tensor(i, buf)
+            out[name] = buf
+        return out
+
+    def set_weights(self, values: dict[str, np.ndarray]) -> None:
+        for name, value in values.items():
+            i = self.tensor_names.index(name)
+            arr = np.ascontiguousarray(np.asarray(value, np.float32).ravel())
+            if arr.size != self.sizes[i]:
+                raise SpidecError(f"tensor '{name}' holds {self.sizes[i]} values, got {arr.size}")
+            self.lib.spide_set_tensor(i, arr)
+
+    def grads(self) -> dict[str, np.ndarray]:
+        out = {}
+        for i, (name, size) in enumerate(zip(self.tensor_names, self.sizes)):
+            buf = np.empty(size, np.float32)
+            self.lib.spide_get_grad(i, buf)
+            out[name] = buf
+        return out
+
+    def forward(self, x: Any) -> np.ndarray:
+        """Logits of each sample."""
+        x = self._x(x)
+        out = np.empty((len(x), self.n_classes), np.float32)
+        for k in range(len(x)):
+            out[k] = np.ctypeslib.as_array(self.lib.spide_forward(x[k]), (self.n_classes,))
+        return out
+
+    def counts(self, x: Any) -> np.ndarray:
+        """Forward spike counts of every neuron (populations concatenated), per sample."""
+        x = self._x(x)
+        n = self.lib.spide_neurons()
+        out = np.empty((len(x), n), np.float32)
+        for k in range(len(x)):
+            self.lib.spide_forward(x[k])
+            self.lib.spide_get_counts(out[k])
+        return out
+
+    def rates(self, x: Any) -> np.ndarray:
+        return self.counts(x) / self.T
+
+    def learn_batch(self, x: Any, y: Any) -> float:
+        """Accumulate the local updates of a batch (no step); returns the summed loss."""
+        x = self._x(x)
+        y = np.asarray(y, np.int64)
+        return float(sum(self.lib.spide_learn(x[k], int(y[k]), len(x)) for k in range(len(x))))
+
+    def step(self, lr: float | None = None) -> None:
+        self.lib.spide_step(ctypes.c_float(self.lr if lr is None else lr))
+
+    def train(self, x: Any, y: Any, *, epochs: int = 1, batch: int = 64, lr: float | None = None,
+              seed: int = 0) -> list[dict]:
+        x = self._x(x)
+        y = np.ascontiguousarray(np.asarray(y, np.int32))
+        rng = np.random.default_rng(seed)
+        history = []
+        for epoch in range(epochs):
+            perm = np.ascontiguousarray(rng.permutation(len(y)).astype(np.int32))
+            correct = ctypes.c_int(0)
+            lr_e = self.lib.spide_lr_at(epoch, ctypes.c_float(self.lr if lr is None else lr))
+            loss = self.lib.spide_train_epoch(x, y, len(y), perm, batch, ctypes.c_float(lr_e),
+                                              ctypes.byref(correct), None)
+            history.append({"epoch": epoch + 1, "loss": loss / len(y), "train_accuracy": correct.value / len(y)})
+        return history
+
+    def evaluate(self, x: Any, y: Any) -> dict:
+        x = self._x(x)
+        y = np.ascontiguousarray(np.asarray(y, np.int32))
+        loss = ctypes.c_double(0.0)
+        acc = self.lib.spide_evaluate(x, y, len(y), ctypes.byref(loss))
+        return {"accuracy": acc, "loss": loss.value}
+
+
+__all__ = ["CArtifact", "CRuntime", "context", "emit"]

@@ -1,0 +1,118 @@
+/* spide.h -- the spidec C runtime: on-device SPIDE training.
+ *
+ * A model compiled by `spidec compile MODEL --target c` is one C file (model.c) that implements
+ * the model interface below with every size a compile-time constant and all state in static
+ * arrays; this runtime adds what every model shares: the data-set and checkpoint formats (CRC32,
+ * atomic saves), the training loop, and the command-line program.
+ *
+ * Training one sample (SPIDE, Xiao et al. 2023):
+ *   forward   T steps of IF/LIF neurons; a spike adds one column of each outgoing weight matrix
+ *             to the post population's potential (event-driven); rates a = count / T.
+ *   backward  T_BACK steps of ternary neuron couples driven by the scaled loss gradient; a
+ *             ternary spike of a couple (where its population's mask m = 1[0<a<1] is set) adds or
+ *             subtracts one row of each incoming weight matrix to the pre couple's potential.
+ *   update    every learnable tensor accumulates its local gradient estimate G (post couple rate
+ *             times mask, outer product with the pre rate; masked rows skipped); at the end of a
+ *             batch SGD: buf = momentum*buf + G + wd*W;  W -= lr/sf * buf.
+ *
+ * No function allocates memory during training. All functions are single-threaded.
+ */
+#ifndef SPIDE_H
+#define SPIDE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------ the model interface */
+
+/** Static facts of a compiled model. */
+typedef struct {
+    const char *name;         /* the model's name */
+    const char *hash;         /* 16 hex digits identifying the training graph (checkpoints) */
+    int n_inputs;             /* values per input sample */
+    int n_classes;            /* readout size (cross-entropy classes) */
+    int n_tensors;            /* tensors (weights, biases) the model holds */
+    int T, T_back;            /* time steps of the two stages */
+    float lr, sf;             /* default learning rate, loss scale factor */
+} spide_info_t;
+
+const spide_info_t *spide_info(void);
+
+/** Name, element count and learnability of tensor i (0 <= i < n_tensors). */
+const char *spide_tensor_name(int i);
+size_t spide_tensor_size(int i);
+int spide_tensor_learnable(int i);
+/** Copy tensor i (row-major, the IR's layout) out of / into the model. */
+void spide_get_tensor(int i, float *out);
+void spide_set_tensor(int i, const float *in);
+/** The accumulated local gradient estimate G of tensor i, and its momentum buffer. */
+void spide_get_grad(int i, float *out);
+void spide_get_momentum(int i, float *out);
+void spide_set_momentum(int i, const float *in);
+
+/** Forward stage of one sample; returns the readout's logits (n_classes floats, model-owned). */
+const float *spide_forward(const float *x);
+/** The readout's logits of the last forward stage. */
+const float *spide_forward_logits(void);
+/** The learning rate at an epoch: the compiled step schedule (milestones, gamma) applied to lr. */
+float spide_lr_at(int epoch, float lr);
+/** Forward + backward + local-gradient accumulation of one sample with label y; the loss
+ *  gradient is scaled by sf / batch. Returns the sample's cross-entropy loss. */
+float spide_learn(const float *x, int y, int batch);
+/** SGD step with the accumulated G (then cleared); lr as given. */
+void spide_step(float lr);
+/** Clear the accumulated G. */
+void spide_zero_grads(void);
+/** Spike counts of the last forward stage, all populations concatenated (spide_neurons() floats). */
+int spide_neurons(void);
+void spide_get_counts(float *out);
+/** Ternary spike sums of the last backward stage (beta * T_back), all couples concatenated. */
+void spide_get_back_sums(float *out);
+/** Synaptic events (spike deliveries of one weight column/row) since the last call. */
+uint64_t spide_take_events(void);
+
+/* ------------------------------------------------------------------ training helpers */
+
+/** Train on n samples (x: n * n_inputs floats, y: n labels) for one epoch in the given order
+ *  (perm, or NULL for 0..n-1), batch by batch. Returns the summed loss; *correct gets the number
+ *  of correctly classified training samples. */
+double spide_train_epoch(const float *x, const int32_t *y, int n, const int32_t *perm, int batch, float lr,
+                         int *correct, void (*progress)(int done, int total, double loss, int correct));
+/** Accuracy on n samples; *loss gets the mean cross-entropy. */
+double spide_evaluate(const float *x, const int32_t *y, int n, double *loss);
+
+/* ------------------------------------------------------------------ files */
+
+/* Data set: "SPDS", version, dtype (1 = float32), per-sample dims, count, classes, samples,
+ * int32 labels, CRC32 of everything before it. Checkpoint: "SPCK", version, model hash, epoch,
+ * float count, every tensor then every momentum buffer, CRC32. Little-endian. */
+#define SPIDE_FORMAT_VERSION 1u
+
+typedef struct {
+    int count;        /* samples */
+    int size;         /* values per sample */
+    int classes;      /* label range 0..classes-1 */
+    float *x;         /* count * size */
+    int32_t *y;       /* count */
+} spide_dataset_t;
+
+/** Read a data set; 0 on success, else -1 with a message in err (errlen bytes). The sample size
+ *  must equal `expect_size` (when > 0). Free with spide_dataset_free. */
+int spide_dataset_load(const char *path, int expect_size, spide_dataset_t *out, char *err, size_t errlen);
+void spide_dataset_free(spide_dataset_t *d);
+
+/** Save the model's tensors and momentum atomically (temporary file, fsync, rename). */
+int spide_checkpoint_save(const char *path, int epoch, char *err, size_t errlen);
+/** Load a checkpoint written for this model; the model is unchanged on failure. */
+int spide_checkpoint_load(const char *path, int *epoch, char *err, size_t errlen);
+
+uint32_t spide_crc32(uint32_t crc, const void *data, size_t n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* SPIDE_H */

@@ -1,0 +1,203 @@
+/* spide_main.c -- the command-line program of a compiled model: train, eval, predict, info.
+ * Exit codes: 0 ok, 1 bad input (data or checkpoint file), 2 bad usage. */
+#define _POSIX_C_SOURCE 200809L
+#include "spide.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static const char *USAGE =
+    "usage: %s COMMAND [options]\n"
+    "  train   --train FILE.spds [--test FILE.spds] [--epochs N] [--batch B] [--lr LR] [--seed S]\n"
+    "          [--checkpoint FILE] [--resume] [--save-every BATCHES] [--quiet]\n"
+    "  eval    --test FILE.spds [--checkpoint FILE]\n"
+    "  predict --data FILE.spds [--checkpoint FILE]      one predicted class per line\n"
+    "  info                                              the model's facts\n"
+    "Data sets: spidec dataset pack digits -o DIR. Progress goes to stderr, results to stdout.\n"
+    "Exit codes: 0 ok, 1 bad data or checkpoint file, 2 bad usage.\n";
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int show_progress = 1;
+static int epoch_shown = 0, epochs_total = 0;
+static double last_draw = 0.0;
+
+static void progress(int done, int total, double loss, int correct) {
+    if (!show_progress) return;
+    double t = now();
+    if (done < total && t - last_draw < 0.2) return;
+    last_draw = t;
+    int width = 30, filled = (int)((double)width * done / (total ? total : 1));
+    fprintf(stderr, "\repoch %d/%d [", epoch_shown, epochs_total);
+    for (int i = 0; i < width; i++) fputc(i < filled ? '#' : '.', stderr);
+    fprintf(stderr, "] %d/%d loss %.4f acc %.3f ", done, total, loss / (done ? done : 1),
+            (double)correct / (done ? done : 1));
+    if (done >= total) fputc('\n', stderr);
+    fflush(stderr);
+}
+
+/* xorshift64*: a small, seeded generator for the shuffles (same seed, same order on every device) */
+static uint64_t rng_state = 88172645463325252ull;
+static uint64_t rng_next(void) {
+    rng_state ^= rng_state >> 12;
+    rng_state ^= rng_state << 25;
+    rng_state ^= rng_state >> 27;
+    return rng_state * 2685821657736338717ull;
+}
+
+static void shuffle(int32_t *perm, int n) {
+    for (int i = 0; i < n; i++) perm[i] = i;
+    for (int i = n - 1; i > 0; i--) {
+        int j = (int)(rng_next() % (uint64_t)(i + 1));
+        int32_t t = perm[i];
+        perm[i] = perm[j];
+        perm[j] = t;
+    }
+}
+
+static int load(const char *path, spide_dataset_t *d) {
+    char err[512];
+    if (spide_dataset_load(path, spide_info()->n_inputs, d, err, sizeof err) != 0) {
+        fprintf(stderr, "error: %s\n", err);
+        return -1;
+    }
+    if (d->classes > spide_info()->n_classes) {
+        fprintf(stderr, "error: %s has %d classes, the model's readout %d\n", path, d->classes,
+                spide_info()->n_classes);
+        return -1;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    const spide_info_t *info = spide_info();
+    if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
+        fprintf(argc < 2 ? stderr : stdout, USAGE, argv[0]);
+        return argc < 2 ? 2 : 0;
+    }
+    const char *cmd = argv[1], *train_path = NULL, *test_path = NULL, *ckpt = NULL;
+    int epochs = 20, batch = 64, resume = 0, save_every = 0;
+    float lr = info->lr;
+    unsigned long long seed = 0;
+    for (int i = 2; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--quiet")) { show_progress = 0; continue; }
+        if (!strcmp(a, "--resume")) { resume = 1; continue; }
+        if (!v) { fprintf(stderr, "error: %s needs a value\n" , a); return 2; }
+        if (!strcmp(a, "--train")) train_path = v;
+        else if (!strcmp(a, "--test") || !strcmp(a, "--data")) test_path = v;
+        else if (!strcmp(a, "--checkpoint")) ckpt = v;
+        else if (!strcmp(a, "--epochs")) epochs = atoi(v);
+        else if (!strcmp(a, "--batch")) batch = atoi(v);
+        else if (!strcmp(a, "--lr")) lr = (float)atof(v);
+        else if (!strcmp(a, "--seed")) seed = strtoull(v, NULL, 10);
+        else if (!strcmp(a, "--save-every")) save_every = atoi(v);
+        else { fprintf(stderr, "error: unknown option %s\n", a); fprintf(stderr, USAGE, argv[0]); return 2; }
+        i++;
+    }
+    if (batch < 1 || epochs < 0 || lr <= 0) { fprintf(stderr, "error: --batch >= 1, --epochs >= 0, --lr > 0\n"); return 2; }
+    rng_state ^= seed * 0x9E3779B97F4A7C15ull;
+    if (!rng_state) rng_state = 1;
+    char err[512];
+    int start_epoch = 0;
+    if (ckpt && (resume || strcmp(cmd, "train") != 0) && access(ckpt, F_OK) == 0) {
+        if (spide_checkpoint_load(ckpt, &start_epoch, err, sizeof err) != 0) {
+            fprintf(stderr, "error: %s\n", err);
+            return 1;
+        }
+        if (show_progress) fprintf(stderr, "loaded %s (after epoch %d)\n", ckpt, start_epoch);
+    } else if (ckpt && strcmp(cmd, "train") != 0) {
+        fprintf(stderr, "error: %s: no such checkpoint\n", ckpt);
+        return 1;
+    }
+
+    if (!strcmp(cmd, "info")) {
+        printf("model %s\nhash %s\ninputs %d\nclasses %d\nT %d\nT_back %d\nlr %g\nsf %g\n", info->name, info->hash,
+               info->n_inputs, info->n_classes, info->T, info->T_back, (double)info->lr, (double)info->sf);
+        for (int i = 0; i < info->n_tensors; i++)
+            printf("tensor %s %zu%s\n", spide_tensor_name(i), spide_tensor_size(i),
+                   spide_tensor_learnable(i) ? "" : " frozen");
+        return 0;
+    }
+    if (!strcmp(cmd, "eval") || !strcmp(cmd, "predict")) {
+        spide_dataset_t d;
+        if (!test_path) { fprintf(stderr, "error: %s needs --test/--data FILE.spds\n", cmd); return 2; }
+        if (load(test_path, &d) != 0) return 1;
+        if (!strcmp(cmd, "predict")) {
+            for (int i = 0; i < d.count; i++) {
+                const float *logits = spide_forward(d.x + (size_t)i * (size_t)d.size);
+                int best = 0;
+                for (int c = 1; c < info->n_classes; c++) if (logits[c] > logits[best]) best = c;
+                printf("%d\n", best);
+            }
+        } else {
+            double loss;
+            double acc = spide_evaluate(d.x, d.y, d.count, &loss);
+            printf("test_accuracy %.4f test_loss %.4f samples %d\n", acc, loss, d.count);
+        }
+        spide_dataset_free(&d);
+        return 0;
+    }
+    if (strcmp(cmd, "train") != 0) { fprintf(stderr, "error: unknown command %s\n", cmd); fprintf(stderr, USAGE, argv[0]); return 2; }
+    if (!train_path) { fprintf(stderr, "error: train needs --train FILE.spds\n"); return 2; }
+    spide_dataset_t tr, te;
+    memset(&te, 0, sizeof te);
+    if (load(train_path, &tr) != 0) return 1;
+    if (test_path && load(test_path, &te) != 0) { spide_dataset_free(&tr); return 1; }
+    int32_t *perm = (int32_t *)malloc((size_t)tr.count * sizeof(int32_t));
+    if (!perm) { fprintf(stderr, "error: out of memory\n"); return 1; }
+    for (int e = 0; e < start_epoch; e++) shuffle(perm, tr.count); /* the same order as an uninterrupted run */
+    epochs_total = epochs;
+    show_progress = show_progress && isatty(2);
+    int rc = 0;
+    for (int e = start_epoch; e < epochs; e++) {
+        epoch_shown = e + 1;
+        shuffle(perm, tr.count);
+        float lr_e = spide_lr_at(e, lr);
+        double t0 = now();
+        (void)spide_take_events();
+        int correct = 0;
+        double loss = 0.0;
+        int done = 0;
+        /* save_every: checkpoints inside the epoch too (for long epochs on slow devices) */
+        int chunk = save_every > 0 ? save_every * batch : tr.count;
+        while (done < tr.count) {
+            int n = tr.count - done < chunk ? tr.count - done : chunk;
+            int c = 0;
+            loss += spide_train_epoch(tr.x, tr.y, n, perm + done, batch, lr_e, &c, progress);
+            correct += c;
+            done += n;
+            if (ckpt && save_every > 0 && done < tr.count && spide_checkpoint_save(ckpt, e, err, sizeof err) != 0) {
+                fprintf(stderr, "error: %s\n", err);
+                rc = 1;
+                break;
+            }
+        }
+        if (rc) break;
+        double secs = now() - t0;
+        uint64_t events = spide_take_events();
+        double test_acc = -1.0, test_loss = 0.0;
+        if (te.count) test_acc = spide_evaluate(te.x, te.y, te.count, &test_loss);
+        printf("epoch %d lr %g loss %.4f train_accuracy %.4f test_accuracy %.4f seconds %.2f samples_per_s %.1f "
+               "events_per_s %.3g\n", e + 1, (double)lr_e, loss / tr.count, (double)correct / tr.count, test_acc,
+               secs, tr.count / secs, (double)events / secs);
+        fflush(stdout);
+        if (ckpt && spide_checkpoint_save(ckpt, e + 1, err, sizeof err) != 0) {
+            fprintf(stderr, "error: %s\n", err);
+            rc = 1;
+            break;
+        }
+    }
+    free(perm);
+    spide_dataset_free(&tr);
+    if (te.count) spide_dataset_free(&te);
+    return rc;
+}
