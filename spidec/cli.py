@@ -300,7 +300,19 @@ def cmd_compile(args: argparse.Namespace) -> int:
         print(f"T={art.graph.simulation.T} T_back={t.T_back} sf={t.sf:g} lr={t.optimizer.lr:g} "
               f"momentum={t.optimizer.momentum:g} weight_decay={t.optimizer.weight_decay:g}; "
               f"{len(t.couples)} couples, {len(t.backward)} backward synapses, {len(t.updates)} update rules")
-    print(f"train it: spidec train {art.out} --data digits")
+    if args.target == "c":
+        print(f"build and train it: make -C {art.out} && spidec dataset pack digits -o data && "
+              f"{art.out}/train train --train data/digits.train.spds --test data/digits.test.spds")
+    else:
+        print(f"train it: spidec train {art.out} --data digits")
+    return 0
+
+
+def cmd_dataset(args: argparse.Namespace) -> int:
+    from .data import pack
+
+    for path in pack(args.source, args.out):
+        print(f"wrote {path}")
     return 0
 
 
@@ -342,10 +354,20 @@ def build_parser() -> argparse.ArgumentParser:
                                    "network with spikes.",
                        epilog=EPILOG_COMPILE, formatter_class=argparse.RawDescriptionHelpFormatter)
     _model_arguments(p)
-    p.add_argument("--target", default="sim", choices=list(TARGETS), help="what to emit (default: sim)")
+    p.add_argument("--target", default="sim", choices=list(TARGETS), help="what to emit: sim (default) or c")
     p.add_argument("-o", "--out", default="build", help="output folder (default: build)")
     _pass_arguments(p)
     p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("dataset", help="data-set files for the C runtime",
+                       description="spidec dataset pack SOURCE -o DIR: write SOURCE (digits, mnist or an .npz with "
+                                   "x_train, y_train, x_test, y_test) as DIR/NAME.train.spds and NAME.test.spds, the "
+                                   "binary format the C runtime reads (magic, version, shape, count, CRC).")
+    dsub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    q = dsub.add_parser("pack", help="write a data set in the runtime's format")
+    q.add_argument("source", help="digits, mnist, or FILE.npz")
+    q.add_argument("-o", "--out", default="data", help="output folder (default: data)")
+    q.set_defaults(func=cmd_dataset)
 
     p = sub.add_parser("train", help="train a compiled program (arguments go to its train.py)",
                        description="Run a compiled program's trainer in this process. Everything after the folder "

@@ -108,6 +108,88 @@ def mnist(root: str | os.PathLike | None = None) -> Dataset:
 
 DATASETS = {"digits": digits, "mnist": mnist}
 
+# ------------------------------------------------------------------ the C runtime's data-set files
+SPDS_MAGIC, SPDS_VERSION = b"SPDS", 1
+
+
+def write_spds(path: str | os.PathLike, x: np.ndarray, y: np.ndarray, classes: int) -> Path:
+    """Write samples ``x`` (any per-sample shape) and labels ``y`` in the runtime's format
+    (runtime/include/spide.h), atomically."""
+    import struct
+    import zlib
+
+    from .fileio import atomic_write
+
+    x = np.ascontiguousarray(np.asarray(x, dtype="<f4"))
+    y = np.ascontiguousarray(np.asarray(y, dtype="<i4"))
+    if x.ndim < 2 or len(x) != len(y) or len(x) == 0:
+        raise SpidecError(f"need a non-empty batch of samples and as many labels, got {x.shape} and {y.shape}")
+    if not np.all(np.isfinite(x)):
+        raise SpidecError("the samples hold NaN or inf values")
+    if y.min() < 0 or y.max() >= classes:
+        raise SpidecError(f"labels must lie in 0..{classes - 1}, got {int(y.min())}..{int(y.max())}")
+    head = SPDS_MAGIC + struct.pack(f"<III{x.ndim - 1}IQI", SPDS_VERSION, 1, x.ndim - 1, *x.shape[1:], len(x), classes)
+    body = head + x.tobytes() + y.tobytes()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda f: f.write(body + struct.pack("<I", zlib.crc32(body))))
+    return path
+
+
+def read_spds(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, int]:
+    """Read a runtime data-set file back: (x, y, classes), with the same checks as the C reader."""
+    import struct
+    import zlib
+
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise SpidecError(f"data file {str(path)!r} not found") from None
+    if len(raw) < 36 or raw[:4] != SPDS_MAGIC:
+        raise SpidecError(f"{path}: not a spidec data set (bad magic or too short)")
+    if zlib.crc32(raw[:-4]) != struct.unpack("<I", raw[-4:])[0]:
+        raise SpidecError(f"{path}: CRC mismatch: the file is corrupt or truncated")
+    version, dtype, ndim = struct.unpack("<III", raw[4:16])
+    if version != SPDS_VERSION or dtype != 1 or not 1 <= ndim <= 8:
+        raise SpidecError(f"{path}: unsupported version {version}, dtype {dtype} or {ndim} dimensions")
+    dims = struct.unpack(f"<{ndim}I", raw[16: 16 + 4 * ndim])
+    count, classes = struct.unpack("<QI", raw[16 + 4 * ndim: 28 + 4 * ndim])
+    off, size = 28 + 4 * ndim, int(np.prod(dims))
+    if len(raw) != off + 4 * count * size + 4 * count + 4:
+        raise SpidecError(f"{path}: {count} samples of {size} values do not fit the file's {len(raw)} bytes")
+    if count == 0:
+        raise SpidecError(f"{path}: the data set is empty")
+    x = np.frombuffer(raw, "<f4", count * size, off).reshape((count, *dims))
+    y = np.frombuffer(raw, "<i4", count, off + 4 * count * size)
+    bad = np.flatnonzero((y < 0) | (y >= classes))
+    if bad.size:
+        raise SpidecError(f"{path}: label {int(y[bad[0]])} of sample {int(bad[0])} is outside 0..{classes - 1}")
+    if not np.all(np.isfinite(x)):
+        raise SpidecError(f"{path}: the samples hold NaN or inf values")
+    return x.copy(), y.astype(np.int64), classes
+
+
+def pack(source: str, out_dir: str | os.PathLike) -> list[Path]:
+    """``spidec dataset pack``: a named data set or an ``.npz`` (x_train, y_train, x_test, y_test)
+    into ``NAME.train.spds`` and ``NAME.test.spds``."""
+    out_dir = Path(out_dir)
+    if source.endswith(".npz"):
+        try:
+            with np.load(source, allow_pickle=False) as z:
+                parts = {k: z[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+        except FileNotFoundError:
+            raise SpidecError(f"data file {source!r} not found") from None
+        except KeyError as e:
+            raise SpidecError(f"{source} lacks the array {e} (needs x_train, y_train, x_test, y_test)") from None
+        name = Path(source).stem
+        classes = int(max(parts["y_train"].max(), parts["y_test"].max())) + 1
+        ds = Dataset(name, parts["x_train"], parts["y_train"], parts["x_test"], parts["y_test"], classes)
+    else:
+        ds = load(source)
+    return [write_spds(out_dir / f"{ds.name}.train.spds", ds.x_train, ds.y_train, ds.classes),
+            write_spds(out_dir / f"{ds.name}.test.spds", ds.x_test, ds.y_test, ds.classes)]
+
 
 def load(name: str) -> Dataset:
     try:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
@@ -25,6 +24,7 @@ import lark
 import numpy as np
 
 from .errors import SpidecError
+from .fileio import atomic_write
 from .ir import Graph, Input, Neuron, Population, Readout
 from .ops import OPS, LinearOp, fmt_shape
 
@@ -668,22 +668,6 @@ def loads(text: str, tensors: dict[str, np.ndarray] | None = None, *, source: st
     return _Reader(text, tensors, source, Path(base_dir) if base_dir is not None else None).read()
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file ordinary permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save(g: Graph, path: str | os.PathLike, *, inline_max: int = 8) -> Path:
     """Write ``path`` (.spir) and its tensors beside it (same stem, .npz); both atomically."""
     path = Path(path)
@@ -693,8 +677,8 @@ def save(g: Graph, path: str | os.PathLike, *, inline_max: int = 8) -> Path:
     text, tensors = dumps(g, inline_max=inline_max, tensors_file=npz.name)
     path.parent.mkdir(parents=True, exist_ok=True)
     if tensors:
-        _atomic_write(npz, lambda f: np.savez(f, **tensors))
-    _atomic_write(path, lambda f: f.write(text.encode()))
+        atomic_write(npz, lambda f: np.savez(f, **tensors))
+    atomic_write(path, lambda f: f.write(text.encode()))
     return path
 
 
