@@ -104,7 +104,7 @@ def test_host_executable_trains_digits_to_95_percent(digits_c, digits_files, tmp
     ev = run(art.executable, "eval", "--test", test, "--checkpoint", tmp_path / "ck.bin")
     assert ev.returncode == 0 and f"test_accuracy {float(fields['test_accuracy']):.4f}" in ev.stdout
     pr = run(art.executable, "predict", "--data", test, "--checkpoint", tmp_path / "ck.bin")
-    x, y, _ = read_spds(test)
+    _, y, _ = read_spds(test)
     predicted = np.array([int(v) for v in pr.stdout.split()])
     assert len(predicted) == len(y) and np.mean(predicted == y) == pytest.approx(float(fields["test_accuracy"]),
                                                                                   abs=1e-4)
@@ -221,7 +221,7 @@ def test_dataset_pack_cli_round_trip(run_cli, tmp_path):
     np.savez(tmp_path / "mine.npz", x_train=np.random.rand(5, 64), y_train=np.arange(5), x_test=np.random.rand(2, 64),
              y_test=np.array([1, 4]))
     code, out, err = run_cli("dataset", "pack", str(tmp_path / "mine.npz"), "-o", str(tmp_path / "d"))
-    assert code == 0, err
+    assert code == 0 and "mine.train.spds" in out, err
     x, y, classes = read_spds(tmp_path / "d" / "mine.test.spds")
     assert x.shape == (2, 64) and y.tolist() == [1, 4] and classes == 5
     code, _, err = run_cli("dataset", "pack", "cifar", "-o", str(tmp_path))
