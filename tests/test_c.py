@@ -51,16 +51,21 @@ def run(exe, *args, env=None, timeout=300):
                           env={**os.environ, **(env or {})})
 
 
-@pytest.mark.parametrize("name", ["digits_fb", "mnist_mlp_fb"])
+@pytest.mark.parametrize("name", ["digits_fb", "mnist_mlp_fb", "lenet_f"])
 def test_c_conforms_to_the_sim_backend(name, tmp_path):
+    """Dense MLPs and the LeNet shape (conv, pooling, a transposed-conv feedback, per-channel
+    biases). SPIDE's ConvNet-F (64 channels, feedback) sits at the float32 noise floor: the sim
+    backend in float32 and float64 disagree on 0.2% of its spike counts, so it is not used here."""
     g = spidec.from_torch(build_module(name), name=name)
     rt = spidec.compile(g, target="c", out=tmp_path / "c").build()
     sim = spidec.compile(g, target="sim", out=tmp_path / "sim")
     net, prog = sim.load(), sim.module()
     ds = digits() if name == "digits_fb" else mnist()
-    x, y = ds.x_test[:32], ds.y_test[:32]
+    x, y = ds.x_test[:16], ds.y_test[:16]
     fwd = net.forward_stage({"x": torch.from_numpy(x)})
-    same = np.mean(np.abs(fwd["a_z"].numpy() * rt.T - rt.counts(x)) < 0.5)
+    order = sim.graph.schedule.forward  # the C program concatenates populations in step order
+    sim_counts = np.concatenate([fwd[f"a_{p}"].numpy().reshape(len(x), -1) for p in order], axis=1) * rt.T
+    same = np.mean(np.abs(sim_counts - rt.counts(x)) < 0.5)
     assert same >= 0.999, same
     np.testing.assert_allclose(rt.forward(x), fwd["y_logits"].numpy(), rtol=1e-4, atol=1e-4)
     _, dy, _ = prog.loss_and_grad(fwd, torch.from_numpy(y), len(y))
@@ -212,9 +217,10 @@ def test_runs_clean_under_address_and_undefined_behaviour_sanitizers(digits_c, d
 
 
 def test_unsupported_models_are_refused_with_a_pointer_to_sim(tmp_path):
-    g = spidec.from_torch(build_module("convnet_f"), name="convnet_f")
-    with pytest.raises(SpidecError, match=r"synapse 'conv1': the C backend does not support op conv2d yet.*sim"):
-        spidec.compile(g, target="c", out=tmp_path)
+    from test_sim import conv_if_graph
+
+    with pytest.raises(SpidecError, match=r"synapse 'conv1': the C backend does not support op pad yet.*sim"):
+        spidec.compile(conv_if_graph(), target="c", out=tmp_path)
 
 
 def test_dataset_pack_cli_round_trip(run_cli, tmp_path):

@@ -32,7 +32,7 @@ import numpy as np
 
 from ...errors import SpidecError
 from ...ir import Graph, Input, Population
-from ...ops import Dense, Flatten, Reshape, Scale
+from ...ops import AvgPool2d, Conv2d, ConvTranspose2d, Dense, Flatten, Reshape, Scale
 from ...text import dumps
 
 TEMPLATES = Path(__file__).with_name("templates")
@@ -58,28 +58,54 @@ def _runtime_dir() -> Path:
 
 
 class _Chain:
-    """A synapse reduced to ``factor * W`` (W dense, or None for an identity)."""
+    """A synapse reduced to ``factor * OP``: one dense, conv, transposed-conv or average-pooling op
+    (or none: an identity), with flatten/reshape (no-ops on flat memory) and scalar scales around."""
 
     def __init__(self, g: Graph, syn: str) -> None:
         e = g.synapse(syn)
+        self.name = e.name
         self.factor = 1.0
         self.weight: str | None = None
+        self.op: Any = None
         slots = {(s.owner, s.op, s.field): n for n, s in g.tensor_slots().items()}
+        shapes = e.synapse.shapes(g.node(e.src).shape)
+        self.shape_in, self.shape_out = shapes[0], shapes[-1]
         for i, op in enumerate(e.synapse.ops):
             if isinstance(op, (Flatten, Reshape)):
                 continue
             if isinstance(op, Scale) and isinstance(op.factor, float):
                 self.factor *= op.factor
-            elif isinstance(op, Dense) and self.weight is None:
-                self.weight = slots[(e.name, i, "weight")]
+            elif isinstance(op, (Dense, Conv2d, ConvTranspose2d, AvgPool2d)) and self.op is None:
+                self.op, self.shape_in, self.shape_out = op, shapes[i], shapes[i + 1]
+                if not isinstance(op, AvgPool2d):
+                    self.weight = slots[(e.name, i, "weight")]
             else:
-                what = "a second dense weight" if isinstance(op, Dense) else f"op {op.kind}"
-                raise SpidecError(f"synapse '{e.name}': the C backend does not support {what} yet (it reads a dense "
-                                  "weight with flatten/reshape and scalar scales around it)",
-                                  hint="use --target sim for this model")
-        n_src, n_dst = math.prod(g.node(e.src).shape), math.prod(g.node(e.dst).shape)
-        if self.weight is None and n_src != n_dst:
-            raise SpidecError(f"synapse '{e.name}' has no weight but changes the size")  # pragma: no cover
+                what = f"a second weighted op ({op.kind})" if self.op is not None else f"op {op.kind}"
+                raise SpidecError(f"synapse '{e.name}': the C backend does not support {what} yet (it reads one "
+                                  "dense, conv2d, conv_transpose2d or avgpool2d op with flatten/reshape and scalar "
+                                  "scales around it)", hint="use --target sim for this model")
+
+    def kernel(self) -> dict[str, Any]:
+        """What the kernel templates need (kernels.c.j2)."""
+        op = self.op
+        s: dict[str, Any] = {"name": self.name, "c": "".join(ch if ch.isalnum() else "_" for ch in self.name),
+                             "n": math.prod(self.shape_in), "m": math.prod(self.shape_out),
+                             "w": _cname(self.weight) if self.weight else None}
+        if op is None:
+            return {**s, "kind": "identity"}
+        if isinstance(op, Dense):
+            return {**s, "kind": "dense"}
+        ci, h, wd = self.shape_in
+        co, ho, wo = self.shape_out
+        geo = {"ci": ci, "h": h, "wd": wd, "co": co, "ho": ho, "wo": wo}
+        if isinstance(op, AvgPool2d):
+            kh, kw = op.kernel
+            inv = 1.0 / np.broadcast_to(np.asarray(op._divisor(self.shape_in), np.float64), (ho, wo))
+            return {**s, **geo, "kind": "pool", "kh": kh, "kw": kw, "sh": op.stride[0], "sw": op.stride[1],
+                    "ph": op.padding[0], "pw": op.padding[1], "inv": ", ".join(_c_float(v) for v in inv.ravel())}
+        kh, kw = op.kernel
+        return {**s, **geo, "size": int(op.weight.size), "kind": "conv" if isinstance(op, Conv2d) else "convt",
+                "kh": kh, "kw": kw, "sh": op.stride[0], "sw": op.stride[1], "ph": op.padding[0], "pw": op.padding[1]}
 
 
 def context(g: Graph) -> dict[str, Any]:
@@ -99,14 +125,13 @@ def context(g: Graph) -> dict[str, Any]:
     cvar = {p.name: "".join(c if c.isalnum() else "_" for c in p.name) for p in g.populations}
     chains = {e.name: _Chain(g, e.name) for e in g.synapses()}
     readout = g.readouts[0]
-    transposed = {c.weight for e, c in chains.items() if c.weight and g.synapse(e).dst in n}
+    # forward spikes add W's columns: dense weights keep a transposed copy (conv kernels keep
+    # permuted copies, see kernels.c.j2)
+    transposed = {c.weight for c in chains.values() if isinstance(c.op, Dense)}
     feedback = {c.weight for e, c in chains.items() if c.weight and g.synapse(e).synapse.delay}
     tensors = []
     for name, slot in g.tensor_slots().items():
         arr = g.tensor(name).astype(np.float32)
-        if slot.op is None and arr.shape != g.node(slot.owner).shape:
-            raise SpidecError(f"bias '{name}' is per channel; the c backend needs a full bias",
-                              hint="use --target sim for this model")
         values = np.char.mod("%.9g", arr.ravel())
         lines = [", ".join(values[i: i + 8]) for i in range(0, len(values), 8)]
         tensors.append({"name": name, "c": _cname(name), "size": int(arr.size), "learnable": slot.learnable,
@@ -120,16 +145,17 @@ def context(g: Graph) -> dict[str, Any]:
         for e in g.in_synapses(p):
             c = chains[e.name]
             kind = "input" if isinstance(g.node(e.src), Input) else ("delayed" if e.synapse.delay else "now")
-            feeds.append({"kind": kind, "syn": e.name, "w": _cname(c.weight) if c.weight else None,
-                          "factor": c.factor, "n_src": n[e.src], "src_c": cvar.get(e.src)})
-        if any(f["kind"] == "input" and f["w"] is None for f in feeds):
-            raise SpidecError(f"population '{p}' reads the input without a weight; the c backend needs one")
+            feeds.append({"kind": kind, "syn": e.name, "s": c.kernel()["c"], "factor": c.factor,
+                          "src_c": cvar.get(e.src)})
         nrn = node.neuron
         couple = t.couple_of(p)
         pops.append({"name": p, "c": cvar[p], "n": n[p], "V": nrn.V, "vth": nrn.vth, "leak": nrn.leak,
                      "norm": float(g.simulation.T) if nrn.leak == 1.0 else
                      (1 - nrn.leak ** g.simulation.T) / (1 - nrn.leak),
                      "bias": _cname(f"{p}.bias") if node.bias is not None else None, "feeds": feeds,
+                     # a per-channel bias of a [C, H, W] population: (C, H*W)
+                     "bias_pc": (node.shape[0], n[p] // node.shape[0]) if node.bias is not None
+                     and node.bias.shape != node.shape else None,
                      "delayed": p in sched.delayed, "couple": couple.name, "cvth": couple.vth, "S": couple.S,
                      "cleak": couple.leak, "norm_b": float(t.T_back) if couple.leak == 1.0 else
                      (1 - couple.leak ** t.T_back) / (1 - couple.leak),
@@ -138,18 +164,17 @@ def context(g: Graph) -> dict[str, Any]:
     back = []
     for cname in sched.backward:
         p = by[next(c.of for c in t.couples if c.name == cname)]
-        bfeeds = [{"syn": b.forward, "w": _cname(chains[b.forward].weight) if chains[b.forward].weight else None,
-                   "factor": chains[b.forward].factor, "src_c": cvar[b.gate], "delayed": bool(b.delay)}
-                  for b in t.backward if b.dst == cname]
-        injections = [{"w": _cname(chains[i.forward].weight), "factor": chains[i.forward].factor}
+        bfeeds = [{"syn": b.forward, "s": chains[b.forward].kernel()["c"], "factor": chains[b.forward].factor,
+                   "src_c": cvar[b.gate], "delayed": bool(b.delay)} for b in t.backward if b.dst == cname]
+        injections = [{"s": chains[i.forward].kernel()["c"], "factor": chains[i.forward].factor}
                       for i in t.injections if i.couple == cname]
         back.append({**p, "bfeeds": bfeeds, "injections": injections})
     rfeeds = []
     for e in g.in_synapses(readout.name):
         c = chains[e.name]
-        if c.weight is None or not isinstance(g.node(e.src), Population):
-            raise SpidecError(f"readout synapse '{e.name}' needs a dense weight from a population for the c backend")
-        rfeeds.append({"w": _cname(c.weight), "factor": c.factor, "n_src": n[e.src], "pre": f"a_{cvar[e.src]}"})
+        if not isinstance(g.node(e.src), Population):
+            raise SpidecError(f"readout synapse '{e.name}' reads an input; the c backend's readout reads populations")
+        rfeeds.append({"s": c.kernel()["c"], "factor": c.factor, "pre": f"a_{cvar[e.src]}"})
     updates = []
     for u in t.updates:
         c = _cname(u.tensor)
@@ -158,20 +183,22 @@ def context(g: Graph) -> dict[str, Any]:
             ch = chains[e.name]
             pre = "x_in" if isinstance(g.node(e.src), Input) else f"a_{cvar[e.src]}"
             post = f"post_{cvar[e.dst]}" if u.kind == "local" else "dlogits"
-            updates.append({"tensor": u.tensor, "kind": u.kind, "c": c, "rows": n[e.dst], "cols": n[e.src],
+            updates.append({"tensor": u.tensor, "kind": u.kind, "c": c, "s": ch.kernel()["c"],
                             "pre": pre, "post": post, "factor": ch.factor,
                             "what": f"{u.kind} rule through {e.name} ({e.src} -> {e.dst})"})
         else:
             post = "dlogits" if u.kind == "delta_bias" else f"post_{cvar[u.gate]}"  # type: ignore[index]
             rows = n[u.post] if u.kind == "delta_bias" else n[u.gate]  # type: ignore[index]
-            updates.append({"tensor": u.tensor, "kind": u.kind, "c": c, "rows": rows, "post": post,
-                            "what": f"{u.kind} rule"})
+            owner = g.node(u.post if u.kind == "delta_bias" else u.gate)  # type: ignore[arg-type]
+            per = (owner.shape[0], rows // owner.shape[0]) if g.tensor(u.tensor).shape != owner.shape else None
+            updates.append({"tensor": u.tensor, "kind": u.kind, "c": c, "rows": rows, "post": post, "per_channel": per,
+                            "what": f"{u.kind} rule" + (" (one value per channel)" if per else "")})
     text, _ = dumps(g, inline_max=0)
     return {
         "version": __version__, "model": g.name, "hash": hashlib.sha256(text.encode()).hexdigest()[:16],
         "T": g.simulation.T, "T_back": t.T_back, "sf": t.sf, "opt": t.optimizer,
         "n_inputs": n[g.inputs[0].name], "n_classes": n[readout.name], "tensors": tensors, "pops": pops,
-        "back": back, "updates": updates,
+        "back": back, "updates": updates, "synapses": [c.kernel() for c in chains.values()],
         "readout": {"name": readout.name, "bias": _cname(f"{readout.name}.bias") if readout.bias is not None else None,
                     "feeds": rfeeds},
     }
