@@ -17,8 +17,13 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(VENV)/bin/spidec inspect examples/digits_fb.spir
 	$(VENV)/bin/spidec reference examples/digits_fb.spir --data digits --batch 32
-	$(VENV)/bin/spidec compile examples/digits_fb.onnx --target sim -o build/digits_fb
-	$(VENV)/bin/spidec train build/digits_fb --data digits --epochs 20
+	$(VENV)/bin/spidec compile examples/digits_fb.onnx --target c -o build/digits_fb_c
+	$(MAKE) -s -C build/digits_fb_c
+	$(VENV)/bin/spidec dataset pack digits -o build/data
+	build/digits_fb_c/train train --train build/data/digits.train.spds --test build/data/digits.test.spds \
+		--epochs 20 --checkpoint build/digits_fb_c/checkpoint.bin
+	$(VENV)/bin/spidec compile examples/digits_fb.onnx --target sim -o build/digits_fb_sim
+	$(VENV)/bin/spidec train build/digits_fb_sim --data digits --epochs 20
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -26,6 +31,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/reference_solver.py
 	$(PY) bench/sim_throughput.py
+	$(PY) bench/c_throughput.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
