@@ -310,6 +310,7 @@ class CRuntime:
         lib.spide_get_counts.argtypes = [f32p]
         lib.spide_get_back_sums.argtypes = [f32p]
         lib.spide_take_events.restype = ctypes.c_uint64
+        lib.spide_take_work.argtypes = [np.ctypeslib.ndpointer(np.uint64, flags="C_CONTIGUOUS")]
         lib.spide_lr_at.argtypes = [ctypes.c_int, ctypes.c_float]
         lib.spide_lr_at.restype = ctypes.c_float
         lib.spide_train_epoch.argtypes = [f32p, i32p, ctypes.c_int, i32p, ctypes.c_int, ctypes.c_float,
@@ -378,6 +379,21 @@ class CRuntime:
         x = self._x(x)
         y = np.asarray(y, np.int64)
         return float(sum(self.lib.spide_learn(x[k], int(y[k]), len(x)) for k in range(len(x))))
+
+    def take_work(self) -> dict[str, dict[str, int]]:
+        """Work since the last call: spike-driven synaptic operations and multiply-accumulates per
+        stage (forward, backward, update); resets the counters."""
+        out = np.zeros(6, np.uint64)
+        self.lib.spide_take_work(out)
+        stages = ("forward", "backward", "update")
+        return {"synops": {s: int(out[k]) for k, s in enumerate(stages)},
+                "macs": {s: int(out[3 + k]) for k, s in enumerate(stages)}}
+
+    def back_sums(self) -> np.ndarray:
+        """Ternary spike sums of the last backward stage (beta * T_back), couples concatenated."""
+        out = np.empty(self.lib.spide_neurons(), np.float32)
+        self.lib.spide_get_back_sums(out)
+        return out
 
     def step(self, lr: float | None = None) -> None:
         self.lib.spide_step(ctypes.c_float(self.lr if lr is None else lr))

@@ -74,6 +74,9 @@ void spide_get_counts(float *out);
 void spide_get_back_sums(float *out);
 /** Synaptic events (spike deliveries of one weight column/row) since the last call. */
 uint64_t spide_take_events(void);
+/** Work since the last call: out[0..2] synaptic operations (spike-driven accumulates) of the
+ *  forward, backward and update stages, out[3..5] multiply-accumulates of the same stages. */
+void spide_take_work(uint64_t *out);
 
 /* ------------------------------------------------------------------ training helpers */
 
