@@ -308,6 +308,25 @@ def cmd_compile(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    summary = run_demo(args.model, data=args.data, epochs=args.epochs, batch=args.batch, out=args.out,
+                       quiet=args.quiet or args.json, progress=None)
+    if args.json:
+        print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import report_dir
+
+    for path in report_dir(args.run, data=args.data):
+        if not args.quiet:
+            print(f"wrote {path}")
+    return 0
+
+
 def cmd_dataset(args: argparse.Namespace) -> int:
     from .data import pack
 
@@ -358,6 +377,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", default="build", help="output folder (default: build)")
     _pass_arguments(p)
     p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("demo", help="the main job: compile a feedback net to C and train it with spikes here",
+                       description="Load a model (default: a built-in feedback MLP for the data), check it against "
+                                   "the exact reference, compile it to C, train it with spikes on this CPU, and write "
+                                   "history, trained weights, the energy estimate and plots.",
+                       epilog="examples:\n  spidec demo\n  spidec demo examples/digits_fb.onnx --out build/demo\n"
+                              "  spidec demo --data mnist --epochs 3\n  spidec demo --epochs 2 --json",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", nargs="?", help="model file (.onnx, .spir); default: built in")
+    p.add_argument("--data", default="digits", choices=["digits", "mnist"], help="data set (default: digits)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs (default: 20 digits, 3 mnist)")
+    p.add_argument("--batch", type=int, default=64, help="batch size (default: 64)")
+    p.add_argument("--out", default="build/demo", help="output folder (default: build/demo)")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("report", help="plots of a training run",
+                       description="Write curves.png, rates.png, raster.png and graph.png into a run folder (a demo "
+                                   "run, or a compiled sim program after spidec train).",
+                       epilog="examples:\n  spidec report build/demo\n  spidec report build/sim --data digits",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", help="run folder")
+    p.add_argument("--data", default=None, help="data set for the spike raster (default: the run's)")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("dataset", help="data-set files for the C runtime",
                        description="spidec dataset pack SOURCE -o DIR: write SOURCE (digits, mnist or an .npz with "

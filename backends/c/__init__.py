@@ -309,6 +309,7 @@ class CRuntime:
         lib.spide_step.argtypes = [ctypes.c_float]
         lib.spide_get_counts.argtypes = [f32p]
         lib.spide_get_back_sums.argtypes = [f32p]
+        lib.spide_get_back_counts.argtypes = [f32p]
         lib.spide_take_events.restype = ctypes.c_uint64
         lib.spide_take_work.argtypes = [np.ctypeslib.ndpointer(np.uint64, flags="C_CONTIGUOUS")]
         lib.spide_lr_at.argtypes = [ctypes.c_int, ctypes.c_float]
@@ -393,6 +394,12 @@ class CRuntime:
         """Ternary spike sums of the last backward stage (beta * T_back), couples concatenated."""
         out = np.empty(self.lib.spide_neurons(), np.float32)
         self.lib.spide_get_back_sums(out)
+        return out
+
+    def back_counts(self) -> np.ndarray:
+        """Ternary spikes (either sign) of each couple in the last backward stage."""
+        out = np.empty(self.lib.spide_neurons(), np.float32)
+        self.lib.spide_get_back_counts(out)
         return out
 
     def step(self, lr: float | None = None) -> None:

@@ -72,6 +72,8 @@ int spide_neurons(void);
 void spide_get_counts(float *out);
 /** Ternary spike sums of the last backward stage (beta * T_back), all couples concatenated. */
 void spide_get_back_sums(float *out);
+/** Ternary spikes (of either sign) each couple fired in the last backward stage. */
+void spide_get_back_counts(float *out);
 /** Synaptic events (spike deliveries of one weight column/row) since the last call. */
 uint64_t spide_take_events(void);
 /** Work since the last call: out[0..2] synaptic operations (spike-driven accumulates) of the
