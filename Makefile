@@ -17,11 +17,10 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(VENV)/bin/spidec inspect examples/digits_fb.spir
 	$(VENV)/bin/spidec reference examples/digits_fb.spir --data digits --batch 32
-	$(VENV)/bin/spidec compile examples/digits_fb.onnx --target c -o build/digits_fb_c
-	$(MAKE) -s -C build/digits_fb_c
+	$(VENV)/bin/spidec demo examples/digits_fb.onnx --out build/demo
 	$(VENV)/bin/spidec dataset pack digits -o build/data
-	build/digits_fb_c/train train --train build/data/digits.train.spds --test build/data/digits.test.spds \
-		--epochs 20 --checkpoint build/digits_fb_c/checkpoint.bin
+	build/demo/c/train train --train build/data/digits.train.spds --test build/data/digits.test.spds \
+		--epochs 20 --checkpoint build/demo/c/checkpoint.bin
 	$(VENV)/bin/spidec compile examples/digits_fb.onnx --target sim -o build/digits_fb_sim
 	$(VENV)/bin/spidec train build/digits_fb_sim --data digits --epochs 20
 

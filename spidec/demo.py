@@ -6,8 +6,8 @@
 
 Steps: load the model, check its rates against the exact reference, compile it to C (the ``c``
 backend), build it, train it epoch by epoch through the compiled library (the same code the
-``train`` executable runs), and write into the output folder: ``history.json``, ``final.npz``
-(the trained tensors), ``model.spir`` (the training graph), ``summary.json`` (accuracy, firing
+``train`` executable runs), and write into the output folder: ``history.json``, ``model.spir`` +
+``model.npz`` (the training graph with the trained tensors), ``summary.json`` (accuracy, firing
 rates, the energy estimate) and the plots of :mod:`spidec.report`.
 """
 
@@ -84,7 +84,7 @@ def run_demo(model: str | None = None, data: str = "digits", epochs: int | None 
     from .data import load as load_data
     from .frontends import load as load_model
     from .report import energy, energy_text, write_report
-    from .text import dumps
+    from .text import save
 
     say = (lambda s: None) if quiet else log
     out = Path(out)
@@ -155,9 +155,9 @@ def run_demo(model: str | None = None, data: str = "digits", epochs: int | None 
             + " ".join(f"{c}={v:.3f}" for c, v in entry["backward_rate"].items()))
 
     tensors = {name: w.reshape(tg.tensor(name).shape) for name, w in rt.get_weights().items()}
-    np.savez(out / "final.npz", **tensors)
+    trained_graph = tg.with_tensors(tensors)
+    save(trained_graph, out / "model.spir")  # the training graph with the trained tensors (model.npz)
     (out / "history.json").write_text(json.dumps(history, indent=1) + "\n")
-    (out / "model.spir").write_text(dumps(tg, inline_max=0)[0])
     (out / "run.json").write_text(json.dumps({"model": g.name, "data": data, "target": "c"}) + "\n")
     summary: dict[str, Any] = {"model": g.name, "data": data, "epochs": epochs, "batch": batch,
                                "test_accuracy": history[-1]["test_accuracy"] if history else None,
@@ -165,8 +165,7 @@ def run_demo(model: str | None = None, data: str = "digits", epochs: int | None 
     if trained:
         summary["energy"] = energy(tg, work_total, trained, batch)
         say(energy_text(summary["energy"]))
-    plots = write_report(out, tg.with_tensors(tensors) if tensors else tg, history, tensors,
-                         (ds.x_test[0], int(ds.y_test[0])))
+    plots = write_report(out, trained_graph, history, tensors, (ds.x_test[0], int(ds.y_test[0])))
     summary["plots"] = [str(p) for p in plots]
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     if history:

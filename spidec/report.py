@@ -299,13 +299,12 @@ def report_dir(run: Path, data: str | None = None) -> list[Path]:
     g = load(spir)
     history = json.loads((run / "history.json").read_text()) if (run / "history.json").exists() else []
     tensors = None
-    if (run / "final.npz").exists():
-        with np.load(run / "final.npz") as z:
-            tensors = {k: z[k] for k in z.files}
-    elif (run / "checkpoint.pt").exists():
+    if (run / "checkpoint.pt").exists():  # a trained sim program: its model.spir holds the initial weights
         import torch
 
         tensors = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)["tensors"]
+    elif history:  # a demo run: model.spir holds the trained weights
+        tensors = g.parameters(learnable_only=False)
     meta = json.loads((run / "run.json").read_text()) if (run / "run.json").exists() else {}
     sample = None
     name = data or meta.get("data")
