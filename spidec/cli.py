@@ -205,6 +205,17 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         g = passes.run(g, upto=args.after, **_pass_options(args))
     elif _pass_options(args):
         raise SpidecError("pass options need --after PASS (or use spidec compile)")
+    if args.json:
+        from .text import dumps
+
+        print(json.dumps({
+            "name": g.name, "parameters": g.num_parameters(), "step_order": g.step_order(),
+            "nodes": [{"name": n.name, "kind": type(n).__name__.lower(), "shape": list(n.shape)} for n in g.nodes],
+            "synapses": [{"name": e.name, "src": e.src, "dst": e.dst, "delay": e.synapse.delay,
+                          "ops": [op.kind for op in e.synapse.ops], "parameters": e.synapse.num_parameters()}
+                         for e in g.synapses()],
+            "text": dumps(g, inline_max=0)[0]}, indent=2))
+        return 0
     print(summary(g))
     if not args.no_text:
         print("\n" + str(g), end="")
@@ -295,6 +306,12 @@ def cmd_compile(args: argparse.Namespace) -> int:
     art = compile_graph(g, target=args.target, out=args.out, **_pass_options(args))
     files = ", ".join(sorted(p.name for p in art.out.iterdir() if p.is_file()))
     t = art.graph.training
+    if args.json:
+        print(json.dumps({"model": art.graph.name, "target": args.target, "out": str(art.out),
+                          "files": sorted(p.name for p in art.out.iterdir() if p.is_file())}))
+        return 0
+    if args.quiet:
+        return 0
     print(f"compiled {art.graph.name} for target {args.target} into {art.out}/ ({files})")
     if t is not None and art.graph.simulation is not None:
         print(f"T={art.graph.simulation.T} T_back={t.T_back} sf={t.sf:g} lr={t.optimizer.lr:g} "
@@ -330,8 +347,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_dataset(args: argparse.Namespace) -> int:
     from .data import pack
 
-    for path in pack(args.source, args.out):
-        print(f"wrote {path}")
+    paths = pack(args.source, args.out)
+    if args.json:
+        print(json.dumps([str(p) for p in paths]))
+    elif not args.quiet:
+        for path in paths:
+            print(f"wrote {path}")
     return 0
 
 
@@ -363,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=EPILOG_INSPECT, formatter_class=argparse.RawDescriptionHelpFormatter)
     _model_arguments(p)
     p.add_argument("--no-text", action="store_true", help="print the tables only, not the IR text")
+    p.add_argument("--json", action="store_true", help="print the nodes, synapses and IR text as JSON")
     p.add_argument("--after", choices=list(PIPELINE),
                    help="run the passes up to this one and print the result")
     _pass_arguments(p)
@@ -375,6 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
     _model_arguments(p)
     p.add_argument("--target", default="sim", choices=list(TARGETS), help="what to emit: sim (default) or c")
     p.add_argument("-o", "--out", default="build", help="output folder (default: build)")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    p.add_argument("--json", action="store_true", help="print what was written as JSON")
     _pass_arguments(p)
     p.set_defaults(func=cmd_compile)
 
@@ -407,11 +431,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("dataset", help="data-set files for the C runtime",
                        description="spidec dataset pack SOURCE -o DIR: write SOURCE (digits, mnist or an .npz with "
                                    "x_train, y_train, x_test, y_test) as DIR/NAME.train.spds and NAME.test.spds, the "
-                                   "binary format the C runtime reads (magic, version, shape, count, CRC).")
+                                   "binary format the C runtime reads (magic, version, shape, count, CRC).",
+                       epilog="examples:\n  spidec dataset pack digits -o data\n  spidec dataset pack mnist -o data\n"
+                              "  spidec dataset pack my_data.npz -o data --json",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     dsub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     q = dsub.add_parser("pack", help="write a data set in the runtime's format")
     q.add_argument("source", help="digits, mnist, or FILE.npz")
     q.add_argument("-o", "--out", default="data", help="output folder (default: data)")
+    q.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    q.add_argument("--json", action="store_true", help="print the written paths as JSON")
     q.set_defaults(func=cmd_dataset)
 
     p = sub.add_parser("train", help="train a compiled program (arguments go to its train.py)",

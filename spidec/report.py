@@ -118,6 +118,13 @@ def _plt() -> Any:
     return plt
 
 
+def _integer_epochs(*axes: Any) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    for a in axes:
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def plot_curves(history: list[dict], path: Path) -> Path:
     plt = _plt()
     epochs = [h["epoch"] for h in history]
@@ -135,6 +142,7 @@ def plot_curves(history: list[dict], path: Path) -> Path:
     a2.set_ylabel("accuracy (%)")
     a2.set_title("accuracy")
     a2.legend()
+    _integer_epochs(a1, a2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -154,6 +162,7 @@ def plot_rates(history: list[dict], path: Path) -> Path:
     for a in (a1, a2):
         a.set_xlabel("epoch")
         a.legend(fontsize=8)
+    _integer_epochs(a1, a2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

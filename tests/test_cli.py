@@ -102,6 +102,21 @@ def test_torch_class_with_shapes_on_the_command_line(run_cli, tmp_path):
     assert "b        h -> h  1" in out and "c        h -> y  0" in out
 
 
+@pytest.mark.parametrize("command", ["inspect", "reference", "compile", "train", "demo", "report", "dataset"])
+def test_every_subcommand_explains_itself_with_examples(run_cli, command):
+    code, out, _ = run_cli(command, "--help")
+    assert code == 0 and "examples:" in out and f"spidec {command}" in out
+
+
+def test_json_output_for_scripts(run_cli, examples_dir, tmp_path):
+    code, out, _ = run_cli("inspect", str(examples_dir / "digits_fb.spir"), "--json")
+    assert code == 0 and json.loads(out)["parameters"] == 25994
+    code, out, _ = run_cli("compile", str(examples_dir / "digits_fb.spir"), "-o", str(tmp_path / "b"), "--json")
+    assert code == 0 and "model.py" in json.loads(out)["files"]
+    code, out, _ = run_cli("compile", str(examples_dir / "digits_fb.spir"), "-o", str(tmp_path / "c"), "--quiet")
+    assert code == 0 and out == ""
+
+
 def test_usage_errors_exit_2(run_cli, examples_dir):
     assert run_cli()[0] == 2
     assert run_cli("frobnicate")[0] == 2
