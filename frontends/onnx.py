@@ -222,7 +222,17 @@ class _OnnxLowering:
                 if node.op_type in NOT_LINEAR:
                     raise self.low.error(where, NOT_LINEAR[node.op_type])
                 raise self.low.error(where, f"op '{node.op_type}' is not supported; spidec reads {SUPPORTED}")
-            outs = handler(self, node, ins, self.attrs(node), where)
+            try:
+                outs = handler(self, node, ins, self.attrs(node), where)
+            except SpidecError:
+                raise
+            except (IndexError, KeyError, ValueError, TypeError, ArithmeticError, AttributeError) as e:
+                # a node whose inputs or attributes do not fit its op (the file is malformed, or of
+                # a form spidec does not read): say which node, never crash
+                raise self.low.error(where, f"cannot read this node: it has {len(node.input)} input(s) and "
+                                     f"attributes {sorted(a.name for a in node.attribute)} "
+                                     f"({type(e).__name__}: {str(e)[:120]})",
+                                     hint="check the model with onnx.checker.check_model") from None
             if not isinstance(outs, list):
                 outs = [outs]
             for name, v in zip(node.output, outs):
@@ -630,7 +640,15 @@ def load_onnx(model: str | os.PathLike | bytes | Any, *, state: dict[str, str] |
     the metadata key ``spidec.state`` or the ``NAME``/``NAME_next`` naming convention decides.
     """
     proto, source = _read_model(model)
-    return _OnnxLowering(proto, source, state).run()
+    try:
+        return _OnnxLowering(proto, source, state).run()
+    except SpidecError:
+        raise
+    except (IndexError, KeyError, ValueError, TypeError, AttributeError, UnicodeError) as e:
+        # protobuf accepts files that are not well-formed models (names that are not text, missing
+        # fields): refuse them in one line rather than with a traceback
+        raise SpidecError(f"the model is malformed ({type(e).__name__}: {str(e)[:160]})", file=source,
+                          hint="check it with onnx.checker.check_model, or export it again") from None
 
 
 __all__ = ["load_onnx"]

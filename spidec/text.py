@@ -287,6 +287,13 @@ class _Reader:
         return SpidecError(message, file=self.source, line=line, column=col, hint=hint)
 
     # ---------------------------------------------------------- values
+    def string(self, tok: Any) -> str:
+        """A quoted string token (JSON escapes); control characters are refused."""
+        try:
+            return json.loads(str(tok))
+        except ValueError as e:
+            raise self.error(tok, f"bad string {str(tok)[:40]!r} ({e.msg})") from None
+
     def value(self, t: Any) -> Any:
         if isinstance(t, lark.Token):
             if t.type == "NAME":
@@ -297,7 +304,7 @@ class _Reader:
             s = str(t.children[0])
             return int(s) if s.lstrip("+-").isdigit() else float(s)
         if kind == "string":
-            return json.loads(str(t.children[0]))
+            return self.string(t.children[0])
         if kind == "ref":
             return _Ref(str(t.children[0])[1:])
         if kind == "list":
@@ -487,7 +494,7 @@ class _Reader:
             elif s.data == "graph_stmt":
                 name = str(s.children[0])
             elif s.data == "tensors_stmt":
-                self.load_tensors_file(s, json.loads(str(s.children[0])))
+                self.load_tensors_file(s, self.string(s.children[0]))
         g = Graph(name)
         for s in stmts:
             if s.data in ("input_stmt", "population_stmt", "readout_stmt"):

@@ -269,8 +269,9 @@ class CArtifact:
     graph: Graph
 
     def build(self, *, sanitize: bool = False, quiet: bool = True) -> CRuntime:
-        """Run ``make`` (gcc/cc); return a ctypes handle on the shared library."""
-        target = ["sanitize"] if sanitize else []
+        """Run ``make`` (gcc/cc); return a ctypes handle on the shared library. ``sanitize`` also
+        builds ``train-san`` (AddressSanitizer and UndefinedBehaviorSanitizer)."""
+        target = ["all", "sanitize"] if sanitize else ["all"]
         done = subprocess.run(["make", "-C", str(self.out), *target], capture_output=True, text=True)
         if done.returncode != 0:
             raise SpidecError(f"building the C program failed:\n{done.stdout[-2000:]}{done.stderr[-4000:]}")
