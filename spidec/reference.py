@@ -15,13 +15,14 @@ Everything runs in float64 whatever the graph's dtype.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .errors import SpidecError
+from .errors import SpidecError, SpidecWarning
 from .ir import Graph, Input, Population, Readout
 from .ops import Shape, fmt_shape
 
@@ -172,7 +173,7 @@ def equilibrium(g: Graph, inputs: Any, *, tol: float = 1e-10, max_iter: int = 10
     Iterates ``a <- (1 - damping) a + damping clamp(W a + F x + b, 0, 1)`` in step order until the
     largest change falls to ``tol``. Raises a :class:`SpidecError` with the measured residual when
     the change has not improved for ``patience`` sweeps or ``max_iter`` is reached (``strict``;
-    otherwise returns with ``converged=False``).
+    otherwise warns with the same message and returns with ``converged=False``).
     """
     if not 0 < damping <= 1:
         raise SpidecError(f"damping must lie in (0, 1], got {damping}")
@@ -195,14 +196,17 @@ def equilibrium(g: Graph, inputs: Any, *, tol: float = 1e-10, max_iter: int = 10
         elif it - best_it >= patience:
             break
     residual = net.residual(values)
-    if not converged and strict:
+    if not converged:
         loop = _feedback_description(g)
-        raise SpidecError(
+        problem = SpidecError(
             f"the equilibrium did not settle: the rates still change by {change:.3g} after {it} "
             f"iterations (best {best:.3g}, residual {residual:.3g}); the feedback loop {loop} does not "
             f"contract",
             hint="restrict the feedback weights' norm (SPIDE rescales the feedback weight to Frobenius "
                  "norm <= 2), or pass damping=0.5 for an oscillating loop")
+        if strict:
+            raise problem
+        warnings.warn(str(problem), SpidecWarning, stacklevel=2)
     rates = {p: np.array(values[p]) for p in net.pops}
     return Equilibrium(x, rates, net.outputs(values), it, residual, converged)
 

@@ -152,6 +152,17 @@ def test_bad_data_files_are_refused(digits_c, digits_files, tmp_path):
         assert done.returncode == 1 and message in done.stderr, (name, done.stderr)
         with pytest.raises(SpidecError):
             read_spds(path)
+    empty = bytearray(write_spds(tmp_path / "one.spds", np.zeros((1, 64)), np.zeros(1, int), 10).read_bytes())
+    head = 4 + 4 + 4 + 4 + 4  # magic, version, dtype, ndim, one dim: then the count
+    struct.pack_into("<Q", empty, head, 0)
+    body = bytes(empty[:head + 12])  # header with count 0, no samples
+    (tmp_path / "empty_count.spds").write_bytes(body + struct.pack("<I", zlib.crc32(body)))
+    done = run(art.executable, "train", "--train", tmp_path / "empty_count.spds", "--epochs", "1")
+    assert done.returncode == 1 and "the data set is empty" in done.stderr, done.stderr
+    with pytest.raises(SpidecError, match="empty"):
+        read_spds(tmp_path / "empty_count.spds")
+    with pytest.raises(SpidecError, match="non-empty batch"):
+        write_spds(tmp_path / "e.spds", np.zeros((0, 64)), np.zeros(0, int), 10)
     other = write_spds(tmp_path / "other.spds", np.zeros((3, 1, 28, 28)), np.zeros(3, int), 10)
     done = run(art.executable, "eval", "--test", other)
     assert done.returncode == 1 and "samples hold 784 values, the model's input holds 64" in done.stderr

@@ -248,6 +248,14 @@ def test_bad_checkpoints_and_data_are_refused(tmp_path, capsys):
              y_test=np.zeros(2))
     assert art.train("--data", str(bad), "--epochs", "1") == 1
     assert "labels must lie in 0..9" in capsys.readouterr().err
+    np.savez(bad, x_train=np.zeros((0, 64)), y_train=np.zeros(0), x_test=np.zeros((2, 64)), y_test=np.zeros(2))
+    assert art.train("--data", str(bad), "--epochs", "1") == 1
+    assert "the training set is empty" in capsys.readouterr().err
+    x = np.zeros((4, 64))
+    x[2, 5] = np.nan
+    np.savez(bad, x_train=x, y_train=np.zeros(4), x_test=np.zeros((2, 64)), y_test=np.zeros(2))
+    assert art.train("--data", str(bad), "--epochs", "1") == 1
+    assert "NaN or inf" in capsys.readouterr().err
 
 
 def test_data_parallel_under_torchrun_equals_one_process(tmp_path):
