@@ -328,32 +328,37 @@ class CRuntime:
         self.sizes = [int(lib.spide_tensor_size(i)) for i in range(info.n_tensors)]
 
     def _x(self, x: Any) -> np.ndarray:
-        x = np.ascontiguousarray(np.asarray(x, dtype=np.float32).reshape(-1, self.n_inputs))
-        return x
+        return np.ascontiguousarray(np.asarray(x, dtype=np.float32).reshape(-1, self.n_inputs))
 
-    def get_weights(self) -> dict[str, np.ndarray]:
+    def _per_tensor(self, getter: Any) -> dict[str, np.ndarray]:
         out = {}
         for i, (name, size) in enumerate(zip(self.tensor_names, self.sizes)):
-            buf = np.empty(size, np.float32)
-            self.lib.spide_get_tensor(i, buf)
-            out[name] = buf
+            out[name] = buf = np.empty(size, np.float32)
+            getter(i, buf)
         return out
+
+    def _per_neuron(self, getter: Any) -> np.ndarray:
+        out = np.empty(self.lib.spide_neurons(), np.float32)
+        getter(out)
+        return out
+
+    def get_weights(self) -> dict[str, np.ndarray]:
+        """Every tensor, flat, by its IR name."""
+        return self._per_tensor(self.lib.spide_get_tensor)
+
+    def grads(self) -> dict[str, np.ndarray]:
+        """The accumulated local gradient estimates G (spide_learn since the last step)."""
+        return self._per_tensor(self.lib.spide_get_grad)
 
     def set_weights(self, values: dict[str, np.ndarray]) -> None:
         for name, value in values.items():
+            if name not in self.tensor_names:
+                raise SpidecError(f"no tensor named '{name}'; the model has: {', '.join(self.tensor_names)}")
             i = self.tensor_names.index(name)
             arr = np.ascontiguousarray(np.asarray(value, np.float32).ravel())
             if arr.size != self.sizes[i]:
                 raise SpidecError(f"tensor '{name}' holds {self.sizes[i]} values, got {arr.size}")
             self.lib.spide_set_tensor(i, arr)
-
-    def grads(self) -> dict[str, np.ndarray]:
-        out = {}
-        for i, (name, size) in enumerate(zip(self.tensor_names, self.sizes)):
-            buf = np.empty(size, np.float32)
-            self.lib.spide_get_grad(i, buf)
-            out[name] = buf
-        return out
 
     def forward(self, x: Any) -> np.ndarray:
         """Logits of each sample."""
@@ -393,15 +398,11 @@ class CRuntime:
 
     def back_sums(self) -> np.ndarray:
         """Ternary spike sums of the last backward stage (beta * T_back), couples concatenated."""
-        out = np.empty(self.lib.spide_neurons(), np.float32)
-        self.lib.spide_get_back_sums(out)
-        return out
+        return self._per_neuron(self.lib.spide_get_back_sums)
 
     def back_counts(self) -> np.ndarray:
         """Ternary spikes (either sign) of each couple in the last backward stage."""
-        out = np.empty(self.lib.spide_neurons(), np.float32)
-        self.lib.spide_get_back_counts(out)
-        return out
+        return self._per_neuron(self.lib.spide_get_back_counts)
 
     def step(self, lr: float | None = None) -> None:
         self.lib.spide_step(ctypes.c_float(self.lr if lr is None else lr))
