@@ -125,6 +125,7 @@ def random_onnx(draw):
 
 @settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 @given(random_onnx())
+@pytest.mark.filterwarnings("ignore::spidec.SpidecWarning")  # ReLU and dropped Softmax warnings are expected
 def test_onnx_frontend_random_graphs(model):
     only_spidec_errors(load_onnx, model)
 
