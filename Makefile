@@ -11,7 +11,10 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[torch,test]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[torch,test,lava]'
+	# Lava (archived upstream) declares Python < 3.11 and old pins; its real needs are installed above
+	# through the lava extra, and spidec's shim makes it import on 3.11 (backends/lava/shim.py)
+	$(PY) -m pip install --quiet --ignore-requires-python --no-deps lava-nc==0.10.0
 	touch $@
 
 demo: $(STAMP)

@@ -18,6 +18,7 @@ from ..errors import SpidecError
 TARGETS: dict[str, str] = {
     "sim": "PyTorch simulator program (CPU/CUDA, torchrun)",
     "c": "C99 program that trains on the device (host executable and shared library)",
+    "lava": "Lava Processes trained in Lava's simulator (optional extra: spidec[lava])",
 }
 
 

@@ -317,7 +317,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
         print(f"T={art.graph.simulation.T} T_back={t.T_back} sf={t.sf:g} lr={t.optimizer.lr:g} "
               f"momentum={t.optimizer.momentum:g} weight_decay={t.optimizer.weight_decay:g}; "
               f"{len(t.couples)} couples, {len(t.backward)} backward synapses, {len(t.updates)} update rules")
-    if args.target == "c":
+    if args.target == "lava":
+        print(f"train it: python {art.out}/train.py --data digits (needs Lava, see the README)")
+    elif args.target == "c":
         print(f"build and train it: make -C {art.out} && spidec dataset pack digits -o data && "
               f"{art.out}/train train --train data/digits.train.spds --test data/digits.test.spds")
     else:
@@ -395,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "network with spikes.",
                        epilog=EPILOG_COMPILE, formatter_class=argparse.RawDescriptionHelpFormatter)
     _model_arguments(p)
-    p.add_argument("--target", default="sim", choices=list(TARGETS), help="what to emit: sim (default) or c")
+    p.add_argument("--target", default="sim", choices=list(TARGETS), help="what to emit: sim (default), c or lava")
     p.add_argument("-o", "--out", default="build", help="output folder (default: build)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.add_argument("--json", action="store_true", help="print what was written as JSON")
