@@ -63,9 +63,6 @@ class Pending:
 
 Value = Affine | Const | Pending
 
-SUPPORTED_HINT = ("linear ops (Linear/Gemm/MatMul, Conv, ConvTranspose, AvgPool, Flatten/Reshape, Pad, "
-                  "Add, constant Mul/Div, BatchNorm) and clamp(0, 1) populations")
-
 
 def sanitize(name: str, fallback: str = "n") -> str:
     """An IR identifier from a model's name (``/fc1/Gemm`` -> ``fc1_Gemm``, ``fc1.weight`` -> ``fc1``)."""
