@@ -291,7 +291,10 @@ def write_report(run: Path, g: Graph, history: list[dict], tensors: dict[str, np
     if history:
         out += [plot_curves(history, run / "curves.png"), plot_rates(history, run / "rates.png")]
     if tensors is not None and sample is not None:
-        fw, bw = spike_record(g, tensors, sample[0], sample[1], run / "raster_program")
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:  # the sim program that records the spikes
+            fw, bw = spike_record(g, tensors, sample[0], sample[1], Path(tmp))
         out.append(plot_raster(fw, bw, run / "raster.png"))
     return out
 
