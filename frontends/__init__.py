@@ -33,4 +33,6 @@ def load(path: str | os.PathLike, **kwargs) -> Graph:
         return load_onnx(path, **kwargs)
     known = ", ".join(f"{ext} ({what})" for ext, what in LOADERS.items())
     raise SpidecError(f"cannot load {str(path)!r}: no frontend reads '{suffix or 'files without an extension'}'"
-                      f" yet; spidec reads {known}")
+                      f" yet; spidec reads {known}",
+                      hint="for a PyTorch module use --torch FILE.py:ClassName, or spidec.from_torch(module)"
+                      if suffix == ".py" else None)
