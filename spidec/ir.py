@@ -30,6 +30,12 @@ NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 LOSSES = ("cross_entropy", "mse")
 
 
+def code_name(name: str) -> str:
+    """``name`` as an identifier of generated code (every character that is no letter or digit
+    becomes ``_``): the one rule the backends and the reports share."""
+    return "".join(c if c.isalnum() else "_" for c in name)
+
+
 def _check_name(name: str, what: str) -> str:
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise SpidecError(f"{what} name {name!r} is not an identifier (letters, digits and '_', "
@@ -588,6 +594,15 @@ class Graph:
 
 
 __all__ = [
-    "Edge", "Graph", "Input", "Neuron", "Node", "Population", "Readout", "Synapse", "TensorSlot",
+    "Edge",
+    "Graph",
+    "Input",
+    "Neuron",
+    "Node",
+    "Population",
+    "Readout",
+    "Synapse",
+    "TensorSlot",
+    "code_name",
     "values_equal",
 ]

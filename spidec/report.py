@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from .errors import SpidecError
-from .ir import Graph, Input, Population
+from .ir import Graph, Input, Population, code_name
 from .ops import AvgPool2d, Conv2d, ConvTranspose2d, Dense, LinearOp
 
 PJ_ADD = 0.9  # 32-bit float add, 45 nm (Horowitz, ISSCC 2014)
@@ -273,14 +273,11 @@ def spike_record(g: Graph, tensors: dict[str, np.ndarray], x: np.ndarray, label:
     fwd = net.forward_stage(inp, record=True)
     _, dy, _ = prog.loss_and_grad(fwd, torch.tensor([int(label)]), 1)
     bwd = net.backward_stage(fwd, dy, record=True)
-    fw = {p.name: fwd["spikes_" + _var(p.name)][:, 0].reshape(g.simulation.T, -1).numpy() for p in g.populations}
-    bw = {g.training.couple_of(p.name).name: bwd["tern_" + _var(p.name)][:, 0].reshape(g.training.T_back, -1).numpy()
+    fw = {p.name: fwd["spikes_" + code_name(p.name)][:, 0].reshape(g.simulation.T, -1).numpy()
           for p in g.populations}
+    bw = {g.training.couple_of(p.name).name:
+          bwd["tern_" + code_name(p.name)][:, 0].reshape(g.training.T_back, -1).numpy() for p in g.populations}
     return fw, bw
-
-
-def _var(name: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in name)
 
 
 def write_report(run: Path, g: Graph, history: list[dict], tensors: dict[str, np.ndarray] | None = None,

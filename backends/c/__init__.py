@@ -31,7 +31,7 @@ import jinja2
 import numpy as np
 
 from ...errors import SpidecError
-from ...ir import Graph, Input, Population
+from ...ir import Graph, Input, Population, code_name
 from ...ops import AvgPool2d, Conv2d, ConvTranspose2d, Dense, Flatten, Reshape, Scale
 from ...text import dumps
 
@@ -46,7 +46,7 @@ def _c_float(v: float) -> str:
 
 
 def _cname(name: str) -> str:
-    return "t_" + "".join(c if c.isalnum() else "_" for c in name)
+    return "t_" + code_name(name)
 
 
 def _runtime_dir() -> Path:
@@ -88,7 +88,7 @@ class _Chain:
     def kernel(self) -> dict[str, Any]:
         """What the kernel templates need (kernels.c.j2)."""
         op = self.op
-        s: dict[str, Any] = {"name": self.name, "c": "".join(ch if ch.isalnum() else "_" for ch in self.name),
+        s: dict[str, Any] = {"name": self.name, "c": code_name(self.name),
                              "n": math.prod(self.shape_in), "m": math.prod(self.shape_out),
                              "w": _cname(self.weight) if self.weight else None}
         if op is None:
@@ -122,7 +122,7 @@ def context(g: Graph) -> dict[str, Any]:
         raise SpidecError("the c backend trains one cross-entropy readout (a classifier)")
     t, sched = g.training, g.schedule
     n = {node.name: math.prod(node.shape) for node in g.nodes}
-    cvar = {p.name: "".join(c if c.isalnum() else "_" for c in p.name) for p in g.populations}
+    cvar = {p.name: code_name(p.name) for p in g.populations}
     chains = {e.name: _Chain(g, e.name) for e in g.synapses()}
     readout = g.readouts[0]
     # forward spikes add W's columns: dense weights keep a transposed copy (conv kernels keep
@@ -260,7 +260,7 @@ def emit(g: Graph, out: str | Path) -> CArtifact:
 
 
 def _lib_name(g: Graph) -> str:
-    return "".join(c if c.isalnum() else "_" for c in g.name)
+    return code_name(g.name)
 
 
 @dataclass

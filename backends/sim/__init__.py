@@ -24,15 +24,13 @@ import jinja2
 import numpy as np
 
 from ...errors import SpidecError
-from ...ir import Graph, Input, Population
+from ...ir import Graph, Input, Population, code_name
 from ...ops import AvgPool2d, Conv2d, ConvTranspose2d, Dense, Flatten, LinearOp, Pad, Reshape, Scale, Shape, Zero
 from ...text import dumps
 
 TEMPLATES = Path(__file__).with_name("templates")
 
 
-def _ident(name: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in name)
 
 
 class _Codegen:
@@ -41,14 +39,14 @@ class _Codegen:
     def __init__(self, g: Graph) -> None:
         self.g = g
         self.buffers: dict[str, np.ndarray] = {}  # buffer name -> value (constants that are no parameter)
-        self.tensor_attr = {name: "p_" + _ident(name) for name in g.parameters(learnable_only=False)}
+        self.tensor_attr = {name: "p_" + code_name(name) for name in g.parameters(learnable_only=False)}
         self.slot_names = {(s.owner, s.op, s.field): n for n, s in g.tensor_slots().items()}
 
     def tensor(self, syn: str, i: int, field: str) -> str:
         return "self." + self.tensor_attr[self.slot_names[(syn, i, field)]]
 
     def const(self, base: str, value: np.ndarray) -> str:
-        name = "c_" + _ident(base)
+        name = "c_" + code_name(base)
         self.buffers[name] = value
         return "self." + name
 
@@ -214,7 +212,7 @@ def context(g: Graph) -> dict[str, Any]:
     synapses = []
     needs_adjoint = {b.forward for b in t.backward} | {i.forward for i in t.injections}
     for e in g.synapses():
-        synapses.append({"name": e.name, "var": _ident(e.name), "src": e.src, "dst": e.dst,
+        synapses.append({"name": e.name, "var": code_name(e.name), "src": e.src, "dst": e.dst,
                          "fw": cg.chain(e.name, "x"),
                          "bw": cg.chain(e.name, "y", backward=True) if e.name in needs_adjoint else None})
     pops = []
@@ -228,7 +226,7 @@ def context(g: Graph) -> dict[str, Any]:
                 kind = "input"
             else:
                 kind = "delayed" if e.synapse.delay else "now"
-            feeds.append({"syn": _ident(e.name), "src": _ident(e.src), "kind": kind})
+            feeds.append({"syn": code_name(e.name), "src": code_name(e.src), "kind": kind})
         n = p.neuron
         bias = None
         if p.bias is not None:
@@ -239,9 +237,9 @@ def context(g: Graph) -> dict[str, Any]:
         norm = float(sim.T) if lam == 1.0 else (1 - lam ** sim.T) / (1 - lam)
         c = couple[name]
         norm_b = float(t.T_back) if c.leak == 1.0 else (1 - c.leak ** t.T_back) / (1 - c.leak)
-        pops.append({"name": name, "var": _ident(name), "shape": list(p.shape), "vth": n.vth, "V": n.V, "leak": lam,
+        pops.append({"name": name, "var": code_name(name), "shape": list(p.shape), "vth": n.vth, "V": n.V, "leak": lam,
                      "norm": norm, "bias": bias, "feeds": feeds, "delayed": name in sched.delayed,
-                     "couple": c.name, "cvar": _ident(c.name), "cvth": c.vth, "S": c.S, "cleak": c.leak,
+                     "couple": c.name, "cvar": code_name(c.name), "cvth": c.vth, "S": c.S, "cleak": c.leak,
                      "norm_b": norm_b})
     by_name = {p["name"]: p for p in pops}
     back_order = []
@@ -252,8 +250,9 @@ def context(g: Graph) -> dict[str, Any]:
         for b in t.backward:
             if b.dst == cname:
                 q = by_name[b.gate]
-                feeds.append({"syn": _ident(b.forward), "gate": q["var"], "src": q["cvar"], "delayed": bool(b.delay)})
-        injections = [{"rvar": _ident(i.readout), "syn": _ident(i.forward)}
+                feeds.append({"syn": code_name(b.forward), "gate": q["var"], "src": q["cvar"],
+                              "delayed": bool(b.delay)})
+        injections = [{"rvar": code_name(i.readout), "syn": code_name(i.forward)}
                       for i in t.injections if i.couple == cname]
         back_order.append({**p, "bfeeds": feeds, "injections": injections,
                            "bdelayed": cname in sched.delayed_back})
@@ -262,9 +261,9 @@ def context(g: Graph) -> dict[str, Any]:
         feeds = []
         for e in g.in_synapses(r.name):
             src = g.node(e.src)
-            var = ("xr_" if isinstance(src, Input) else "a_") + _ident(e.src)
-            feeds.append({"syn": _ident(e.name), "src": var})
-        readouts.append({"name": r.name, "var": _ident(r.name), "loss": r.loss, "shape": list(r.shape),
+            var = ("xr_" if isinstance(src, Input) else "a_") + code_name(e.src)
+            feeds.append({"syn": code_name(e.name), "src": var})
+        readouts.append({"name": r.name, "var": code_name(r.name), "loss": r.loss, "shape": list(r.shape),
                          "bias": ("self." + cg.tensor_attr[f"{r.name}.bias"]) if r.bias is not None else None,
                          "feeds": feeds})
     updates = []
@@ -273,15 +272,15 @@ def context(g: Graph) -> dict[str, Any]:
         if u.kind in ("local", "delta"):
             e = g.synapse(u.synapse)  # type: ignore[arg-type]
             src = g.node(e.src)
-            pre = ("xr_" if isinstance(src, Input) else "a_") + _ident(e.src)
-            post = (f"post_{_ident(e.dst)}" if u.kind == "local" else f"dy_{_ident(e.dst)}")
+            pre = ("xr_" if isinstance(src, Input) else "a_") + code_name(e.src)
+            post = (f"post_{code_name(e.dst)}" if u.kind == "local" else f"dy_{code_name(e.dst)}")
             for tname, lines in cg.grads(e.name, post, pre):
                 if tname == u.tensor:
                     updates.append({"tensor": u.tensor, "attr": attr, "kind": u.kind, "lines": lines,
                                     "what": f"{u.kind} rule through synapse {e.name} ({e.src} -> {e.dst})"})
         else:
             node = g.node(u.post if u.kind == "delta_bias" else u.gate)  # type: ignore[arg-type]
-            src = (f"dy_{_ident(node.name)}" if u.kind == "delta_bias" else f"post_{_ident(node.name)}")
+            src = (f"dy_{code_name(node.name)}" if u.kind == "delta_bias" else f"post_{code_name(node.name)}")
             bias = g.tensor(u.tensor)
             dims = [0] + list(range(2, 1 + len(node.shape))) if bias.shape != node.shape else [0]
             updates.append({"tensor": u.tensor, "attr": attr, "kind": u.kind,
@@ -294,7 +293,7 @@ def context(g: Graph) -> dict[str, Any]:
     return {
         "version": __version__, "model": g.name, "graph_hash": hashlib.sha256(text.encode()).hexdigest()[:16],
         "T": sim.T, "T_back": t.T_back, "sf": t.sf, "encoding": sim.encoding, "opt": t.optimizer,
-        "inputs": [{"name": i.name, "var": _ident(i.name), "shape": list(i.shape)} for i in g.inputs],
+        "inputs": [{"name": i.name, "var": code_name(i.name), "shape": list(i.shape)} for i in g.inputs],
         "synapses": synapses, "pops": pops, "back": back_order, "readouts": readouts, "updates": updates,
         "params": params,
         "buffers": sorted(cg.buffers), "feedback": [cg.tensor_attr[n] for n in feedback],
