@@ -250,6 +250,8 @@ class Graph:
         self.simulation: Simulation | None = None
         self.training: Training | None = None
         self.schedule: Schedule | None = None
+        # what the quantize pass adds (spidec.fixed.Quantization): fixed-point scales, or None
+        self.quant: Any = None
 
     # ----------------------------------------------------------------- building
     @property
@@ -316,6 +318,7 @@ class Graph:
         g._g = self._g.copy()
         g._synapses = dict(self._synapses)
         g.simulation, g.training, g.schedule = self.simulation, self.training, self.schedule
+        g.quant = self.quant
         return g
 
     # ----------------------------------------------------------------- queries

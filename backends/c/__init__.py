@@ -204,6 +204,81 @@ def context(g: Graph) -> dict[str, Any]:
     }
 
 
+def fixed_context(g: Graph) -> dict[str, Any]:
+    """What fixed.c.j2 needs: context(g) plus the quantize pass's scales (spidec.fixed)."""
+    from ... import fixed as fx
+
+    q = fx.quantization_of(g)
+    ctx = fx._structure(g)
+    text, _ = dumps(g, inline_max=0)
+    ctx["hash"] = hashlib.sha256((text + repr(q)).encode()).hexdigest()[:16]
+    model = fx.FixedModel(g)  # the integer initial weights, exactly as the numpy model holds them
+    weight_of = {e.name: fx.ctx_weight(g, e.name) for e in g.synapses()}
+    syn = {e.name: e for e in g.synapses()}
+    for p in ctx["pops"]:
+        if p["n"] >= 32768:
+            raise SpidecError(f"population '{p['name']}': fixed point indexes neurons with int16, {p['n']} is too many")
+    tensors = []
+    for t in ctx["tensors"]:
+        w = model.w[t["name"]].ravel()
+        qt = q.tensors.get(t["name"])
+        values = [str(int(v)) for v in w]
+        lines = [", ".join(values[i: i + 16]) for i in range(0, len(values), 16)]
+        tensors.append({**t, "init": "    " + ",\n    ".join(lines), "frac": q.frac[t["name"]],
+                        "unit": qt.unit if qt else 0.0, "lr_shift": qt.lr_shift if qt else 0,
+                        "lr_c": qt.lr_c.hex() if qt else "0.0", "wdl_c": qt.wdl_c.hex() if qt else "0.0",
+                        "wd_mult": qt.wd_mult if qt else 0, "wd_shift": qt.wd_shift if qt else 0,
+                        "salt": qt.salt if qt else 0, "salt_wd": (qt.salt ^ 0x5BD1E995) if qt else 0,
+                        "feedback": bool(qt and qt.feedback),
+                        "R": math.floor(ctx["opt"].feedback_norm * 2 ** q.frac[t["name"]] + 0.5)})
+    cname = {p["name"]: p["c"] for p in ctx["pops"]}
+    n_of = {p["name"]: p["n"] for p in ctx["pops"]}
+    pops = []
+    for p in ctx["pops"]:
+        name = p["name"]
+        ifeeds = [{"w": _cname(weight_of[f["syn"]]), "n": ctx["n_inputs"]} for f in p["feeds"] if f["kind"] == "input"]
+        pfeeds = [{"w": _cname(weight_of[f["syn"]]), "n": n_of[syn[f["syn"]].src], "src_c": f["src_c"],
+                   "syn": f["syn"], "delayed": f["kind"] == "delayed"} for f in p["feeds"] if f["kind"] != "input"]
+        pops.append({**p, "frac": q.pop_frac[name], "bp": q.couple_frac[name], "th": fx.threshold(p, q),
+                     "cth": fx.couple_threshold(p, q), "kmax": q.k_max[name], "gmax": q.g_max[name],
+                     "si": 2 ** (q.couple_frac[name] + round(math.log2(p["S"]))),
+                     "ifeeds": ifeeds, "pfeeds": pfeeds})
+    by = {p["name"]: p for p in pops}
+    back = []
+    for c in ctx["back"]:
+        p = by[c["name"]]
+        bfeeds = [{"w": _cname(weight_of[f["syn"]]), "syn": f["syn"], "src_c": f["src_c"], "delayed": f["delayed"],
+                   "shift": p["bp"] - q.pop_frac[syn[f["syn"]].dst]
+                   + round(math.log2(by[syn[f["syn"]].dst]["S"]))} for f in c["bfeeds"]]
+        injections = [{"w": _cname(weight_of[e.name])} for e in g.in_synapses(g.readouts[0].name) if e.src == c["name"]]
+        back.append({**p, "bfeeds": bfeeds, "injections": injections, "ishift": q.readout_frac + fx.Q - p["bp"]})
+    ro = g.readouts[0]
+    rfeeds = [{"w": _cname(weight_of[e.name]), "n": n_of[e.src], "src_c": cname[e.src]} for e in g.in_synapses(ro.name)]
+    updates = []
+    for u in g.training.updates:  # type: ignore[union-attr]
+        c = _cname(u.tensor)
+        if u.kind in ("local", "delta"):
+            e = syn[u.synapse]  # type: ignore[index]
+            pre = f"cnt_{cname[e.src]}" if e.src in cname else "xq"
+            cols = n_of.get(e.src, ctx["n_inputs"])
+            if u.kind == "local":
+                rows, post = n_of[e.dst], f"m_{cname[e.dst]}[k] ? sb_{cname[e.dst]}[k] : 0"
+            else:
+                rows, post = ctx["n_classes"], "dls[k]"
+            updates.append({"tensor": u.tensor, "kind": u.kind, "c": c, "rows": rows, "cols": cols, "pre": pre,
+                            "post": post})
+        elif u.kind == "bias":
+            gc = cname[u.gate]  # type: ignore[index]
+            updates.append({"tensor": u.tensor, "kind": u.kind, "c": c, "rows": n_of[u.gate],  # type: ignore[index]
+                            "post": f"m_{gc}[k] ? sb_{gc}[k] : 0"})
+        else:
+            updates.append({"tensor": u.tensor, "kind": u.kind, "c": c, "rows": ctx["n_classes"], "post": "dls[k]"})
+    return {**ctx, "q": q, "tensors": tensors, "tmap": {t["name"]: t for t in tensors}, "pops": pops, "back": back,
+            "readout": {"bias": _cname(f"{ro.name}.bias") if ro.bias is not None else None, "feeds": rfeeds},
+            "updates": updates, "w_max": fx.W_MAX, "log2e": fx.LOG2E_Q16,
+            "exp2": ", ".join(str(v) for v in fx.EXP2_TABLE), "sf_q16": (float(ctx["sf"]) * 2.0**fx.Q).hex()}
+
+
 def _env() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
@@ -242,11 +317,14 @@ clean:
 
 
 def emit(g: Graph, out: str | Path) -> CArtifact:
-    """Write the C sources for training graph ``g`` into ``out``."""
-    ctx = context(g)
+    """Write the C sources for training graph ``g`` into ``out`` (fixed point when the quantize
+    pass ran: ``g.quant``)."""
+    fixed = getattr(g, "quant", None) is not None
+    ctx = fixed_context(g) if fixed else context(g)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "model.c").write_text(_env().get_template("model.c.j2").render(**ctx))
+    template = "fixed.c.j2" if fixed else "model.c.j2"
+    (out / "model.c").write_text(_env().get_template(template).render(**ctx))
     rt = _runtime_dir()
     for sub in ("include", "src"):
         (out / "runtime" / sub).mkdir(parents=True, exist_ok=True)
@@ -287,7 +365,8 @@ class CArtifact:
 class _Info(ctypes.Structure):
     _fields_ = [("name", ctypes.c_char_p), ("hash", ctypes.c_char_p), ("n_inputs", ctypes.c_int),
                 ("n_classes", ctypes.c_int), ("n_tensors", ctypes.c_int), ("T", ctypes.c_int),
-                ("T_back", ctypes.c_int), ("lr", ctypes.c_float), ("sf", ctypes.c_float)]
+                ("T_back", ctypes.c_int), ("lr", ctypes.c_float), ("sf", ctypes.c_float),
+                ("fixed", ctypes.c_int)]
 
 
 class CRuntime:
@@ -308,6 +387,9 @@ class CRuntime:
         lib.spide_learn.argtypes = [f32p, ctypes.c_int, ctypes.c_int]
         lib.spide_learn.restype = ctypes.c_float
         lib.spide_step.argtypes = [ctypes.c_float]
+        lib.spide_set_lr.argtypes = [ctypes.c_float]
+        for fn in ("spide_get_qtensor", "spide_get_qmomentum"):
+            getattr(lib, fn).argtypes = [ctypes.c_int, i32p]
         lib.spide_get_counts.argtypes = [f32p]
         lib.spide_get_back_sums.argtypes = [f32p]
         lib.spide_get_back_counts.argtypes = [f32p]
@@ -324,6 +406,7 @@ class CRuntime:
         self.name, self.hash = info.name.decode(), info.hash.decode()
         self.n_inputs, self.n_classes, self.T, self.T_back = info.n_inputs, info.n_classes, info.T, info.T_back
         self.lr, self.sf = float(info.lr), float(info.sf)
+        self.fixed = bool(info.fixed)
         self.tensor_names = [lib.spide_tensor_name(i).decode() for i in range(info.n_tensors)]
         self.sizes = [int(lib.spide_tensor_size(i)) for i in range(info.n_tensors)]
 
@@ -345,6 +428,26 @@ class CRuntime:
     def get_weights(self) -> dict[str, np.ndarray]:
         """Every tensor, flat, by its IR name."""
         return self._per_tensor(self.lib.spide_get_tensor)
+
+    def qweights(self) -> dict[str, np.ndarray]:
+        """Fixed-point models: every tensor as its integers (W * 2**frac)."""
+        return self._per_tensor_int(self.lib.spide_get_qtensor)
+
+    def qmomentum(self) -> dict[str, np.ndarray]:
+        """Fixed-point models: the int32 momentum buffers (zeros for online updates)."""
+        return self._per_tensor_int(self.lib.spide_get_qmomentum)
+
+    def _per_tensor_int(self, getter: Any) -> dict[str, np.ndarray]:
+        if not self.fixed:
+            raise SpidecError("this model is not fixed point (compile with --fixed)")
+        out = {}
+        for i, (name, size) in enumerate(zip(self.tensor_names, self.sizes)):
+            out[name] = buf = np.empty(size, np.int32)
+            getter(i, buf)
+        return out
+
+    def set_lr(self, lr: float) -> None:
+        self.lib.spide_set_lr(ctypes.c_float(lr))
 
     def grads(self) -> dict[str, np.ndarray]:
         """The accumulated local gradient estimates G (spide_learn since the last step)."""

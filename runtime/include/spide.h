@@ -38,6 +38,7 @@ typedef struct {
     int n_tensors;            /* tensors (weights, biases) the model holds */
     int T, T_back;            /* time steps of the two stages */
     float lr, sf;             /* default learning rate, loss scale factor */
+    int fixed;                /* 1: integer-only fixed-point arithmetic (spidec.fixed) */
 } spide_info_t;
 
 const spide_info_t *spide_info(void);
@@ -63,6 +64,12 @@ float spide_lr_at(int epoch, float lr);
 /** Forward + backward + local-gradient accumulation of one sample with label y; the loss
  *  gradient is scaled by sf / batch. Returns the sample's cross-entropy loss. */
 float spide_learn(const float *x, int y, int batch);
+/** The learning rate of the samples that follow (fixed point, online updates apply each sample's
+ *  update at once; spide_train_epoch sets it). */
+void spide_set_lr(float lr);
+/** Fixed-point models: tensor i and its momentum buffer as the integers they are. */
+void spide_get_qtensor(int i, int32_t *out);
+void spide_get_qmomentum(int i, int32_t *out);
 /** SGD step with the accumulated G (then cleared); lr as given. */
 void spide_step(float lr);
 /** Clear the accumulated G. */

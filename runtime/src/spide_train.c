@@ -9,6 +9,7 @@ double spide_train_epoch(const float *x, const int32_t *y, int n, const int32_t 
     double loss = 0.0;
     int ok = 0;
     if (batch < 1) batch = 1;
+    spide_set_lr(lr);
     for (int start = 0; start < n; start += batch) {
         int b = n - start < batch ? n - start : batch;
         for (int k = 0; k < b; k++) {

@@ -5,6 +5,8 @@ after the named pass (what ``spidec inspect --after NAME`` prints).
 * ``spiking``  -- neuron models, thresholds, ``T`` forward steps, input encoding
 * ``spide``    -- ternary couples, backward synapses, loss injection, local update rules, optimiser
 * ``schedule`` -- per-step order of both stages, delays, and the buffers each stage keeps
+
+and, on request after them, ``quantize`` (fixed-point scales: :mod:`spidec.fixed`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 from ..errors import SpidecError
 from ..ir import Graph
+from .quantize import quantize
 from .schedule import schedule
 from .spide import spide
 from .spiking import spiking
@@ -41,4 +44,4 @@ def run(g: Graph, upto: str | None = None, **options: Any) -> Graph:
     return g
 
 
-__all__ = ["PIPELINE", "run", "schedule", "spide", "spiking"]
+__all__ = ["PIPELINE", "quantize", "run", "schedule", "spide", "spiking"]

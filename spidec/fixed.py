@@ -1,0 +1,554 @@
+"""Fixed-point SPIDE: integer-only training that a microcontroller without an FPU can run.
+
+``quantize(g)`` (the ``quantize`` pass) chooses every scale; :class:`FixedModel` is the numpy model
+of the arithmetic, bit for bit what the fixed-point C runtime (``spidec compile --target c
+--fixed`` or ``--board ...``) computes. Everything below is integer arithmetic; ``>>`` is an
+arithmetic (flooring) shift, ``round_shift(v, s) = (v + 2**(s-1)) >> s`` rounds half up.
+
+Scales (``F``: fractional bits, a real value ``r`` is held as ``round(r * 2**F)``)
+  * the weights into population ``p`` and ``p``'s bias share ``F_p`` (int16); ``p``'s membrane
+    is held in rate units (``u / V``) at the same scale (int32), so a spike adds a weight column
+    unchanged, the threshold is ``round(vth / V * 2**F_p)`` and the reset subtracts ``2**F_p``;
+  * the readout's weights and bias have their own ``F_c``;
+  * the input is quantised once per sample, ``x_q = clamp(round(x * 2**F_x), +-(2**(bits-1) - 1))``;
+  * ``p``'s ternary couple is held at ``B_p = max F_q`` over the populations ``q`` it sends to
+    (so a backward event adds a weight row shifted left by ``B_p - F_q``), ``S`` at ``S * 2**B_p``.
+  ``F_p`` and ``F_c`` are the largest that keep ``headroom`` times the largest weight in int16.
+
+Per sample (IF neurons, constant input):
+  * ``K_p = bias + round_shift(sum_i W[:, i] x_q[i], F_x)``, clamped to ``+-k_max`` (the only
+    multiplications of the forward stage, once per sample); ``T`` steps of ``u += K_p``, plus the
+    columns of this step's (or the delayed synapse's last step's) spikes; ``s = u >= th``;
+    ``u -= 2**F_p * s``; ``cnt += s``. Mask ``m = 0 < cnt < T``.
+  * readout ``L = T * b + W_c @ cnt`` (scale ``2**F_c * T``); integer softmax: ``d = ((max L - L)
+    << 16) // (T << F_c)``, ``exp(-d)`` as ``2**(-d log2 e)`` from a 257-entry Q16 table with linear
+    interpolation, ``p = (e << 16) // sum e``; ``dl = p - onehot * 2**16``, scaled by ``sf / B``:
+    ``dls = round_shift(dl * floor(sf / B * 2**16 + 0.5), 16)`` (Q16 of the float ``dlogits``).
+  * couple injection ``g = W_c^T dls`` brought to ``2**B_p`` by a rounding shift, clamped to
+    ``+-g_max``; ``T_back`` steps of ``ub += g`` plus ``+-`` the shifted weight rows of the gated
+    ternary spikes; ``v = [ub >= th_b] - [ub <= -th_b]``; ``ub -= v * S``; ``sb += v``.
+  * local gradient of the sample, exact integers: ``post = m * sb``; weights ``post ⊗ cnt`` (or
+    ``⊗ x_q`` from the input), bias ``post``; readout ``dls ⊗ cnt`` and ``dls``. One unit of it is
+    worth ``unit`` of the float gradient (``S / (T_back T)``, ``S / (T_back 2**F_x)``,
+    ``S / T_back``, ``1 / (2**16 T)``, ``2**-16``).
+
+Updates (``update``):
+  * ``momentum`` (SGD with momentum, the model's optimiser): an int32 buffer ``M`` per tensor
+    accumulates the samples' gradients (saturating); the step adds ``round_shift(W * wd_mult,
+    wd_shift)`` (weight decay), subtracts ``sr(M * lr_mult, lr_shift)`` from ``W`` (saturating to
+    int16) and keeps ``M = round_shift(M * round(momentum * 2**15), 15)`` for the next batch.
+  * ``online`` (no buffers: the state of a small device): each sample's gradient is applied at once,
+    ``W -= sr(G * lr_mult, lr_shift)``, only the rows it touches; the step applies weight decay.
+  ``sr`` is stochastic rounding ``(v + r) >> s`` with ``r`` the top ``s`` bits of a 32-bit hash of
+  (tensor, index, W, M or G): a generator seeded by the state itself, so a resumed run continues
+  identically. ``lr_mult = floor(lr * c + 0.5)`` with ``c = unit * 2**(F + lr_shift) / sf`` a double.
+  Feedback weights are then projected to Frobenius norm ``R = round(feedback_norm * 2**F)`` in
+  integers: if ``sum W**2 > R**2``, ``W = (W * ((R << 16) // isqrt(sum W**2))) >> 16``.
+
+Overflow: int32 membranes cannot overflow because ``k_max`` and ``g_max`` are chosen from the
+int16 weight range, the layer sizes and ``T`` so that the worst case fits (``bounds``); buffers
+and weights saturate.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from .errors import SpidecError
+from .ir import Graph, code_name
+
+W_MAX = 32767
+I32 = 2**31 - 1
+Q = 16  # softmax / loss-gradient fraction bits
+LOG2E_Q16 = 94548  # round(log2(e) * 2**16)
+EXP2_TABLE = tuple(math.floor(65536 * 2.0 ** (-i / 256) + 0.5) for i in range(257))
+UPDATES = ("momentum", "online")
+
+
+@dataclass(frozen=True)
+class QTensor:
+    """How one tensor is held and learns: ``W_q = W * 2**frac`` (int16)."""
+
+    name: str
+    frac: int
+    unit: float  # float gradient of one unit of the integer gradient / momentum
+    lr_shift: int
+    lr_c: float  # lr_mult = floor(lr * lr_c + 0.5)
+    wd_mult: int
+    wd_shift: int
+    wdl_c: float  # online weight decay: mult = floor(lr * wdl_c + 0.5), shift 32
+    salt: int
+    feedback: bool
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """The scales the ``quantize`` pass chose (see the module docstring)."""
+
+    update: str
+    input_frac: int
+    input_bits: int
+    pop_frac: dict[str, int]
+    couple_frac: dict[str, int]
+    readout_frac: int
+    frac: dict[str, int]  # every tensor's fraction bits
+    k_max: dict[str, int]
+    g_max: dict[str, int]
+    tensors: dict[str, QTensor]
+    momentum_q15: int
+    bounds: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        lines = [f"fixed point ({self.update} updates): input x * 2^{self.input_frac} in "
+                 f"{self.input_bits} bits, weights int16, membranes int32"]
+        for p, f in self.pop_frac.items():
+            lines.append(f"  population {p}: weights/membrane 2^{f}, couple 2^{self.couple_frac[p]}, "
+                         f"|K| <= {self.k_max[p]}, |g| <= {self.g_max[p]}; worst |u| {self.bounds[p]['u']:,}, "
+                         f"worst |ub| {self.bounds[p]['ub']:,} (int32 limit {I32:,})")
+        lines.append(f"  readout: 2^{self.readout_frac}")
+        return "\n".join(lines)
+
+
+def _exponent(x: float) -> int:
+    return math.floor(math.log2(x))
+
+
+def _structure(g: Graph) -> dict[str, Any]:
+    """The C backend's view of the training graph, restricted to what fixed point supports."""
+    from .backends.c import context
+
+    ctx = context(g)
+    for p in ctx["pops"]:
+        if p["leak"] != 1.0 or p["cleak"] != 1.0:
+            raise SpidecError(f"population '{p['name']}': fixed point supports IF neurons only (LIF's leak is a "
+                              "multiplication every step)", hint="use the float C backend (drop --fixed) for LIF")
+        if p["bias_pc"]:
+            raise SpidecError(f"population '{p['name']}': fixed point supports full biases only (per-channel "
+                              "biases come with conv layers)")
+        S = p["S"]
+        if S <= 0 or 2.0 ** round(math.log2(S)) != S:
+            raise SpidecError(f"couple of '{p['name']}': fixed point needs S = 2 vth_b to be a power of two, got {S}")
+    for s in ctx["synapses"]:
+        if s["kind"] != "dense":
+            raise SpidecError(f"synapse '{s['name']}': fixed point supports dense synapses only, not {s['kind']}",
+                              hint="use the float C backend (drop --fixed) for conv, pooling and identity synapses")
+    for p in ctx["pops"]:
+        for f in p["feeds"]:
+            if f["factor"] != 1.0:
+                raise SpidecError(f"synapse '{f['syn']}': fixed point needs weights without a scale factor "
+                                  f"(got {f['factor']})")
+    return ctx
+
+
+def quantize(g: Graph, *, update: str | None = None, input_max: float = 1.0, input_bits: int = 8,
+             headroom: float = 8.0, weight_range: float = 1.0, x: np.ndarray | None = None) -> Graph:
+    """The ``quantize`` pass: choose fixed-point scales for training graph ``g`` (see the module
+    docstring). ``x`` (samples) or ``input_max`` bounds the input; ``headroom`` is how far the
+    largest weight may grow before it saturates; ``update`` is ``momentum`` (the model's optimiser,
+    default when it has momentum) or ``online``."""
+    if g.training is None or g.schedule is None or g.simulation is None:
+        raise SpidecError("quantize needs a training graph; run the passes first: spidec.passes.run(g)")
+    t, T = g.training, g.simulation.T
+    opt = t.optimizer
+    update = update or ("momentum" if opt.momentum > 0 else "online")
+    if update not in UPDATES:
+        raise SpidecError(f"update must be one of {', '.join(UPDATES)}, got {update!r}")
+    if not 2 <= input_bits <= 16:
+        raise SpidecError(f"input_bits must lie in 2..16, got {input_bits}")
+    if not headroom >= 1 or not weight_range > 0:
+        raise SpidecError(f"headroom must be >= 1 and weight_range > 0, got {headroom} and {weight_range}")
+    if not 0 < t.sf < 2**15:
+        raise SpidecError(f"fixed point needs 0 < sf < 32768 (the loss gradient is a Q16 int32), got {t.sf}")
+    if x is not None:
+        input_max = float(np.max(np.abs(np.asarray(x, np.float64)))) if np.size(x) else 1.0
+    if not (input_max > 0 and math.isfinite(input_max)):
+        raise SpidecError(f"input_max must be a positive number, got {input_max}")
+    ctx = _structure(g)
+    xq_max = 2 ** (input_bits - 1) - 1
+    fx = max(0, min(24, _exponent(xq_max / input_max)))
+
+    def frac_for(names: list[str]) -> int:
+        big = max([float(np.max(np.abs(g.tensor(n)))) for n in names if g.tensor(n).size] + [1e-3])
+        return max(0, min(24, _exponent(W_MAX / max(headroom * big, weight_range))))
+
+    pops = {p["name"]: p for p in ctx["pops"]}
+    into: dict[str, list[str]] = {p: [] for p in pops}
+    for e in g.synapses():
+        if e.dst in pops:
+            into[e.dst].append(ctx_weight(g, e.name))
+    pop_frac = {p: frac_for(into[p] + ([f"{p}.bias"] if g.node(p).bias is not None else [])) for p in pops}
+    ro = g.readouts[0]
+    readout_frac = frac_for([ctx_weight(g, e.name) for e in g.in_synapses(ro.name)]
+                            + ([f"{ro.name}.bias"] if ro.bias is not None else []))
+    couple_frac = {}
+    for p in pops:
+        outs = [pop_frac[e.dst] for e in g.out_synapses(p) if e.dst in pops]
+        couple_frac[p] = max(outs) if outs else pop_frac[p]
+        if pops[p]["S"] * 2 ** couple_frac[p] < 2:
+            raise SpidecError(f"couple of '{p}': S = {pops[p]['S']} is below two units at scale 2^{couple_frac[p]}")
+    k_max, g_max, bounds = {}, {}, {}
+    n = {p: pops[p]["n"] for p in pops}
+    for p, pp in pops.items():
+        fp = pop_frac[p]
+        events = sum(n[f["src"]] for f in _pop_feeds(g, p, pops)) * W_MAX
+        room = I32 // T - events - 2**fp
+        k_max[p] = min(2 ** (fp + 10), room)
+        if k_max[p] < 2 ** (fp + 1):
+            raise SpidecError(f"population '{p}': int32 membranes cannot be proven safe ({T} steps of "
+                              f"{events:,} from spikes); lower headroom or T")
+        bp = couple_frac[p]
+        sh = round(math.log2(pp["S"]))
+        bev = sum(n[e.dst] * (W_MAX << (bp - pop_frac[e.dst] + round(math.log2(pops[e.dst]["S"]))))
+                  for e in g.out_synapses(p) if e.dst in pops)
+        room_b = I32 // t.T_back - bev - (2 ** (bp + sh))
+        g_max[p] = min(2 ** (bp + sh + 10), room_b)
+        if g_max[p] < 2 ** (bp + sh + 1):
+            raise SpidecError(f"couple of '{p}': int32 couple potentials cannot be proven safe ({t.T_back} steps of "
+                              f"{bev:,} from ternary spikes); lower headroom or T_back")
+        bounds[p] = {"u": T * (k_max[p] + events + 2**fp), "ub": t.T_back * (g_max[p] + bev + 2 ** (bp + sh))}
+    # the gradient units and step multipliers of every learnable tensor
+    tensors = {}
+    frac_of: dict[str, int] = {}
+    for e in g.synapses():
+        w = ctx_weight(g, e.name)
+        frac_of[w] = pop_frac[e.dst] if e.dst in pops else readout_frac
+    for p in pops:
+        if g.node(p).bias is not None:
+            frac_of[f"{p}.bias"] = pop_frac[p]
+    if ro.bias is not None:
+        frac_of[f"{ro.name}.bias"] = readout_frac
+    feedback = {ctx_weight(g, e.name) for e in g.synapses() if e.synapse.delay}
+    for k, u in enumerate(t.updates):
+        if u.kind == "local":
+            e = g.synapse(u.synapse)  # type: ignore[arg-type]
+            S = pops[e.dst]["S"]
+            unit = S / (t.T_back * (T if e.src in pops else 2**fx))
+        elif u.kind == "bias":
+            unit = pops[u.gate]["S"] / t.T_back  # type: ignore[index]
+        elif u.kind == "delta":
+            unit = 1.0 / (2**Q * T)
+        else:
+            unit = 1.0 / 2**Q
+        f = frac_of[u.tensor]
+        scale = opt.lr / t.sf * unit * 2**f
+        lr_shift = max(0, min(32, 30 - math.ceil(math.log2(scale))))
+        wd = opt.weight_decay / (2**f * unit)  # weight decay in gradient units per weight unit
+        wd_shift = max(0, min(40, 20 - math.ceil(math.log2(wd)))) if wd > 0 else 0
+        tensors[u.tensor] = QTensor(
+            name=u.tensor, frac=f, unit=unit, lr_shift=lr_shift, lr_c=unit * 2.0 ** (f + lr_shift) / t.sf,
+            wd_mult=math.floor(wd * 2**wd_shift + 0.5) if wd > 0 else 0, wd_shift=wd_shift,
+            wdl_c=opt.weight_decay / t.sf * 2.0**32, salt=(0x9E3779B1 * (k + 1)) & 0xFFFFFFFF,
+            feedback=u.tensor in feedback and opt.feedback_norm > 0)
+    qz = Quantization(update=update, input_frac=fx, input_bits=input_bits, pop_frac=pop_frac,
+                      couple_frac=couple_frac, readout_frac=readout_frac, frac=frac_of, k_max=k_max, g_max=g_max,
+                      tensors=tensors,
+                      momentum_q15=math.floor(opt.momentum * 2**15 + 0.5), bounds=bounds)
+    out = g.copy()
+    out.quant = qz  # type: ignore[attr-defined]
+    return out
+
+
+def ctx_weight(g: Graph, syn: str) -> str:
+    slots = [n for n, s in g.tensor_slots().items() if s.owner == syn and s.field == "weight"]
+    if len(slots) != 1:
+        raise SpidecError(f"synapse '{syn}': fixed point needs exactly one weight, found {len(slots)}")
+    return slots[0]
+
+
+def _pop_feeds(g: Graph, p: str, pops: dict[str, Any]) -> list[dict[str, str]]:
+    return [{"src": e.src} for e in g.in_synapses(p) if e.src in pops]
+
+
+def threshold(p: dict[str, Any], q: Quantization) -> int:
+    """Forward threshold of population ``p`` in its membrane units (rate units times 2**F_p)."""
+    return math.floor(p["vth"] / p["V"] * 2 ** q.pop_frac[p["name"]] + 0.5)
+
+
+def couple_threshold(p: dict[str, Any], q: Quantization) -> int:
+    return math.floor(p["cvth"] * 2 ** q.couple_frac[p["name"]] + 0.5)
+
+
+def quantization_of(g: Graph) -> Quantization:
+    q = getattr(g, "quant", None)
+    if q is None:
+        raise SpidecError("this graph has no fixed-point scales; run spidec.passes.quantize(g) first")
+    return q
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def round_shift(v: Any, s: int) -> Any:
+    if s <= 0:
+        return v << (-s)
+    return (v + (1 << (s - 1))) >> s
+
+
+def hash32(x: np.ndarray) -> np.ndarray:
+    """lowbias32 (Wellons), on uint64 arrays holding 32-bit values."""
+    m = np.uint64(0xFFFFFFFF)
+    x = x & m
+    x ^= x >> np.uint64(16)
+    x = (x * np.uint64(0x7FEB352D)) & m
+    x ^= x >> np.uint64(15)
+    x = (x * np.uint64(0x846CA68B)) & m
+    x ^= x >> np.uint64(16)
+    return x
+
+
+def stochastic_shift(v: np.ndarray, mult: int, shift: int, salt: int, w: np.ndarray, aux: np.ndarray) -> np.ndarray:
+    """``(v * mult + r) >> shift``, ``r`` the top ``shift`` bits of hash(salt, index, w, aux)."""
+    q = v.astype(np.int64) * np.int64(mult)
+    if shift == 0:
+        return q
+    idx = np.arange(v.size, dtype=np.uint64).reshape(v.shape)
+    m = np.uint64(0xFFFFFFFF)
+    key = (idx * np.uint64(0x9E3779B1) + np.uint64(salt)) & m
+    key ^= (aux.astype(np.int64).astype(np.uint64) * np.uint64(0x85EBCA77)) & m
+    key ^= (w.astype(np.int64).astype(np.uint64) * np.uint64(0xC2B2AE3D)) & m
+    r = (hash32(key) >> np.uint64(32 - shift)).astype(np.int64)
+    return (q + r) >> np.int64(shift)
+
+
+def lr_mult(lr: float, c: float) -> int:
+    m = math.floor(float(np.float32(lr)) * c + 0.5)
+    return int(min(max(m, 0), I32))
+
+
+def exp_neg_q16(d16: np.ndarray) -> np.ndarray:
+    """exp(-d) in Q16 for d >= 0 given in Q16 (int64 arrays)."""
+    table = np.array(EXP2_TABLE, np.int64)
+    y = (np.minimum(d16, 31 << Q) * LOG2E_Q16) >> Q
+    n, f = y >> Q, y & 0xFFFF
+    i = f >> 8
+    e = table[i] + (((table[i + 1] - table[i]) * (f & 255)) >> 8)
+    return np.where(n >= 31, 0, e >> np.minimum(n, 31))
+
+
+# ---------------------------------------------------------------------------------------------- the model
+
+
+class FixedModel:
+    """Bit-exact numpy model of the fixed-point C runtime: integer weights (``.w``), momentum
+    (``.m``), and after each sample the spike counts and ternary sums of every population."""
+
+    def __init__(self, g: Graph) -> None:
+        self.q = q = quantization_of(g)
+        self.g = g
+        ctx = _structure(g)
+        self.T, self.T_back, self.sf = ctx["T"], ctx["T_back"], float(ctx["sf"])
+        self.opt = ctx["opt"]
+        self.pops = ctx["pops"]
+        self.by_name = {p["name"]: p for p in self.pops}
+        self.back = ctx["back"]
+        self.n_classes = ctx["n_classes"]
+        self.ro = g.readouts[0]
+        self.w: dict[str, np.ndarray] = {}
+        for name in g.tensor_slots():
+            f = self.frac(name)
+            self.w[name] = np.clip(np.floor(g.tensor(name).astype(np.float64) * 2.0**f + 0.5), -W_MAX, W_MAX
+                                   ).astype(np.int64)
+        self.m = {name: np.zeros_like(self.w[name]) for name in q.tensors}
+        self.lr = float(self.opt.lr)
+        self.syn_w = {e.name: ctx_weight(g, e.name) for e in g.synapses()}
+        self.syn_src = {e.name: e.src for e in g.synapses()}
+        self.syn_dst = {e.name: e.dst for e in g.synapses()}
+
+    def frac(self, name: str) -> int:
+        return self.q.frac[name]
+
+    def weights(self) -> dict[str, np.ndarray]:
+        """The weights as floats (exact: int16 / 2**frac)."""
+        return {n: (w / 2.0 ** self.frac(n)).astype(np.float32) for n, w in self.w.items()}
+
+    def quantize_input(self, x: np.ndarray) -> np.ndarray:
+        lim = 2 ** (self.q.input_bits - 1) - 1
+        xq = np.floor(np.asarray(x, np.float32).astype(np.float64).ravel() * 2.0**self.q.input_frac + 0.5)
+        return np.clip(xq, -lim, lim).astype(np.int64)
+
+    # -- forward
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        q, T = self.q, self.T
+        xq = self.quantize_input(x)
+        self.xq = xq
+        K, u, cnt, spikes, prev = {}, {}, {}, {}, {}
+        for p in self.pops:
+            name = p["name"]
+            k = self.w[f"{name}.bias"].copy() if p["bias"] else np.zeros(p["n"], np.int64)
+            for f in p["feeds"]:
+                if f["kind"] == "input":
+                    k += round_shift(self.w[self.syn_w[f["syn"]]] @ xq, q.input_frac)
+            K[name] = np.clip(k, -q.k_max[name], q.k_max[name])
+            u[name] = np.zeros(p["n"], np.int64)
+            cnt[name] = np.zeros(p["n"], np.int64)
+            prev[name] = np.zeros(p["n"], bool)
+        for _t in range(T):
+            for p in self.pops:
+                name = p["name"]
+                u[name] += K[name]
+                for f in p["feeds"]:
+                    if f["kind"] == "input":
+                        continue
+                    src = self.syn_src[f["syn"]]
+                    s = prev[src] if f["kind"] == "delayed" else spikes[src]
+                    u[name] += self.w[self.syn_w[f["syn"]]][:, s].sum(axis=1)
+                s = u[name] >= threshold(p, q)
+                u[name] -= s.astype(np.int64) << q.pop_frac[name]
+                cnt[name] += s
+                spikes[name] = s
+            for p in self.pops:
+                prev[p["name"]] = spikes[p["name"]].copy()
+        self.cnt = cnt
+        self.mask = {p: (c > 0) & (c < T) for p, c in cnt.items()}
+        L = np.zeros(self.n_classes, np.int64)
+        if self.ro.bias is not None:
+            L += T * self.w[f"{self.ro.name}.bias"]
+        for e in self.g.in_synapses(self.ro.name):
+            L += self.w[self.syn_w[e.name]] @ cnt[e.src]
+        self.logits_q = L
+        return L / (T * 2.0**q.readout_frac)
+
+    def softmax_q16(self, L: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        d16 = ((L.max() - L) << Q) // (self.T << self.q.readout_frac)
+        e = exp_neg_q16(d16)
+        return (e << Q) // e.sum(), e
+
+    # -- one sample of training
+    def learn(self, x: np.ndarray, y: int, batch: int) -> float:
+        self.forward(x)
+        p16, e = self.softmax_q16(self.logits_q)
+        dl = p16.copy()
+        dl[y] -= 1 << Q
+        sfb = math.floor(self.sf * 2.0**Q / batch + 0.5)
+        dls = round_shift(dl * sfb, Q)
+        self.dls = dls
+        self._backward(dls)
+        self._accumulate(dls)
+        return float(math.log(float(e.sum())) - math.log(float(e[y]))) if e[y] > 0 else 23.0
+
+    def _backward(self, dls: np.ndarray) -> None:
+        q = self.q
+        ub, sb, g, ts, pts = {}, {}, {}, {}, {}
+        for c in self.back:
+            name = c["name"]
+            acc = np.zeros(c["n"], np.int64)
+            for e in self.g.in_synapses(self.ro.name):
+                if e.src == name:
+                    acc += self.w[self.syn_w[e.name]].T @ dls
+            g[name] = np.clip(round_shift(acc, q.readout_frac + Q - q.couple_frac[name]), -q.g_max[name],
+                              q.g_max[name])
+            ub[name] = np.zeros(c["n"], np.int64)
+            sb[name] = np.zeros(c["n"], np.int64)
+            pts[name] = np.zeros(c["n"], np.int64)
+        for _t in range(self.T_back):
+            for c in self.back:
+                name = c["name"]
+                bp = q.couple_frac[name]
+                ub[name] += g[name]
+                for f in c["bfeeds"]:
+                    dst = self.syn_dst[f["syn"]]
+                    v = pts[dst] if f["delayed"] else ts[dst]
+                    sh = bp - q.pop_frac[dst] + round(math.log2(self.by_name[dst]["S"]))
+                    ub[name] += (v @ self.w[self.syn_w[f["syn"]]]) << sh
+                sh = round(math.log2(c["S"]))
+                th = couple_threshold(c, q)
+                v = (ub[name] >= th).astype(np.int64) - (ub[name] <= -th).astype(np.int64)
+                ub[name] -= v << (bp + sh)
+                sb[name] += v
+                ts[name] = np.where(self.mask[name], v, 0)
+            for c in self.back:
+                pts[c["name"]] = ts[c["name"]].copy()
+        self.sb = sb
+        self.post = {p: np.where(self.mask[p], s, 0) for p, s in sb.items()}
+
+    def _grads(self, dls: np.ndarray) -> dict[str, np.ndarray]:
+        t = self.g.training
+        out = {}
+        for u in t.updates:  # type: ignore[union-attr]
+            if u.kind == "local":
+                e = self.g.synapse(u.synapse)  # type: ignore[arg-type]
+                pre = self.cnt[e.src] if e.src in self.cnt else self.xq
+                out[u.tensor] = np.outer(self.post[e.dst], pre)
+            elif u.kind == "bias":
+                out[u.tensor] = self.post[u.gate].copy()  # type: ignore[index]
+            elif u.kind == "delta":
+                e = self.g.synapse(u.synapse)  # type: ignore[arg-type]
+                out[u.tensor] = np.outer(dls, self.cnt[e.src])
+            else:
+                out[u.tensor] = dls.copy()
+        return out
+
+    def _accumulate(self, dls: np.ndarray) -> None:
+        grads = self._grads(dls)
+        for name, G in grads.items():
+            if self.q.update == "momentum":
+                self.m[name] = np.clip(self.m[name] + G, -I32, I32)
+            else:
+                qt = self.q.tensors[name]
+                d = stochastic_shift(G, lr_mult(self.lr, qt.lr_c), qt.lr_shift, qt.salt, self.w[name], G)
+                d = np.where(G != 0, d, 0)  # the C runtime skips untouched rows
+                self.w[name] = np.clip(self.w[name] - d, -W_MAX, W_MAX)
+
+    def set_lr(self, lr: float) -> None:
+        self.lr = lr
+
+    def step(self, lr: float | None = None) -> None:
+        q = self.q
+        lr = self.lr if lr is None else lr
+        for name, qt in q.tensors.items():
+            w = self.w[name]
+            if q.update == "momentum":
+                m = self.m[name]
+                if qt.wd_mult:
+                    m = np.clip(m + round_shift(w * qt.wd_mult, qt.wd_shift), -I32, I32)
+                d = stochastic_shift(m, lr_mult(lr, qt.lr_c), qt.lr_shift, qt.salt, w, m)
+                w = np.clip(w - d, -W_MAX, W_MAX)
+                self.m[name] = round_shift(m * q.momentum_q15, 15)
+            elif qt.wdl_c > 0:
+                d = stochastic_shift(w, lr_mult(lr, qt.wdl_c), 32, qt.salt ^ 0x5BD1E995, w, np.zeros_like(w))
+                w = np.clip(w - d, -W_MAX, W_MAX)
+            if qt.feedback:
+                w = project(w, math.floor(self.opt.feedback_norm * 2**qt.frac + 0.5))
+            self.w[name] = w
+
+    def train_epoch(self, x: np.ndarray, y: np.ndarray, order: np.ndarray, batch: int, lr: float) -> tuple[float, int]:
+        self.set_lr(lr)
+        loss, ok = 0.0, 0
+        for start in range(0, len(order), batch):
+            idx = order[start: start + batch]
+            for i in idx:
+                loss += self.learn(x[i], int(y[i]), len(idx))
+                ok += int(np.argmax(self.logits_q) == y[i])
+            self.step(lr)
+        return loss, ok
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray) -> float:
+        ok = 0
+        for k in range(len(y)):
+            self.forward(x[k])
+            ok += int(np.argmax(self.logits_q) == y[k])
+        return ok / max(1, len(y))
+
+
+def project(w: np.ndarray, R: int) -> np.ndarray:
+    s = int((w.astype(np.int64) ** 2).sum())
+    if s <= R * R:
+        return w
+    k = (R << 16) // math.isqrt(s)
+    return (w * k) >> 16
+
+
+__all__ = [
+    "EXP2_TABLE",
+    "FixedModel",
+    "QTensor",
+    "Quantization",
+    "code_name",
+    "quantization_of",
+    "quantize",
+    "replace",
+]
