@@ -316,9 +316,49 @@ clean:
 """
 
 
-def emit(g: Graph, out: str | Path) -> CArtifact:
+BOARDS = {
+    "mps2-an386": {"cpu": "Cortex-M4F", "arch": "-mcpu=cortex-m4 -mfpu=fpv4-sp-d16 -mfloat-abi=hard -mthumb"},
+    "mps2-an385": {"cpu": "Cortex-M3", "arch": "-mcpu=cortex-m3 -mfloat-abi=soft -mthumb"},
+}
+
+BOARD_MAKEFILE = """
+# ---- the {cpu} board {board} (arm-none-eabi-gcc, newlib with semihosting; run under QEMU)
+#   make board        spide-{board}.elf (and its .map), then arm-none-eabi-size
+#   make qemu ARGS="train data/train.spds data/test.spds --epochs 1"
+BOARD = {board}
+BOARD_CC ?= arm-none-eabi-gcc
+BOARD_ARCH = {arch}
+BOARD_CFLAGS ?= -std=c99 -O2 -ffunction-sections -fdata-sections -Wall -Wextra -Werror
+BOARD_SRC = model.c runtime/src/spide_train.c runtime/board/spide_board.c runtime/board/startup.c
+QEMU ?= qemu-system-arm
+ARGS ?= eval data/test.spds
+
+board: spide-$(BOARD).elf
+
+spide-$(BOARD).elf: $(BOARD_SRC) runtime/board/link.ld runtime/include/spide.h runtime/board/board.h
+\t$(BOARD_CC) $(BOARD_CFLAGS) $(BOARD_ARCH) -DSPIDE_BOARD_NAME='"$(BOARD)"' -DSPIDE_BOARD_INPUTS={n_inputs} \\
+\t\t-Iruntime/include -Iruntime/board --specs=nano.specs --specs=rdimon.specs -u _printf_float \\
+\t\t-T runtime/board/link.ld -Wl,--gc-sections -Wl,-Map=spide-$(BOARD).map -o $@ $(BOARD_SRC) -lm
+\tarm-none-eabi-size $@
+
+qemu: spide-$(BOARD).elf
+\t$(QEMU) -M $(BOARD) -display none -serial none -monitor none -semihosting-config enable=on,target=native \\
+\t\t-icount shift=0 -kernel spide-$(BOARD).elf -append "$(ARGS)" </dev/null
+
+.PHONY: board qemu
+"""
+
+
+def emit(g: Graph, out: str | Path, board: str | None = None) -> CArtifact:
     """Write the C sources for training graph ``g`` into ``out`` (fixed point when the quantize
-    pass ran: ``g.quant``)."""
+    pass ran: ``g.quant``); ``board`` (one of ``BOARDS``) adds the startup code, linker script and
+    Makefile targets of that Cortex-M board (fixed point only)."""
+    if board is not None:
+        if board not in BOARDS:
+            raise SpidecError(f"unknown board '{board}'; the boards are: {', '.join(BOARDS)}")
+        if getattr(g, "quant", None) is None:
+            raise SpidecError("a board build is fixed point: run the quantize pass first (spidec compile --board "
+                              "does) ")
     fixed = getattr(g, "quant", None) is not None
     ctx = fixed_context(g) if fixed else context(g)
     out = Path(out)
@@ -331,10 +371,17 @@ def emit(g: Graph, out: str | Path) -> CArtifact:
         for f in sorted((rt / sub).iterdir()):
             if f.suffix in (".c", ".h"):
                 shutil.copyfile(f, out / "runtime" / sub / f.name)
-    (out / "Makefile").write_text(MAKEFILE.format(name=_lib_name(g)))
+    makefile = MAKEFILE.format(name=_lib_name(g))
+    if board is not None:
+        (out / "runtime" / "board").mkdir(parents=True, exist_ok=True)
+        for f in sorted((rt / "board").iterdir()):
+            if f.suffix in (".c", ".h", ".ld"):
+                shutil.copyfile(f, out / "runtime" / "board" / f.name)
+        makefile += BOARD_MAKEFILE.format(board=board, n_inputs=ctx["n_inputs"], **BOARDS[board])
+    (out / "Makefile").write_text(makefile)
     text, _ = dumps(g, inline_max=0)
     (out / "model.spir").write_text(text)
-    return CArtifact(out, g)
+    return CArtifact(out, g, board)
 
 
 def _lib_name(g: Graph) -> str:
@@ -345,6 +392,7 @@ def _lib_name(g: Graph) -> str:
 class CArtifact:
     out: Path
     graph: Graph
+    board: str | None = None
 
     def build(self, *, sanitize: bool = False, quiet: bool = True) -> CRuntime:
         """Run ``make`` (gcc/cc); return a ctypes handle on the shared library. ``sanitize`` also
@@ -360,6 +408,51 @@ class CArtifact:
     @property
     def executable(self) -> Path:
         return self.out / "train"
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The sample order of an epoch on a board (spide_epoch_order in spide_train.c): sample k is
+    ``(a k + b) mod n`` with ``a`` coprime to ``n``; ``a``, ``b`` from xorshift64* of (seed, epoch)."""
+    mask = (1 << 64) - 1
+    s = ((seed * 0x9E3779B97F4A7C15) ^ ((epoch + 1) * 0xD1B54A32D192ED03)) & mask or 1
+
+    def nxt() -> int:
+        nonlocal s
+        s ^= s >> 12
+        s ^= (s << 25) & mask
+        s ^= s >> 27
+        return (s * 2685821657736338717) & mask
+
+    a, b = 1, 0
+    if n > 1:
+        a = 1 + nxt() % (n - 1)
+        while math.gcd(a, n) != 1:
+            a = 1 + nxt() % (n - 1)
+        b = nxt() % n
+    return ((a * np.arange(n, dtype=np.int64) + b) % n).astype(np.int32)
+
+
+def read_weights_dump(path: str | Path) -> tuple[str, dict[int, np.ndarray]]:
+    """A board's weight dump (``--out W.bin``): the model hash and every tensor's raw values, by index."""
+    raw = Path(path).read_bytes()
+    if len(raw) < 28 or raw[:4] != b"SPQW":
+        raise SpidecError(f"{path}: not a spidec weight dump")
+    hash_ = raw[4:20].decode("ascii", "replace")
+    version, count = np.frombuffer(raw[20:28], "<u4")
+    if version != 1:
+        raise SpidecError(f"{path}: weight dump version {version}, this spidec reads 1")
+    off, out = 28, {}
+    for i in range(int(count)):
+        if off + 8 > len(raw):
+            raise SpidecError(f"{path}: truncated")
+        size, nbytes = (int(v) for v in np.frombuffer(raw[off: off + 8], "<u4"))
+        off += 8
+        dtype = {2: "<i2", 4: "<f4"}.get(nbytes)
+        if dtype is None or off + size * nbytes > len(raw):
+            raise SpidecError(f"{path}: bad tensor record {i}")
+        out[i] = np.frombuffer(raw[off: off + size * nbytes], dtype).copy()
+        off += size * nbytes
+    return hash_, out
 
 
 class _Info(ctypes.Structure):
@@ -525,6 +618,16 @@ class CRuntime:
             history.append({"epoch": epoch + 1, "loss": loss / len(y), "train_accuracy": correct.value / len(y)})
         return history
 
+    def train_epoch(self, x: Any, y: Any, order: Any, *, batch: int = 64, lr: float | None = None) -> dict:
+        """One epoch in the given sample order (e.g. :func:`epoch_order`, what a board uses)."""
+        x = self._x(x)
+        y = np.ascontiguousarray(np.asarray(y, np.int32))
+        perm = np.ascontiguousarray(np.asarray(order, np.int32))
+        correct = ctypes.c_int(0)
+        loss = self.lib.spide_train_epoch(x, y, len(perm), perm, batch, ctypes.c_float(self.lr if lr is None else lr),
+                                          ctypes.byref(correct), None)
+        return {"loss": loss / len(perm), "train_accuracy": correct.value / len(perm)}
+
     def evaluate(self, x: Any, y: Any) -> dict:
         x = self._x(x)
         y = np.ascontiguousarray(np.asarray(y, np.int32))
@@ -533,4 +636,4 @@ class CRuntime:
         return {"accuracy": acc, "loss": loss.value}
 
 
-__all__ = ["CArtifact", "CRuntime", "context", "emit"]
+__all__ = ["BOARDS", "CArtifact", "CRuntime", "context", "emit", "epoch_order", "fixed_context", "read_weights_dump"]

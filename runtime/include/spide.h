@@ -67,6 +67,8 @@ float spide_learn(const float *x, int y, int batch);
 /** The learning rate of the samples that follow (fixed point, online updates apply each sample's
  *  update at once; spide_train_epoch sets it). */
 void spide_set_lr(float lr);
+/** Tensor i's storage (no copy): *elem_bytes is 4 (float) or 2 (fixed point, int16 W * 2^F). */
+const void *spide_tensor_raw(int i, int *elem_bytes);
 /** Fixed-point models: tensor i and its momentum buffer as the integers they are. */
 void spide_get_qtensor(int i, int32_t *out);
 void spide_get_qmomentum(int i, int32_t *out);
@@ -94,6 +96,10 @@ void spide_take_work(uint64_t *out);
  *  of correctly classified training samples. */
 double spide_train_epoch(const float *x, const int32_t *y, int n, const int32_t *perm, int batch, float lr,
                          int *correct, void (*progress)(int done, int total, double loss, int correct));
+/** The sample order of an epoch without storing it: sample k of the epoch is (a * k + b) mod n,
+ *  a coprime to n, a and b drawn by xorshift64* from (seed, epoch) (spidec.backends.c.epoch_order
+ *  is the same in Python). */
+void spide_epoch_order(uint64_t seed, int epoch, int n, uint32_t *a, uint32_t *b);
 /** Accuracy on n samples; *loss gets the mean cross-entropy. */
 double spide_evaluate(const float *x, const int32_t *y, int n, double *loss);
 

@@ -50,3 +50,30 @@ double spide_evaluate(const float *x, const int32_t *y, int n, double *loss) {
     if (loss) *loss = n ? total / n : 0.0;
     return n ? (double)ok / n : 0.0;
 }
+
+/* xorshift64* */
+static uint64_t next(uint64_t *s) {
+    *s ^= *s >> 12;
+    *s ^= *s << 25;
+    *s ^= *s >> 27;
+    return *s * 2685821657736338717ull;
+}
+
+static uint32_t gcd(uint32_t a, uint32_t b) {
+    while (b) {
+        uint32_t t = a % b;
+        a = b;
+        b = t;
+    }
+    return a;
+}
+
+void spide_epoch_order(uint64_t seed, int epoch, int n, uint32_t *a, uint32_t *b) {
+    uint64_t s = seed * 0x9E3779B97F4A7C15ull ^ (uint64_t)(epoch + 1) * 0xD1B54A32D192ED03ull;
+    if (!s) s = 1;
+    *a = 1;
+    *b = 0;
+    if (n <= 1) return;
+    do *a = 1u + (uint32_t)(next(&s) % (uint64_t)(n - 1)); while (gcd(*a, (uint32_t)n) != 1u);
+    *b = (uint32_t)(next(&s) % (uint64_t)n);
+}
