@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -290,6 +291,15 @@ EPILOG_COMPILE = """examples:
   spidec compile examples/digits_fb.onnx --target sim -o build/
   spidec compile --torch examples/models.py:ConvNetF -o build/ --T 30 --T-back 100 --sf 100 --lr 0.05
   spidec train build/ --data digits --epochs 20
+  spidec compile examples/digits_fb.onnx --target c --fixed -o build/fixed      # integer-only, host
+  spidec compile examples/digits_fb.onnx --target c --board mps2-an386 --update online --report -o build/m4
+  spidec run build/m4 --qemu --epochs 1                                          # train on the Cortex-M4
+"""
+
+EPILOG_RUN = """examples:
+  spidec run build/m4 --qemu --epochs 1            # the board image under QEMU, digits streamed from here
+  spidec run build/m4 --qemu --data mnist --batch 1 --out weights.bin
+  spidec run build/c --epochs 5                    # a C build's host executable
 """
 
 EPILOG_TRAIN = """examples:
@@ -299,11 +309,23 @@ EPILOG_TRAIN = """examples:
 """
 
 
+def _quant_options(args: argparse.Namespace) -> dict | None:
+    opts = {k: getattr(args, k) for k in ("update", "input_max", "input_bits", "headroom")
+            if getattr(args, k, None) is not None}
+    return opts if (opts or args.fixed or args.board) else None
+
+
 def cmd_compile(args: argparse.Namespace) -> int:
     from .compile import compile as compile_graph
 
     g = _load(args)
-    art = compile_graph(g, target=args.target, out=args.out, **_pass_options(args))
+    args.target = args.target or ("c" if (args.board or args.fixed) else "sim")
+    if args.report and not (args.fixed or args.board):
+        raise SpidecError("--report plans the memory of a fixed-point build", hint="add --fixed or --board BOARD")
+    art = compile_graph(g, target=args.target, out=args.out, board=args.board, quantize=_quant_options(args),
+                        **_pass_options(args))
+    if args.report:
+        _memory_report(art, quiet=args.quiet or args.json)
     files = ", ".join(sorted(p.name for p in art.out.iterdir() if p.is_file()))
     t = art.graph.training
     if args.json:
@@ -319,12 +341,78 @@ def cmd_compile(args: argparse.Namespace) -> int:
               f"{len(t.couples)} couples, {len(t.backward)} backward synapses, {len(t.updates)} update rules")
     if args.target == "lava":
         print(f"train it: python {art.out}/train.py --data digits (needs Lava, see the README)")
+    elif args.board:
+        print(f"train it on the board under QEMU: spidec run {art.out} --qemu --epochs 1")
     elif args.target == "c":
         print(f"build and train it: make -C {art.out} && spidec dataset pack digits -o data && "
               f"{art.out}/train train --train data/digits.train.spds --test data/digits.test.spds")
     else:
         print(f"train it: spidec train {art.out} --data digits")
     return 0
+
+
+def _memory_report(art: Any, quiet: bool) -> None:
+    from .backends.c import board as brd
+    from .backends.c import fixed_context
+
+    plan = brd.memory_plan(fixed_context(art.graph))
+    check = None
+    if art.board is not None and not brd.missing_tools():
+        check = brd.check_plan(plan, brd.build(art.out))
+    report = {"plan": plan, "check": check}
+    (art.out / "memory.json").write_text(json.dumps(report, indent=1, default=str))
+    if quiet:
+        return
+    print(brd.format_report(plan, check))
+    if art.board is None:
+        print("(plan only: add --board to build the image and check it)")
+    elif check is None:
+        print(f"(plan only: {brd.INSTALL_HINT})")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from . import data as data_mod
+    from .backends.c import board as brd
+
+    out = Path(args.build)
+    if not out.is_dir():
+        raise SpidecError(f"{args.build!r} is not a folder written by spidec compile")
+    ddir = out / "data"
+    train, test = ddir / f"{args.data}.train.spds", ddir / f"{args.data}.test.spds"
+    if not (train.exists() and test.exists()):
+        data_mod.pack(args.data, ddir)
+    say = (lambda line: None) if (args.quiet or args.json) else print
+    if args.qemu:
+        argv = ["train", str(train.relative_to(out)), str(test.relative_to(out)), "--epochs", str(args.epochs),
+                "--batch", str(args.batch), "--seed", str(args.seed)]
+        if args.lr is not None:
+            argv += ["--lr", repr(args.lr)]
+        if args.out:
+            argv += ["--out", args.out]
+        result = brd.run_qemu(out, argv, timeout=args.timeout, echo=say)
+        info = brd.board_info(out)
+        check = brd.check_plan(info["plan"], out / f"spide-{info['board']}.elf")
+        result["memory"] = {"check": check, "stack_used": result.get("stack_used"),
+                            "heap_used": result.get("heap_used")}
+        (out / f"run-{info['board']}.json").write_text(json.dumps(result, indent=1, default=str))
+        if args.json:
+            print(json.dumps(result, default=str))
+        elif not args.quiet:
+            print(brd.format_report(info["plan"], check, {k: result[k] for k in ("stack_used", "heap_used")
+                                                          if k in result}))
+        return 0
+    if not (out / "Makefile").exists() or not (out / "model.c").exists():
+        raise SpidecError(f"{args.build!r} holds no C build", hint="spidec compile MODEL --target c -o " + args.build)
+    done = subprocess.run(["make", "-C", str(out), "train"], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SpidecError(f"building the host program failed:\n{done.stderr[-3000:]}")
+    cmd = [str(out / "train"), "train", "--train", str(train), "--test", str(test), "--epochs", str(args.epochs),
+           "--batch", str(args.batch), "--seed", str(args.seed)] + (["--lr", repr(args.lr)] if args.lr else [])
+    if args.quiet or args.json:
+        cmd.append("--quiet")
+    return subprocess.call(cmd)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -397,12 +485,45 @@ def build_parser() -> argparse.ArgumentParser:
                                    "network with spikes.",
                        epilog=EPILOG_COMPILE, formatter_class=argparse.RawDescriptionHelpFormatter)
     _model_arguments(p)
-    p.add_argument("--target", default="sim", choices=list(TARGETS), help="what to emit: sim (default), c or lava")
+    p.add_argument("--target", choices=list(TARGETS),
+                   help="what to emit: sim (default), c or lava (c with --fixed or --board)")
     p.add_argument("-o", "--out", default="build", help="output folder (default: build)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.add_argument("--json", action="store_true", help="print what was written as JSON")
+    fx = p.add_argument_group("fixed point and microcontrollers (target c)")
+    fx.add_argument("--fixed", action="store_true", help="integer-only fixed-point runtime (the quantize pass)")
+    fx.add_argument("--board", choices=["mps2-an386", "mps2-an385"],
+                    help="also emit a Cortex-M image: mps2-an386 (M4F) or mps2-an385 (M3); implies --fixed")
+    fx.add_argument("--update", choices=["momentum", "online"],
+                    help="fixed-point updates: momentum (the model's SGD, a buffer per weight) or online (each "
+                         "sample's update at once, no buffers; default: momentum when the model has momentum)")
+    fx.add_argument("--input-max", dest="input_max", type=float, help="largest |input| to represent (default 1)")
+    fx.add_argument("--input-bits", dest="input_bits", type=int, help="bits of the quantised input (default 8)")
+    fx.add_argument("--headroom", type=float, help="how far weights may grow before they saturate (default 8)")
+    fx.add_argument("--report", action="store_true",
+                    help="print RAM and flash by part from the plan (and check it against the built image)")
     _pass_arguments(p)
     p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("run", help="train a C build: the board image under QEMU, or the host executable",
+                       description="Build and run what spidec compile --target c wrote. With --qemu: the board "
+                                   "image under qemu-system-arm (-icount shift=0: instruction counts are exact "
+                                   "and repeatable), the data set streamed from this machine through semihosting; "
+                                   "prints accuracy, instructions per sample and the memory report. Results: "
+                                   "BUILD/run-BOARD.json.",
+                       epilog=EPILOG_RUN, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("build", help="folder written by spidec compile --target c")
+    p.add_argument("--qemu", action="store_true", help="run the board image (compile with --board) under QEMU")
+    p.add_argument("--data", default="digits", choices=["digits", "mnist"], help="data set (default digits)")
+    p.add_argument("--epochs", type=int, default=1, help="epochs (default 1)")
+    p.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
+    p.add_argument("--lr", type=float, help="learning rate (default: the model's)")
+    p.add_argument("--seed", type=int, default=0, help="sample-order seed (default 0)")
+    p.add_argument("--out", help="board: write the trained weights to this file (relative to BUILD)")
+    p.add_argument("--timeout", type=float, help="stop QEMU after this many seconds")
+    p.add_argument("--quiet", action="store_true", help="print only the results")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo", help="the main job: compile a feedback net to C and train it with spikes here",
                        description="Load a model (default: a built-in feedback MLP for the data), check it against "

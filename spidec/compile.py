@@ -8,7 +8,8 @@ from typing import Any
 from .ir import Graph
 
 
-def compile(g: Graph, target: str = "sim", out: str | os.PathLike = "build", **options: Any) -> Any:
+def compile(g: Graph, target: str = "sim", out: str | os.PathLike = "build", *, fixed: bool = False,
+            board: str | None = None, quantize: dict[str, Any] | None = None, **options: Any) -> Any:
     """Run the passes (``spiking``, ``spide``, ``schedule``; ``options`` go to the pass that takes
     them, e.g. ``T=30, T_back=100, sf=100, lr=0.1``) and emit the ``target``'s program into ``out``.
 
@@ -18,8 +19,15 @@ def compile(g: Graph, target: str = "sim", out: str | os.PathLike = "build", **o
     """
     from . import passes
     from .backends import get
+    from .errors import SpidecError
 
     backend = get(target)
     if g.schedule is None or options:
         g = passes.run(g, **options)
+    fixed = fixed or board is not None or quantize is not None
+    if fixed:
+        if target != "c":
+            raise SpidecError(f"fixed point and boards are for the c target, not {target}", hint="add --target c")
+        g = passes.quantize(g, **(quantize or {}))
+        return backend.emit(g, out, board=board)
     return backend.emit(g, out)

@@ -34,6 +34,7 @@ from ...errors import SpidecError
 from ...ir import Graph, Input, Population, code_name
 from ...ops import AvgPool2d, Conv2d, ConvTranspose2d, Dense, Flatten, Reshape, Scale
 from ...text import dumps
+from .board import BOARD_MAKEFILE, BOARDS
 
 TEMPLATES = Path(__file__).with_name("templates")
 
@@ -316,39 +317,6 @@ clean:
 """
 
 
-BOARDS = {
-    "mps2-an386": {"cpu": "Cortex-M4F", "arch": "-mcpu=cortex-m4 -mfpu=fpv4-sp-d16 -mfloat-abi=hard -mthumb"},
-    "mps2-an385": {"cpu": "Cortex-M3", "arch": "-mcpu=cortex-m3 -mfloat-abi=soft -mthumb"},
-}
-
-BOARD_MAKEFILE = """
-# ---- the {cpu} board {board} (arm-none-eabi-gcc, newlib with semihosting; run under QEMU)
-#   make board        spide-{board}.elf (and its .map), then arm-none-eabi-size
-#   make qemu ARGS="train data/train.spds data/test.spds --epochs 1"
-BOARD = {board}
-BOARD_CC ?= arm-none-eabi-gcc
-BOARD_ARCH = {arch}
-BOARD_CFLAGS ?= -std=c99 -O2 -ffunction-sections -fdata-sections -Wall -Wextra -Werror
-BOARD_SRC = model.c runtime/src/spide_train.c runtime/board/spide_board.c runtime/board/startup.c
-QEMU ?= qemu-system-arm
-ARGS ?= eval data/test.spds
-
-board: spide-$(BOARD).elf
-
-spide-$(BOARD).elf: $(BOARD_SRC) runtime/board/link.ld runtime/include/spide.h runtime/board/board.h
-\t$(BOARD_CC) $(BOARD_CFLAGS) $(BOARD_ARCH) -DSPIDE_BOARD_NAME='"$(BOARD)"' -DSPIDE_BOARD_INPUTS={n_inputs} \\
-\t\t-Iruntime/include -Iruntime/board --specs=nano.specs --specs=rdimon.specs -u _printf_float \\
-\t\t-T runtime/board/link.ld -Wl,--gc-sections -Wl,-Map=spide-$(BOARD).map -o $@ $(BOARD_SRC) -lm
-\tarm-none-eabi-size $@
-
-qemu: spide-$(BOARD).elf
-\t$(QEMU) -M $(BOARD) -display none -serial none -monitor none -semihosting-config enable=on,target=native \\
-\t\t-icount shift=0 -kernel spide-$(BOARD).elf -append "$(ARGS)" </dev/null
-
-.PHONY: board qemu
-"""
-
-
 def emit(g: Graph, out: str | Path, board: str | None = None) -> CArtifact:
     """Write the C sources for training graph ``g`` into ``out`` (fixed point when the quantize
     pass ran: ``g.quant``); ``board`` (one of ``BOARDS``) adds the startup code, linker script and
@@ -378,6 +346,13 @@ def emit(g: Graph, out: str | Path, board: str | None = None) -> CArtifact:
             if f.suffix in (".c", ".h", ".ld"):
                 shutil.copyfile(f, out / "runtime" / "board" / f.name)
         makefile += BOARD_MAKEFILE.format(board=board, n_inputs=ctx["n_inputs"], **BOARDS[board])
+        import json
+
+        from .board import memory_plan
+
+        (out / "board.json").write_text(json.dumps({"board": board, **BOARDS[board], "model": g.name,
+                                                    "hash": ctx["hash"], "n_inputs": ctx["n_inputs"],
+                                                    "update": g.quant.update, "plan": memory_plan(ctx)}, indent=1))
     (out / "Makefile").write_text(makefile)
     text, _ = dumps(g, inline_max=0)
     (out / "model.spir").write_text(text)

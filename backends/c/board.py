@@ -1,0 +1,241 @@
+"""Cortex-M boards for the fixed-point C runtime: what ``spidec compile --board`` adds, the memory
+plan ``--report`` prints, and building and running the image under QEMU (``spidec run --qemu``).
+
+The memory plan is computed from the compiled model alone (every state array's element type times
+its length, by part) and checked against the built image: each planned symbol's size in
+``arm-none-eabi-nm`` equals the plan, and ``arm-none-eabi-size``'s data + bss is the plan plus
+the runtime's and newlib's own static data (reported as such).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ...errors import SpidecError
+
+BOARDS = {
+    "mps2-an386": {"cpu": "Cortex-M4F", "arch": "-mcpu=cortex-m4 -mfpu=fpv4-sp-d16 -mfloat-abi=hard -mthumb"},
+    "mps2-an385": {"cpu": "Cortex-M3", "arch": "-mcpu=cortex-m3 -mfloat-abi=soft -mthumb"},
+}
+
+BOARD_MAKEFILE = """
+# ---- the {cpu} board {board} (arm-none-eabi-gcc, newlib with semihosting; run under QEMU)
+#   make board        spide-{board}.elf (and its .map), then arm-none-eabi-size
+#   make qemu ARGS="train data/train.spds data/test.spds --epochs 1"
+BOARD = {board}
+BOARD_CC ?= arm-none-eabi-gcc
+BOARD_ARCH = {arch}
+BOARD_CFLAGS ?= -std=c99 -O2 -ffunction-sections -fdata-sections -Wall -Wextra -Werror
+BOARD_SRC = model.c runtime/src/spide_train.c runtime/board/spide_board.c runtime/board/startup.c
+QEMU ?= qemu-system-arm
+ARGS ?= eval data/test.spds
+
+board: spide-$(BOARD).elf
+
+spide-$(BOARD).elf: $(BOARD_SRC) runtime/board/link.ld runtime/include/spide.h runtime/board/board.h
+\t$(BOARD_CC) $(BOARD_CFLAGS) $(BOARD_ARCH) -DSPIDE_BOARD_NAME='"$(BOARD)"' -DSPIDE_BOARD_INPUTS={n_inputs} \\
+\t\t-Iruntime/include -Iruntime/board --specs=nano.specs --specs=rdimon.specs -u _printf_float \\
+\t\t-T runtime/board/link.ld -Wl,--gc-sections -Wl,-Map=spide-$(BOARD).map -o $@ $(BOARD_SRC) -lm
+\tarm-none-eabi-size $@
+
+qemu: spide-$(BOARD).elf
+\t$(QEMU) -M $(BOARD) -display none -serial none -monitor none -semihosting-config enable=on,target=native \\
+\t\t-icount shift=0 -kernel spide-$(BOARD).elf -append "$(ARGS)" </dev/null
+
+.PHONY: board qemu
+"""
+
+
+STACK_BUDGET = 2048  # bytes; the QEMU run measures the high-water mark (spide_board.c paints the stack)
+TOOLS = ("arm-none-eabi-gcc", "arm-none-eabi-size", "arm-none-eabi-nm", "qemu-system-arm")
+INSTALL_HINT = ("install the toolchain and QEMU: apt-get update && apt-get install -y gcc-arm-none-eabi "
+                "libnewlib-arm-none-eabi qemu-system-arm")
+
+
+def missing_tools() -> list[str]:
+    return [t for t in TOOLS if shutil.which(t) is None]
+
+
+def memory_plan(ctx: dict[str, Any]) -> list[dict[str, Any]]:
+    """RAM and flash of a fixed-point model by part: ``[{part, symbols: {name: bytes}, ram, flash}]``
+    from the fixed-point context (``fixed_context``). Symbols are model.c's (and the board
+    program's sample buffer ``x``)."""
+    parts: dict[str, dict[str, int]] = {k: {} for k in (
+        "weights", "momentum", "membranes", "spike buffers", "rates and counts", "other model state",
+        "sample buffer")}
+    flash: dict[str, int] = {}
+    for t in ctx["tensors"]:
+        parts["weights"][t["c"]] = 2 * t["size"]
+        flash[t["c"]] = 2 * t["size"]  # the initial values, copied to RAM at reset
+        if t["learnable"] and ctx["q"].update == "momentum":
+            parts["momentum"][t["c"] + "_M"] = 4 * t["size"]
+    for p in ctx["pops"]:
+        c, n = p["c"], p["n"]
+        for k in ("u_", "K_", "ub_", "g_"):
+            parts["membranes"][k + c] = 4 * n
+        for k in ("s_", "ts_") + (("ps_",) if p["delayed"] else ()) + (("pts_",) if p["bdelayed"] else ()):
+            parts["spike buffers"][k + c] = 2 * n
+            parts["spike buffers"]["n" + k + c] = 2
+        parts["spike buffers"]["tv_" + c] = n
+        if p["bdelayed"]:
+            parts["spike buffers"]["ptv_" + c] = n
+        for k in ("cnt_", "sb_", "nb_"):
+            parts["rates and counts"][k + c] = 2 * n
+        parts["rates and counts"]["m_" + c] = n
+    ni, nc = ctx["n_inputs"], ctx["n_classes"]
+    parts["other model state"].update({"xq": 2 * ni, "nzi": 2 * ni, "Lq": 8 * nc, "dls": 4 * nc, "logits": 4 * nc,
+                                       "events": 8, "synops": 24, "macs": 24})
+    if ctx["q"].update == "online":  # the learning rate of the samples (momentum updates read it at the step)
+        parts["other model state"]["lr_now"] = 4
+    parts["sample buffer"]["x"] = 4 * ni
+    out = [{"part": k, "symbols": v, "ram": sum(v.values()), "flash": 0} for k, v in parts.items()]
+    out[0]["flash"] = sum(flash.values())
+    out.append({"part": "stack (budget)", "symbols": {}, "ram": STACK_BUDGET, "flash": 0})
+    return out
+
+
+def _run(cmd: list[str], cwd: Path | None = None) -> str:
+    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SpidecError(f"{' '.join(cmd)} failed:\n{done.stdout[-2000:]}{done.stderr[-3000:]}")
+    return done.stdout
+
+
+def elf_symbols(elf: Path) -> dict[str, int]:
+    """Sizes of the data and bss symbols of an image (static ones by their name before any '.N')."""
+    sizes: dict[str, int] = {}
+    for line in _run(["arm-none-eabi-nm", "-S", "-t", "d", str(elf)]).splitlines():
+        f = line.split()
+        if len(f) == 4 and f[2] in "bBdD":
+            sizes[f[3].split(".")[0]] = sizes.get(f[3].split(".")[0], 0) + int(f[1])
+    return sizes
+
+
+def elf_size(elf: Path) -> dict[str, int]:
+    """``arm-none-eabi-size``: text, data, bss; flash = text + data, static RAM = data + bss."""
+    lines = _run(["arm-none-eabi-size", str(elf)]).splitlines()
+    text, data, bss = (int(v) for v in lines[1].split()[:3])
+    return {"text": text, "data": data, "bss": bss, "flash": text + data, "static_ram": data + bss}
+
+
+def check_plan(plan: list[dict[str, Any]], elf: Path) -> dict[str, Any]:
+    """Compare the plan with the image: every planned symbol's size, and the totals."""
+    syms, size = elf_symbols(elf), elf_size(elf)
+    wrong = {}
+    for part in plan:
+        for name, nbytes in part["symbols"].items():
+            if syms.get(name) != nbytes:
+                wrong[name] = (nbytes, syms.get(name))
+    planned_static = sum(p["ram"] for p in plan if p["symbols"])
+    return {"size": size, "mismatches": wrong, "planned_static_ram": planned_static,
+            "runtime_static_ram": size["static_ram"] - planned_static,
+            "planned_flash_data": sum(p["flash"] for p in plan), "code_and_constants": size["text"]}
+
+
+def format_report(plan: list[dict[str, Any]], check: dict[str, Any] | None = None,
+                  measured: dict[str, int] | None = None) -> str:
+    rows = [(p["part"], p["ram"], p["flash"]) for p in plan]
+    lines = [f"{'part':<26}{'RAM bytes':>12}{'flash bytes':>13}"]
+    lines += [f"{name:<26}{ram:>12,}{fl:>13,}" for name, ram, fl in rows]
+    total_ram = sum(r for _, r, _ in rows)
+    if check is not None:
+        lines.append(f"{'runtime + newlib (image)':<26}{check['runtime_static_ram']:>12,}"
+                     f"{check['code_and_constants']:>13,}")
+        total_ram += check["runtime_static_ram"]
+    if measured:
+        lines.append(f"{'heap (measured, stdio)':<26}{measured.get('heap_used', 0):>12,}{0:>13,}")
+        total_ram += measured.get("heap_used", 0)
+    flash = check["size"]["flash"] if check else sum(f for _, _, f in rows)
+    lines.append(f"{'total':<26}{total_ram:>12,}{flash:>13,}   ({total_ram / 1024:.1f} KiB RAM, "
+                 f"{flash / 1024:.1f} KiB flash)")
+    if check is not None:
+        s = check["size"]
+        ok = "agrees" if not check["mismatches"] else f"DISAGREES on {check['mismatches']}"
+        lines.append(f"arm-none-eabi-size: text {s['text']:,} data {s['data']:,} bss {s['bss']:,} -> flash "
+                     f"{s['flash']:,}, static RAM {s['static_ram']:,}; the plan {ok} symbol by symbol")
+    if measured and "stack_used" in measured:
+        lines.append(f"stack measured on the board: {measured['stack_used']:,} bytes (budget {STACK_BUDGET:,})")
+    return "\n".join(lines)
+
+
+def build(out: Path) -> Path:
+    info = board_info(out)
+    miss = missing_tools()
+    if miss:
+        raise SpidecError(f"building for {info['board']} needs {', '.join(miss)}", hint=INSTALL_HINT)
+    _run(["make", "-C", str(out), "board"])
+    return out / f"spide-{info['board']}.elf"
+
+
+def board_info(out: Path) -> dict[str, Any]:
+    path = Path(out) / "board.json"
+    if not path.exists():
+        raise SpidecError(f"{out} holds no board build (no board.json)", hint="compile with --board: spidec "
+                          f"compile MODEL --target c --board mps2-an386 -o {out}")
+    return json.loads(path.read_text())
+
+
+LINE = re.compile(r"(\w+) (\S+)")
+
+
+def parse_line(line: str) -> dict[str, Any]:
+    """``key value`` pairs of one line of the board's output (numbers converted)."""
+    out: dict[str, Any] = {}
+    if line.startswith(("memory ", "calibration ")):
+        line = line.split(" ", 1)[1]
+    for k, v in LINE.findall(line):
+        if k in ("hash", "model", "board"):
+            out[k] = v
+            continue
+        try:
+            out[k] = int(v)
+        except ValueError:
+            try:
+                out[k] = float(v)
+            except ValueError:
+                out[k] = v
+    return out
+
+
+def run_qemu(out: Path, args: list[str], *, timeout: float | None = None,
+             echo: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run the board image under QEMU (-icount shift=0, semihosting) in folder ``out`` with
+    ``args``; returns the parsed result lines (``epochs``, ``memory``, ``calibration``...)."""
+    info = board_info(out)
+    elf = build(out)
+    cmd = ["qemu-system-arm", "-M", info["board"], "-display", "none", "-serial", "none", "-monitor", "none",
+           "-semihosting-config", "enable=on,target=native", "-icount", "shift=0", "-kernel", elf.name,
+           "-append", " ".join(args)]
+    proc = subprocess.Popen(cmd, cwd=out, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            text=True)
+    result: dict[str, Any] = {"board": info["board"], "epochs": [], "command": cmd}
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            if echo:
+                echo(line)
+            f = parse_line(line)
+            if line.startswith("epoch "):
+                result["epochs"].append(f)
+            elif line.startswith(("memory ", "calibration ", "board ")):
+                result.update(f)
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise SpidecError(f"QEMU ran past {timeout} s and was stopped") from None
+    err = proc.stderr.read() if proc.stderr else ""
+    result["returncode"] = proc.returncode
+    if proc.returncode != 0:
+        raise SpidecError(f"the board program exited with {proc.returncode}: {err.strip()[-2000:]}")
+    return result
+
+
+__all__ = ["BOARDS", "STACK_BUDGET", "board_info", "build", "check_plan", "elf_size", "elf_symbols",
+           "format_report", "memory_plan", "missing_tools", "parse_line", "run_qemu"]
