@@ -5,7 +5,21 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.spidec-installed
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test bench clean board-tools
+
+# The Cortex-M toolchain and QEMU (Debian packages) for the fixed-point board builds: installed
+# when missing (as root, or through sudo); without them the board tests fail under CI=true.
+BOARD_PACKAGES := gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm
+board-tools:
+	@missing=; for t in arm-none-eabi-gcc arm-none-eabi-size arm-none-eabi-nm qemu-system-arm; do \
+		command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing (apt: $(BOARD_PACKAGES))"; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; \
+		else echo "error: need root or sudo to apt-get install $(BOARD_PACKAGES)"; exit 1; fi; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+			$(BOARD_PACKAGES) >/dev/null; \
+	fi
 
 venv: $(STAMP)
 
@@ -17,7 +31,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet --ignore-requires-python --no-deps lava-nc==0.10.0
 	touch $@
 
-demo: $(STAMP)
+demo: $(STAMP) board-tools
 	$(VENV)/bin/spidec inspect examples/digits_fb.spir
 	$(VENV)/bin/spidec reference examples/digits_fb.spir --data digits --batch 32
 	$(VENV)/bin/spidec demo examples/digits_fb.onnx --out build/demo
@@ -26,14 +40,18 @@ demo: $(STAMP)
 		--epochs 20 --checkpoint build/demo/c/checkpoint.bin
 	$(VENV)/bin/spidec compile examples/digits_fb.onnx --target sim -o build/digits_fb_sim
 	$(VENV)/bin/spidec train build/digits_fb_sim --data digits --epochs 20
+	# the same model, integer-only, trained on a Cortex-M4 (QEMU) with 58.7 KiB of RAM
+	$(VENV)/bin/spidec compile examples/digits_fb.onnx --board mps2-an386 --update online --sf 10 --report -o build/m4
+	$(VENV)/bin/spidec run build/m4 --qemu --epochs 1
 
-test: $(STAMP)
+test: $(STAMP) board-tools
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
 	$(PY) bench/reference_solver.py
 	$(PY) bench/sim_throughput.py
 	$(PY) bench/c_throughput.py
+	$(PY) bench/mcu.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

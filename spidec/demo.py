@@ -125,6 +125,7 @@ def run_demo(model: str | None = None, data: str = "digits", epochs: int | None 
         correct = ctypes.c_int(0)
         cb, close = _bar(f"epoch {epoch + 1}/{epochs}", show)
         lr = rt.lib.spide_lr_at(epoch, ctypes.c_float(rt.lr))
+        rt.lib.spide_begin_epoch()
         loss = rt.lib.spide_train_epoch(x_train, y_train, len(y_train), perm, batch, ctypes.c_float(lr),
                                         ctypes.byref(correct), ctypes.cast(cb, ctypes.c_void_p))
         close()

@@ -38,7 +38,9 @@ Updates (``update``):
     wd_shift)`` (weight decay), subtracts ``sr(M * lr_mult, lr_shift)`` from ``W`` (saturating to
     int16) and keeps ``M = round_shift(M * round(momentum * 2**15), 15)`` for the next batch.
   * ``online`` (no buffers: the state of a small device): each sample's gradient is applied at once,
-    ``W -= sr(G * lr_mult, lr_shift)``, only the rows it touches; the step applies weight decay.
+    ``W -= sr(G * lr_mult, lr_shift)``, only the rows it touches; weight decay (a pass over every
+    weight) comes every ``wd_period`` steps with ``wd_period`` times the strength, the period
+    restarted at each epoch (``spide_begin_epoch``).
   ``sr`` is stochastic rounding ``(v + r) >> s`` with ``r`` the top ``s`` bits of a 32-bit hash of
   (tensor, index, W, M or G): a generator seeded by the state itself, so a resumed run continues
   identically. ``lr_mult = floor(lr * c + 0.5)`` with ``c = unit * 2**(F + lr_shift) / sf`` a double.
@@ -100,6 +102,7 @@ class Quantization:
     g_max: dict[str, int]
     tensors: dict[str, QTensor]
     momentum_q15: int
+    wd_period: int = 1  # online updates: weight decay every wd_period steps, wd_period times as strong
     bounds: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> str:
@@ -243,7 +246,13 @@ def quantize(g: Graph, *, update: str | None = None, input_max: float = 1.0, inp
             wd_mult=math.floor(wd * 2**wd_shift + 0.5) if wd > 0 else 0, wd_shift=wd_shift,
             wdl_c=opt.weight_decay / t.sf * 2.0**32, salt=(0x9E3779B1 * (k + 1)) & 0xFFFFFFFF,
             feedback=u.tensor in feedback and opt.feedback_norm > 0)
-    qz = Quantization(update=update, input_frac=fx, input_bits=input_bits, pop_frac=pop_frac,
+    # online updates: weight decay touches every weight; apply it every P steps (P times as strong,
+    # P a power of two <= 64 keeping one application below 2^-8 of a weight), restarted each epoch
+    period = 1
+    while period < 64 and opt.lr * opt.weight_decay / t.sf * period * 2 <= 2.0**-8:
+        period *= 2
+    qz = Quantization(update=update, wd_period=period if update == "online" else 1, input_frac=fx,
+                      input_bits=input_bits, pop_frac=pop_frac,
                       couple_frac=couple_frac, readout_frac=readout_frac, frac=frac_of, k_max=k_max, g_max=g_max,
                       tensors=tensors,
                       momentum_q15=math.floor(opt.momentum * 2**15 + 0.5), bounds=bounds)
@@ -354,6 +363,7 @@ class FixedModel:
                                    ).astype(np.int64)
         self.m = {name: np.zeros_like(self.w[name]) for name in q.tensors}
         self.lr = float(self.opt.lr)
+        self.wd_phase = 0
         self.syn_w = {e.name: ctx_weight(g, e.name) for e in g.synapses()}
         self.syn_src = {e.name: e.src for e in g.synapses()}
         self.syn_dst = {e.name: e.dst for e in g.synapses()}
@@ -496,9 +506,17 @@ class FixedModel:
     def set_lr(self, lr: float) -> None:
         self.lr = lr
 
+    def begin_epoch(self) -> None:
+        """Restart the weight-decay period (online updates), as spide_begin_epoch does."""
+        self.wd_phase = 0
+
     def step(self, lr: float | None = None) -> None:
         q = self.q
         lr = self.lr if lr is None else lr
+        self.wd_phase += 1
+        decay = self.wd_phase >= q.wd_period
+        if decay:
+            self.wd_phase = 0
         for name, qt in q.tensors.items():
             w = self.w[name]
             if q.update == "momentum":
@@ -508,8 +526,9 @@ class FixedModel:
                 d = stochastic_shift(m, lr_mult(lr, qt.lr_c), qt.lr_shift, qt.salt, w, m)
                 w = np.clip(w - d, -W_MAX, W_MAX)
                 self.m[name] = round_shift(m * q.momentum_q15, 15)
-            elif qt.wdl_c > 0:
-                d = stochastic_shift(w, lr_mult(lr, qt.wdl_c), 32, qt.salt ^ 0x5BD1E995, w, np.zeros_like(w))
+            elif qt.wdl_c > 0 and decay:
+                d = stochastic_shift(w, lr_mult(lr, qt.wdl_c * q.wd_period), 32, qt.salt ^ 0x5BD1E995, w,
+                                     np.zeros_like(w))
                 w = np.clip(w - d, -W_MAX, W_MAX)
             if qt.feedback:
                 w = project(w, math.floor(self.opt.feedback_norm * 2**qt.frac + 0.5))
@@ -517,6 +536,7 @@ class FixedModel:
 
     def train_epoch(self, x: np.ndarray, y: np.ndarray, order: np.ndarray, batch: int, lr: float) -> tuple[float, int]:
         self.set_lr(lr)
+        self.begin_epoch()
         loss, ok = 0.0, 0
         for start in range(0, len(order), batch):
             idx = order[start: start + batch]

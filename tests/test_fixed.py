@@ -66,6 +66,8 @@ def _lockstep(g: Graph, x: np.ndarray, y: np.ndarray, out: Path, batch: int, ste
         np.testing.assert_array_equal(qw[name], fm.w[name].ravel())
     rt.set_lr(0.1)
     fm.set_lr(0.1)
+    rt.lib.spide_begin_epoch()
+    fm.begin_epoch()
     k = 0
     for _ in range(steps):
         for _ in range(batch):
@@ -89,10 +91,13 @@ def _lockstep(g: Graph, x: np.ndarray, y: np.ndarray, out: Path, batch: int, ste
             np.testing.assert_array_equal(qw[name], fm.w[name].ravel(), err_msg=f"weights of {name}")
 
 
-@pytest.mark.parametrize("update", ["momentum", "online"])
-def test_c_equals_numpy_model_bit_for_bit_digits(digits_graph, digits, tmp_path, update):
+@pytest.mark.parametrize(("update", "batch", "steps"), [("momentum", 8, 6), ("online", 8, 6), ("online", 1, 70)])
+def test_c_equals_numpy_model_bit_for_bit_digits(digits_graph, digits, tmp_path, update, batch, steps):
+    """Online at batch 1 for 70 steps passes the periodic weight decay (every 64 steps)."""
     g = quantize(digits_graph, update=update)
-    _lockstep(g, digits.x_train, digits.y_train, tmp_path / "c", batch=8, steps=6)
+    if update == "online":
+        assert g.quant.wd_period == 64
+    _lockstep(g, digits.x_train, digits.y_train, tmp_path / "c", batch=batch, steps=steps)
 
 
 @pytest.mark.parametrize("update", ["momentum", "online"])
@@ -230,7 +235,7 @@ def test_qemu_m4_trains_digits_to_the_host_weights(board_tools, digits_graph, di
 
     out = tmp_path / "m4"
     assert main(["compile", str(ROOT / "examples" / "digits_fb.onnx"), "--board", "mps2-an386", "--update",
-                 "online", "--report", "-o", str(out), "--quiet"]) == 0
+                 "online", "--sf", "10", "--report", "-o", str(out), "--quiet"]) == 0
     assert main(["run", str(out), "--qemu", "--epochs", "1", "--batch", "1", "--out", "w.bin", "--quiet"]) == 0
     result = json.loads((out / "run-mps2-an386.json").read_text())
     assert result["epochs"][0]["epoch"] == 0 and result["epochs"][0]["test_accuracy"] < 0.2
@@ -241,7 +246,8 @@ def test_qemu_m4_trains_digits_to_the_host_weights(board_tools, digits_graph, di
     assert result["stack_used"] <= brd.STACK_BUDGET
     assert not result["memory"]["check"]["mismatches"]
     # the host build, same scales, same order, same batch
-    rt = emit(quantize(digits_graph, update="online"), tmp_path / "host").build()
+    rt = emit(quantize(passes.run(load_onnx(ROOT / "examples" / "digits_fb.onnx"), sf=10), update="online"),
+              tmp_path / "host").build()
     rt.train_epoch(digits.x_train, digits.y_train, epoch_order(0, 0, len(digits.y_train)), batch=1, lr=rt.lr)
     h, dump = read_weights_dump(out / "w.bin")
     assert h == rt.hash

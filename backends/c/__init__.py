@@ -227,7 +227,8 @@ def fixed_context(g: Graph) -> dict[str, Any]:
         lines = [", ".join(values[i: i + 16]) for i in range(0, len(values), 16)]
         tensors.append({**t, "init": "    " + ",\n    ".join(lines), "frac": q.frac[t["name"]],
                         "unit": qt.unit if qt else 0.0, "lr_shift": qt.lr_shift if qt else 0,
-                        "lr_c": qt.lr_c.hex() if qt else "0.0", "wdl_c": qt.wdl_c.hex() if qt else "0.0",
+                        "lr_c": qt.lr_c.hex() if qt else "0.0",
+                        "wdl_c": (qt.wdl_c * q.wd_period).hex() if qt else "0.0",
                         "wd_mult": qt.wd_mult if qt else 0, "wd_shift": qt.wd_shift if qt else 0,
                         "salt": qt.salt if qt else 0, "salt_wd": (qt.salt ^ 0x5BD1E995) if qt else 0,
                         "feedback": bool(qt and qt.feedback),
@@ -456,6 +457,7 @@ class CRuntime:
         lib.spide_learn.restype = ctypes.c_float
         lib.spide_step.argtypes = [ctypes.c_float]
         lib.spide_set_lr.argtypes = [ctypes.c_float]
+        lib.spide_begin_epoch.argtypes = []
         for fn in ("spide_get_qtensor", "spide_get_qmomentum"):
             getattr(lib, fn).argtypes = [ctypes.c_int, i32p]
         lib.spide_get_counts.argtypes = [f32p]
@@ -588,6 +590,7 @@ class CRuntime:
             perm = np.ascontiguousarray(rng.permutation(len(y)).astype(np.int32))
             correct = ctypes.c_int(0)
             lr_e = self.lib.spide_lr_at(epoch, ctypes.c_float(self.lr if lr is None else lr))
+            self.lib.spide_begin_epoch()
             loss = self.lib.spide_train_epoch(x, y, len(y), perm, batch, ctypes.c_float(lr_e),
                                               ctypes.byref(correct), None)
             history.append({"epoch": epoch + 1, "loss": loss / len(y), "train_accuracy": correct.value / len(y)})
@@ -599,6 +602,7 @@ class CRuntime:
         y = np.ascontiguousarray(np.asarray(y, np.int32))
         perm = np.ascontiguousarray(np.asarray(order, np.int32))
         correct = ctypes.c_int(0)
+        self.lib.spide_begin_epoch()
         loss = self.lib.spide_train_epoch(x, y, len(perm), perm, batch, ctypes.c_float(self.lr if lr is None else lr),
                                           ctypes.byref(correct), None)
         return {"loss": loss / len(perm), "train_accuracy": correct.value / len(perm)}

@@ -200,6 +200,7 @@ int main(int argc, char **argv) {
         uint32_t a, b;
         spide_epoch_order(seed, e, (int)tr.count, &a, &b);
         spide_set_lr(lr_e);
+        spide_begin_epoch();
         spide_take_work(work);
         (void)spide_take_events();
         double loss = 0.0;

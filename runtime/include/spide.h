@@ -67,6 +67,9 @@ float spide_learn(const float *x, int y, int batch);
 /** The learning rate of the samples that follow (fixed point, online updates apply each sample's
  *  update at once; spide_train_epoch sets it). */
 void spide_set_lr(float lr);
+/** Call at the start of every epoch: restarts the periodic weight decay of online fixed-point
+ *  updates, so a run resumed at an epoch boundary continues identically (a no-op elsewhere). */
+void spide_begin_epoch(void);
 /** Tensor i's storage (no copy): *elem_bytes is 4 (float) or 2 (fixed point, int16 W * 2^F). */
 const void *spide_tensor_raw(int i, int *elem_bytes);
 /** Fixed-point models: tensor i and its momentum buffer as the integers they are. */

@@ -169,6 +169,7 @@ int main(int argc, char **argv) {
         int done = 0;
         /* save_every: checkpoints inside the epoch too (for long epochs on slow devices) */
         int chunk = save_every > 0 ? save_every * batch : tr.count;
+        spide_begin_epoch();
         while (done < tr.count) {
             int n = tr.count - done < chunk ? tr.count - done : chunk;
             int c = 0;
