@@ -339,6 +339,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
         print(f"T={art.graph.simulation.T} T_back={t.T_back} sf={t.sf:g} lr={t.optimizer.lr:g} "
               f"momentum={t.optimizer.momentum:g} weight_decay={t.optimizer.weight_decay:g}; "
               f"{len(t.couples)} couples, {len(t.backward)} backward synapses, {len(t.updates)} update rules")
+    if getattr(art.graph, "quant", None) is not None:
+        print(art.graph.quant.describe())
     if args.target == "lava":
         print(f"train it: python {art.out}/train.py --data digits (needs Lava, see the README)")
     elif args.board:
