@@ -293,3 +293,22 @@ def test_board_refuses_a_corrupt_data_file(board_tools, digits_graph, digits, tm
         brd.run_qemu(out, ["eval", "bad.spds"], timeout=120)
     ok = brd.run_qemu(out, ["eval", "te.spds"], timeout=120)
     assert ok["epochs"][0]["samples"] == 20
+
+
+def test_cli_fixed_host_build_and_errors(tmp_path, capsys):
+    from spidec.cli import main
+
+    model = str(ROOT / "examples" / "digits_fb.onnx")
+    out = tmp_path / "fx"
+    assert main(["compile", model, "--fixed", "--report", "-o", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert "fixed point (momentum updates)" in shown and "weights" in shown and "plan only" in shown
+    q = json.loads((out / "quantization.json").read_text())
+    assert q["update"] == "momentum" and q["frac"]["fb.weight"] == 14
+    assert main(["run", str(out), "--epochs", "1", "--quiet"]) == 0
+    assert main(["run", str(out), "--qemu"]) == 1
+    assert "no board build" in capsys.readouterr().err
+    assert main(["compile", model, "--target", "c", "--report", "-o", str(tmp_path / "x")]) == 1
+    assert "--report plans the memory of a fixed-point build" in capsys.readouterr().err
+    assert main(["compile", model, "--target", "sim", "--board", "mps2-an386", "-o", str(tmp_path / "x")]) == 1
+    assert "for the c target" in capsys.readouterr().err

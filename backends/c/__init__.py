@@ -357,6 +357,11 @@ def emit(g: Graph, out: str | Path, board: str | None = None) -> CArtifact:
     (out / "Makefile").write_text(makefile)
     text, _ = dumps(g, inline_max=0)
     (out / "model.spir").write_text(text)
+    if fixed:  # the scales the quantize pass chose (the text form does not carry them)
+        import dataclasses
+        import json
+
+        (out / "quantization.json").write_text(json.dumps(dataclasses.asdict(g.quant), indent=1))
     return CArtifact(out, g, board)
 
 
