@@ -310,7 +310,7 @@ EPILOG_TRAIN = """examples:
 
 
 def _quant_options(args: argparse.Namespace) -> dict | None:
-    opts = {k: getattr(args, k) for k in ("update", "input_max", "input_bits", "headroom")
+    opts = {k: getattr(args, k) for k in ("update", "input_max", "input_bits", "headroom", "seed")
             if getattr(args, k, None) is not None}
     return opts if (opts or args.fixed or args.board) else None
 
@@ -502,6 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     fx.add_argument("--input-max", dest="input_max", type=float, help="largest |input| to represent (default 1)")
     fx.add_argument("--input-bits", dest="input_bits", type=int, help="bits of the quantised input (default 8)")
     fx.add_argument("--headroom", type=float, help="how far weights may grow before they saturate (default 8)")
+    fx.add_argument("--rounding-seed", dest="seed", type=int, help="salt of the stochastic rounding (default 0)")
     fx.add_argument("--report", action="store_true",
                     help="print RAM and flash by part from the plan (and check it against the built image)")
     _pass_arguments(p)

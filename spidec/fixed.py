@@ -148,11 +148,12 @@ def _structure(g: Graph) -> dict[str, Any]:
 
 
 def quantize(g: Graph, *, update: str | None = None, input_max: float = 1.0, input_bits: int = 8,
-             headroom: float = 8.0, weight_range: float = 1.0, x: np.ndarray | None = None) -> Graph:
+             headroom: float = 8.0, weight_range: float = 1.0, x: np.ndarray | None = None,
+             seed: int = 0) -> Graph:
     """The ``quantize`` pass: choose fixed-point scales for training graph ``g`` (see the module
     docstring). ``x`` (samples) or ``input_max`` bounds the input; ``headroom`` is how far the
     largest weight may grow before it saturates; ``update`` is ``momentum`` (the model's optimiser,
-    default when it has momentum) or ``online``."""
+    default when it has momentum) or ``online``; ``seed`` salts the stochastic rounding."""
     if g.training is None or g.schedule is None or g.simulation is None:
         raise SpidecError("quantize needs a training graph; run the passes first: spidec.passes.run(g)")
     t, T = g.training, g.simulation.T
@@ -160,6 +161,9 @@ def quantize(g: Graph, *, update: str | None = None, input_max: float = 1.0, inp
     update = update or ("momentum" if opt.momentum > 0 else "online")
     if update not in UPDATES:
         raise SpidecError(f"update must be one of {', '.join(UPDATES)}, got {update!r}")
+    if T >= 2**15 or t.T_back >= 2**15:
+        raise SpidecError(f"fixed point counts spikes in int16: T and T_back must be below 32768, got {T} and "
+                          f"{t.T_back}")
     if not 2 <= input_bits <= 16:
         raise SpidecError(f"input_bits must lie in 2..16, got {input_bits}")
     if not headroom >= 1 or not weight_range > 0:
@@ -244,7 +248,8 @@ def quantize(g: Graph, *, update: str | None = None, input_max: float = 1.0, inp
         tensors[u.tensor] = QTensor(
             name=u.tensor, frac=f, unit=unit, lr_shift=lr_shift, lr_c=unit * 2.0 ** (f + lr_shift) / t.sf,
             wd_mult=math.floor(wd * 2**wd_shift + 0.5) if wd > 0 else 0, wd_shift=wd_shift,
-            wdl_c=opt.weight_decay / t.sf * 2.0**32, salt=(0x9E3779B1 * (k + 1)) & 0xFFFFFFFF,
+            wdl_c=opt.weight_decay / t.sf * 2.0**32,
+            salt=(0x9E3779B1 * (k + 1) + 0x85EBCA77 * int(seed)) & 0xFFFFFFFF,
             feedback=u.tensor in feedback and opt.feedback_norm > 0)
     # online updates: weight decay touches every weight; apply it every P steps (P times as strong,
     # P a power of two <= 64 keeping one application below 2^-8 of a weight), restarted each epoch

@@ -250,7 +250,8 @@ class Graph:
         self.simulation: Simulation | None = None
         self.training: Training | None = None
         self.schedule: Schedule | None = None
-        # what the quantize pass adds (spidec.fixed.Quantization): fixed-point scales, or None
+        # what the quantize pass adds (spidec.fixed.Quantization): fixed-point scales, or None;
+        # only on the graph quantize returns (copies drop it)
         self.quant: Any = None
 
     # ----------------------------------------------------------------- building
@@ -318,7 +319,8 @@ class Graph:
         g._g = self._g.copy()
         g._synapses = dict(self._synapses)
         g.simulation, g.training, g.schedule = self.simulation, self.training, self.schedule
-        g.quant = self.quant
+        # fixed-point scales are not carried: they were chosen for this graph's weights and
+        # training structure, which the copy's user is about to change (re-run quantize)
         return g
 
     # ----------------------------------------------------------------- queries

@@ -142,6 +142,10 @@ def test_scales_and_proofs(digits_graph):
         assert np.abs(w).max() <= W_MAX / 8 + 1, name
         np.testing.assert_allclose(fm.weights()[name], digits_graph.tensor(name), atol=2.0 ** -q.frac[name])
     assert "worst |u|" in q.describe()
+    # scales belong to the graph quantize returned: a copy (about to change) does not carry them
+    assert quantize(digits_graph).copy().quant is None
+    salts = {t.salt for t in quantize(digits_graph, seed=5).quant.tensors.values()}
+    assert not salts & {t.salt for t in q.tensors.values()}
 
 
 def test_integer_softmax_close_to_exp():
