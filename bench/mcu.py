@@ -62,7 +62,11 @@ def main() -> int:
                 state = sum(p["ram"] for p in info["plan"] if p["symbols"] and p["part"] != "sample buffer")
                 ram = check["size"]["static_ram"] + r["heap_used"] + r["stack_used"]
                 last = r["epochs"][-1]
-                rows.append({
+                parts = {p["part"]: p["ram"] for p in info["plan"] if p["part"] != "stack (budget)"}
+                parts["runtime + newlib"] = check["runtime_static_ram"]
+                parts["heap (measured)"] = r["heap_used"]
+                parts["stack (measured)"] = r["stack_used"]
+                rows.append({"ram_parts": parts,
                     "board": board, "cpu": brd.BOARDS[board]["cpu"], "update": update, "batch": batch, "sf": sf,
                     "flash_bytes": check["size"]["flash"], "static_ram_bytes": check["size"]["static_ram"],
                     "training_state_bytes": state, "heap_bytes": r["heap_used"], "stack_bytes": r["stack_used"],
@@ -89,7 +93,41 @@ def main() -> int:
     res = ROOT / "bench" / "results"
     res.mkdir(parents=True, exist_ok=True)
     (res / "mcu.json").write_text(json.dumps({"machine": platform.platform(), "rows": rows}, indent=1))
+    plot(rows, res / "mcu.png")
+    print(f"wrote {res / 'mcu.json'} and {res / 'mcu.png'}")
     return 0
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """RAM by part (stacked) against the 64 KiB goal, and instructions per sample beside the events."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['cpu']}\n{r['update']}\nbatch {r['batch']}, sf {r['sf']:g}" for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 5.2))
+    bottom = [0.0] * len(rows)
+    for part in rows[0]["ram_parts"]:
+        vals = [r["ram_parts"].get(part, 0) / 1024 for r in rows]
+        ax1.bar(labels, vals, bottom=bottom, label=part)
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    ax1.axhline(64, color="k", ls="--", lw=1)
+    ax1.text(-0.4, 67, "goal: 64 KiB", ha="left")
+    ax1.set_ylabel("RAM (KiB)")
+    ax1.set_title("RAM by part (digits model)")
+    ax1.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, 0.93))
+    ax1.tick_params(axis="x", labelsize=7)
+    ax2.bar(labels, [r["instructions_per_sample"] / 1e6 for r in rows], color="tab:blue")
+    ax2.set_ylabel("instructions per training sample (M)")
+    tw = ax2.twinx()
+    tw.plot(labels, [r["events_per_sample"] for r in rows], "o-", color="tab:red")
+    tw.set_ylabel("synaptic events per sample", color="tab:red")
+    ax2.set_title("work per training sample (QEMU -icount)")
+    ax2.tick_params(axis="x", labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

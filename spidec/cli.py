@@ -203,7 +203,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.after:
         from . import passes
 
-        g = passes.run(g, upto=args.after, **_pass_options(args))
+        g = passes.run(g, upto=None if args.after == "quantize" else args.after, **_pass_options(args))
+        if args.after == "quantize":
+            g = passes.quantize(g)
     elif _pass_options(args):
         raise SpidecError("pass options need --after PASS (or use spidec compile)")
     if args.json:
@@ -218,6 +220,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             "text": dumps(g, inline_max=0)[0]}, indent=2))
         return 0
     print(summary(g))
+    if g.quant is not None:
+        print(g.quant.describe())
     if not args.no_text:
         print("\n" + str(g), end="")
     return 0
@@ -477,8 +481,9 @@ def build_parser() -> argparse.ArgumentParser:
     _model_arguments(p)
     p.add_argument("--no-text", action="store_true", help="print the tables only, not the IR text")
     p.add_argument("--json", action="store_true", help="print the nodes, synapses and IR text as JSON")
-    p.add_argument("--after", choices=list(PIPELINE),
-                   help="run the passes up to this one and print the result")
+    p.add_argument("--after", choices=[*PIPELINE, "quantize"],
+                   help="run the passes up to this one and print the result (quantize: all, then the "
+                        "fixed-point scales of --fixed, with their default options)")
     _pass_arguments(p)
     p.set_defaults(func=cmd_inspect)
 
