@@ -397,7 +397,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             argv += ["--lr", repr(args.lr)]
         if args.out:
             argv += ["--out", args.out]
-        result = brd.run_qemu(out, argv, timeout=args.timeout, echo=say)
+        result = brd.run_qemu(out, argv, timeout=args.timeout, echo=say,
+                              progress=not (args.quiet or args.json) and sys.stderr.isatty())
         info = brd.board_info(out)
         check = brd.check_plan(info["plan"], out / f"spide-{info['board']}.elf")
         result["memory"] = {"check": check, "stack_used": result.get("stack_used"),

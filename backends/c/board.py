@@ -13,6 +13,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -187,7 +188,7 @@ LINE = re.compile(r"(\w+) (\S+)")
 def parse_line(line: str) -> dict[str, Any]:
     """``key value`` pairs of one line of the board's output (numbers converted)."""
     out: dict[str, Any] = {}
-    if line.startswith(("memory ", "calibration ")):
+    if line.startswith(("memory ", "calibration ", "progress ")):
         line = line.split(" ", 1)[1]
     for k, v in LINE.findall(line):
         if k in ("hash", "model", "board"):
@@ -204,9 +205,10 @@ def parse_line(line: str) -> dict[str, Any]:
 
 
 def run_qemu(out: Path, args: list[str], *, timeout: float | None = None,
-             echo: Callable[[str], None] | None = None) -> dict[str, Any]:
+             echo: Callable[[str], None] | None = None, progress: bool = False) -> dict[str, Any]:
     """Run the board image under QEMU (-icount shift=0, semihosting) in folder ``out`` with
-    ``args``; returns the parsed result lines (``epochs``, ``memory``, ``calibration``...)."""
+    ``args``; returns the parsed result lines (``epochs``, ``memory``, ``calibration``...).
+    ``echo`` gets every result line; ``progress`` draws the board's progress lines as a bar on stderr."""
     info = board_info(out)
     elf = build(out)
     cmd = ["qemu-system-arm", "-M", info["board"], "-display", "none", "-serial", "none", "-monitor", "none",
@@ -215,13 +217,26 @@ def run_qemu(out: Path, args: list[str], *, timeout: float | None = None,
     proc = subprocess.Popen(cmd, cwd=out, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                             text=True)
     result: dict[str, Any] = {"board": info["board"], "epochs": [], "command": cmd}
+    drawn = False
     try:
         assert proc.stdout is not None
         for line in proc.stdout:
             line = line.rstrip("\n")
+            f = parse_line(line)
+            if line.startswith("progress "):
+                if progress:
+                    width = 30
+                    filled = int(width * f["done"] / max(1, f["total"]))
+                    sys.stderr.write(f"\repoch {f['epoch']} [{'#' * filled}{'.' * (width - filled)}] "
+                                     f"{f['done']}/{f['total']} loss {f['loss']:.4f} ")
+                    sys.stderr.flush()
+                    drawn = True
+                continue
+            if drawn:
+                sys.stderr.write("\r" + " " * 78 + "\r")
+                drawn = False
             if echo:
                 echo(line)
-            f = parse_line(line)
             if line.startswith("epoch "):
                 result["epochs"].append(f)
             elif line.startswith(("memory ", "calibration ", "board ")):

@@ -6,7 +6,8 @@
  *   prog.elf train TRAIN.spds TEST.spds [--epochs N] [--batch B] [--lr LR] [--seed S] [--out W.bin]
  *   prog.elf eval TEST.spds
  *
- * Results go to stdout one line each ("key value" pairs), errors to stderr. Exit codes: 0 ok,
+ * Results go to stdout one line each ("key value" pairs; "progress ..." lines about 20 times an
+ * epoch), errors to stderr. Exit codes: 0 ok,
  * 1 bad data file, 2 bad usage, 3 fault.
  */
 #include <stdint.h>
@@ -206,6 +207,7 @@ int main(int argc, char **argv) {
         double loss = 0.0;
         int ok = 0;
         uint64_t ticks = 0;
+        uint32_t every = tr.count / 20 > 0 ? tr.count / 20 : 1, shown = 0;
         for (uint32_t start = 0; start < tr.count; start += (uint32_t)batch) {
             uint32_t n = tr.count - start < (uint32_t)batch ? tr.count - start : (uint32_t)batch;
             for (uint32_t k = 0; k < n; k++) {
@@ -220,6 +222,12 @@ int main(int argc, char **argv) {
             uint64_t s0 = spide_board_ticks();
             spide_step(lr_e);
             ticks += spide_board_ticks() - s0;
+            if (start + n - shown >= every && start + n < tr.count) { /* about 20 progress lines an epoch */
+                shown = start + n;
+                printf("progress epoch %d done %u total %u loss %.4f\n", e + 1, (unsigned)shown, (unsigned)tr.count,
+                       loss / shown);
+                fflush(stdout);
+            }
         }
         uint64_t events = spide_take_events();
         spide_take_work(work);
