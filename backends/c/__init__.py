@@ -10,10 +10,14 @@ sources: data-set and checkpoint files, the training loop, the command-line prog
 ``Makefile`` that builds the host executable ``train`` (``train``/``eval``/``predict``/``info``)
 and the shared library. Same graph, same bytes.
 
-Supported today: synapses made of one dense weight with flatten/reshape and constant scalar scales
-around it (or no weight: an identity with a scale), IF/LIF populations of any shape with full
-biases, one data input (constant encoding) and one cross-entropy readout. Conv, pooling and padding
-are refused with a message (use ``--target sim`` for them meanwhile).
+Supported: synapses made of one dense, conv, transposed-conv or average-pooling op with
+flatten/reshape and constant scalar scales around it (or no weight: an identity with a scale),
+IF/LIF populations of any shape with full or per-channel biases, one data input (constant
+encoding) and one cross-entropy readout; other ops are refused with a message.
+
+A graph that went through the ``quantize`` pass (``g.quant``) gets the integer-only runtime of
+``templates/fixed.c.j2`` instead (``spidec.fixed`` describes its arithmetic; dense synapses and IF
+neurons), and ``emit(..., board=...)`` adds a Cortex-M image (``board.py``).
 """
 
 from __future__ import annotations
