@@ -55,13 +55,13 @@ and weights saturate.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from .errors import SpidecError
-from .ir import Graph, code_name
+from .ir import Graph
 
 W_MAX = 32767
 I32 = 2**31 - 1
@@ -152,7 +152,8 @@ def quantize(g: Graph, *, update: str | None = None, input_max: float = 1.0, inp
              seed: int = 0) -> Graph:
     """The ``quantize`` pass: choose fixed-point scales for training graph ``g`` (see the module
     docstring). ``x`` (samples) or ``input_max`` bounds the input; ``headroom`` is how far the
-    largest weight may grow before it saturates; ``update`` is ``momentum`` (the model's optimiser,
+    largest weight may grow before it saturates, and every scale covers at least
+    ``+-weight_range`` (weights grow several times over in training); ``update`` is ``momentum`` (the model's optimiser,
     default when it has momentum) or ``online``; ``seed`` salts the stochastic rounding."""
     if g.training is None or g.schedule is None or g.simulation is None:
         raise SpidecError("quantize needs a training graph; run the passes first: spidec.passes.run(g)")
@@ -186,10 +187,10 @@ def quantize(g: Graph, *, update: str | None = None, input_max: float = 1.0, inp
     into: dict[str, list[str]] = {p: [] for p in pops}
     for e in g.synapses():
         if e.dst in pops:
-            into[e.dst].append(ctx_weight(g, e.name))
+            into[e.dst].append(synapse_weight(g, e.name))
     pop_frac = {p: frac_for(into[p] + ([f"{p}.bias"] if g.node(p).bias is not None else [])) for p in pops}
     ro = g.readouts[0]
-    readout_frac = frac_for([ctx_weight(g, e.name) for e in g.in_synapses(ro.name)]
+    readout_frac = frac_for([synapse_weight(g, e.name) for e in g.in_synapses(ro.name)]
                             + ([f"{ro.name}.bias"] if ro.bias is not None else []))
     couple_frac = {}
     for p in pops:
@@ -201,7 +202,7 @@ def quantize(g: Graph, *, update: str | None = None, input_max: float = 1.0, inp
     n = {p: pops[p]["n"] for p in pops}
     for p, pp in pops.items():
         fp = pop_frac[p]
-        events = sum(n[f["src"]] for f in _pop_feeds(g, p, pops)) * W_MAX
+        events = sum(n[e.src] for e in g.in_synapses(p) if e.src in pops) * W_MAX
         room = I32 // T - events - 2**fp
         k_max[p] = min(2 ** (fp + 10), room)
         if k_max[p] < 2 ** (fp + 1):
@@ -221,14 +222,14 @@ def quantize(g: Graph, *, update: str | None = None, input_max: float = 1.0, inp
     tensors = {}
     frac_of: dict[str, int] = {}
     for e in g.synapses():
-        w = ctx_weight(g, e.name)
+        w = synapse_weight(g, e.name)
         frac_of[w] = pop_frac[e.dst] if e.dst in pops else readout_frac
     for p in pops:
         if g.node(p).bias is not None:
             frac_of[f"{p}.bias"] = pop_frac[p]
     if ro.bias is not None:
         frac_of[f"{ro.name}.bias"] = readout_frac
-    feedback = {ctx_weight(g, e.name) for e in g.synapses() if e.synapse.delay}
+    feedback = {synapse_weight(g, e.name) for e in g.synapses() if e.synapse.delay}
     for k, u in enumerate(t.updates):
         if u.kind == "local":
             e = g.synapse(u.synapse)  # type: ignore[arg-type]
@@ -266,15 +267,19 @@ def quantize(g: Graph, *, update: str | None = None, input_max: float = 1.0, inp
     return out
 
 
-def ctx_weight(g: Graph, syn: str) -> str:
+def synapse_weight(g: Graph, syn: str) -> str:
+    """The name of synapse ``syn``'s one weight tensor."""
     slots = [n for n, s in g.tensor_slots().items() if s.owner == syn and s.field == "weight"]
     if len(slots) != 1:
         raise SpidecError(f"synapse '{syn}': fixed point needs exactly one weight, found {len(slots)}")
     return slots[0]
 
 
-def _pop_feeds(g: Graph, p: str, pops: dict[str, Any]) -> list[dict[str, str]]:
-    return [{"src": e.src} for e in g.in_synapses(p) if e.src in pops]
+def integer_weights(g: Graph) -> dict[str, np.ndarray]:
+    """Every tensor of a quantized graph as int16 values (int64 arrays): ``round(W * 2**frac)``, saturated."""
+    q = quantization_of(g)
+    return {name: np.clip(np.floor(g.tensor(name).astype(np.float64) * 2.0 ** q.frac[name] + 0.5), -W_MAX, W_MAX
+                          ).astype(np.int64) for name in g.tensor_slots()}
 
 
 def threshold(p: dict[str, Any], q: Quantization) -> int:
@@ -361,15 +366,11 @@ class FixedModel:
         self.back = ctx["back"]
         self.n_classes = ctx["n_classes"]
         self.ro = g.readouts[0]
-        self.w: dict[str, np.ndarray] = {}
-        for name in g.tensor_slots():
-            f = self.frac(name)
-            self.w[name] = np.clip(np.floor(g.tensor(name).astype(np.float64) * 2.0**f + 0.5), -W_MAX, W_MAX
-                                   ).astype(np.int64)
+        self.w = integer_weights(g)
         self.m = {name: np.zeros_like(self.w[name]) for name in q.tensors}
         self.lr = float(self.opt.lr)
         self.wd_phase = 0
-        self.syn_w = {e.name: ctx_weight(g, e.name) for e in g.synapses()}
+        self.syn_w = {e.name: synapse_weight(g, e.name) for e in g.synapses()}
         self.syn_src = {e.name: e.src for e in g.synapses()}
         self.syn_dst = {e.name: e.dst for e in g.synapses()}
 
@@ -572,8 +573,6 @@ __all__ = [
     "FixedModel",
     "QTensor",
     "Quantization",
-    "code_name",
     "quantization_of",
     "quantize",
-    "replace",
 ]

@@ -23,7 +23,9 @@ neurons), and ``emit(..., board=...)`` adds a Cortex-M image (``board.py``).
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import hashlib
+import json
 import math
 import shutil
 import subprocess
@@ -217,15 +219,15 @@ def fixed_context(g: Graph) -> dict[str, Any]:
     ctx = fx._structure(g)
     text, _ = dumps(g, inline_max=0)
     ctx["hash"] = hashlib.sha256((text + repr(q)).encode()).hexdigest()[:16]
-    model = fx.FixedModel(g)  # the integer initial weights, exactly as the numpy model holds them
-    weight_of = {e.name: fx.ctx_weight(g, e.name) for e in g.synapses()}
+    weights = fx.integer_weights(g)  # exactly as the numpy model holds them
+    weight_of = {e.name: fx.synapse_weight(g, e.name) for e in g.synapses()}
     syn = {e.name: e for e in g.synapses()}
     for p in ctx["pops"]:
         if p["n"] >= 32768:
             raise SpidecError(f"population '{p['name']}': fixed point indexes neurons with int16, {p['n']} is too many")
     tensors = []
     for t in ctx["tensors"]:
-        w = model.w[t["name"]].ravel()
+        w = weights[t["name"]].ravel()
         qt = q.tensors.get(t["name"])
         values = [str(int(v)) for v in w]
         lines = [", ".join(values[i: i + 16]) for i in range(0, len(values), 16)]
@@ -351,8 +353,6 @@ def emit(g: Graph, out: str | Path, board: str | None = None) -> CArtifact:
             if f.suffix in (".c", ".h", ".ld"):
                 shutil.copyfile(f, out / "runtime" / "board" / f.name)
         makefile += BOARD_MAKEFILE.format(board=board, n_inputs=ctx["n_inputs"], **BOARDS[board])
-        import json
-
         from .board import memory_plan
 
         (out / "board.json").write_text(json.dumps({"board": board, **BOARDS[board], "model": g.name,
@@ -362,9 +362,6 @@ def emit(g: Graph, out: str | Path, board: str | None = None) -> CArtifact:
     text, _ = dumps(g, inline_max=0)
     (out / "model.spir").write_text(text)
     if fixed:  # the scales the quantize pass chose (the text form does not carry them)
-        import dataclasses
-        import json
-
         (out / "quantization.json").write_text(json.dumps(dataclasses.asdict(g.quant), indent=1))
     return CArtifact(out, g, board)
 
