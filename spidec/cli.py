@@ -17,6 +17,7 @@ import numpy as np
 
 from . import __version__
 from .backends import TARGETS
+from .backends.c.board import BOARDS
 from .errors import SpidecError
 from .ir import Graph, Input, Population, Readout
 from .ops import fmt_shape
@@ -500,7 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print what was written as JSON")
     fx = p.add_argument_group("fixed point and microcontrollers (target c)")
     fx.add_argument("--fixed", action="store_true", help="integer-only fixed-point runtime (the quantize pass)")
-    fx.add_argument("--board", choices=["mps2-an386", "mps2-an385"],
+    fx.add_argument("--board", choices=list(BOARDS),
                     help="also emit a Cortex-M image: mps2-an386 (M4F) or mps2-an385 (M3); implies --fixed")
     fx.add_argument("--update", choices=["momentum", "online"],
                     help="fixed-point updates: momentum (the model's SGD, a buffer per weight) or online (each "
