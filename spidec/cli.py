@@ -360,9 +360,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 def _memory_report(art: Any, quiet: bool) -> None:
     from .backends.c import board as brd
-    from .backends.c import fixed_context
 
-    plan = brd.memory_plan(fixed_context(art.graph))
+    plan = brd.memory_plan(art.graph.program)
     check = None
     if art.board is not None and not brd.missing_tools():
         check = brd.check_plan(plan, brd.build(art.out))

@@ -22,8 +22,10 @@ def compile(g: Graph, target: str = "sim", out: str | os.PathLike = "build", *, 
     from .errors import SpidecError
 
     backend = get(target)
-    if g.schedule is None or options:
+    if options or g.schedule is None:
         g = passes.run(g, **options)
+    elif g.program is None:  # a training graph (e.g. from .spir) that was never lowered
+        g = passes.lower(g)
     fixed = fixed or board is not None or quantize is not None
     if fixed:
         if target != "c":

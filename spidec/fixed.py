@@ -55,13 +55,27 @@ and weights saturate.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from .errors import SpidecError
-from .ir import Graph
+from .ir import Graph, code_name
+from .program import (
+    BiasRule,
+    Buffer,
+    CoupleStep,
+    PopulationStep,
+    Program,
+    QPopulation,
+    QTensor,
+    Quantization,
+    ReadoutWeightRule,
+    WeightRule,
+    float_program,
+    require_program,
+)
 
 W_MAX = 32767
 I32 = 2**31 - 1
@@ -71,111 +85,152 @@ EXP2_TABLE = tuple(math.floor(65536 * 2.0 ** (-i / 256) + 0.5) for i in range(25
 UPDATES = ("momentum", "online")
 
 
-@dataclass(frozen=True)
-class QTensor:
-    """How one tensor is held and learns: ``W_q = W * 2**frac`` (int16)."""
-
-    name: str
-    frac: int
-    unit: float  # float gradient of one unit of the integer gradient / momentum
-    lr_shift: int
-    lr_c: float  # lr_mult = floor(lr * lr_c + 0.5)
-    wd_mult: int
-    wd_shift: int
-    wdl_c: float  # online weight decay: mult = floor(lr * wdl_c + 0.5), shift 32
-    salt: int
-    feedback: bool
-
-
-@dataclass(frozen=True)
-class Quantization:
-    """The scales the ``quantize`` pass chose (see the module docstring)."""
-
-    update: str
-    input_frac: int
-    input_bits: int
-    pop_frac: dict[str, int]
-    couple_frac: dict[str, int]
-    readout_frac: int
-    frac: dict[str, int]  # every tensor's fraction bits
-    k_max: dict[str, int]
-    g_max: dict[str, int]
-    tensors: dict[str, QTensor]
-    momentum_q15: int
-    wd_period: int = 1  # online updates: weight decay every wd_period steps, wd_period times as strong
-    bounds: dict[str, Any] = field(default_factory=dict)
-
-    def describe(self) -> str:
-        lines = [f"fixed point ({self.update} updates): input x * 2^{self.input_frac} in "
-                 f"{self.input_bits} bits, weights int16, membranes int32"]
-        for p, f in self.pop_frac.items():
-            lines.append(f"  population {p}: weights/membrane 2^{f}, couple 2^{self.couple_frac[p]}, "
-                         f"|K| <= {self.k_max[p]}, |g| <= {self.g_max[p]}; worst |u| {self.bounds[p]['u']:,}, "
-                         f"worst |ub| {self.bounds[p]['ub']:,} (int32 limit {I32:,})")
-        lines.append(f"  readout: 2^{self.readout_frac}")
-        return "\n".join(lines)
-
-
 def _exponent(x: float) -> int:
     return math.floor(math.log2(x))
 
 
-def _structure(g: Graph) -> dict[str, Any]:
-    """The C backend's view of the training graph, restricted to what fixed point supports."""
-    from .backends.c import context
-
-    ctx = context(g)
-    for p in ctx["pops"]:
-        if p["leak"] != 1.0 or p["cleak"] != 1.0:
-            raise SpidecError(f"population '{p['name']}': fixed point supports IF neurons only (LIF's leak is a "
+def _structure(g: Graph) -> Program:
+    """The step program of ``g``, checked against what fixed point supports (dense synapses without
+    scale, IF neurons, full biases, couples with a power-of-two S, one input, one cross-entropy
+    readout)."""
+    prog = require_program(g, "quantize")
+    if prog.encoding != "constant" or len(prog.inputs) != 1:
+        raise SpidecError("fixed point reads one data input as a constant current")
+    if len(prog.readouts) != 1 or prog.readouts[0].loss != "cross_entropy":
+        raise SpidecError("fixed point trains one cross-entropy readout (a classifier)")
+    for p in prog.populations:
+        c = prog.couple_of(p.name)
+        if p.leak != 1.0 or c.leak != 1.0:
+            raise SpidecError(f"population '{p.name}': fixed point supports IF neurons only (LIF's leak is a "
                               "multiplication every step)", hint="use the float C backend (drop --fixed) for LIF")
-        if p["bias_pc"]:
-            raise SpidecError(f"population '{p['name']}': fixed point supports full biases only (per-channel "
+        if p.bias_channels:
+            raise SpidecError(f"population '{p.name}': fixed point supports full biases only (per-channel "
                               "biases come with conv layers)")
-        S = p["S"]
-        if S <= 0 or 2.0 ** round(math.log2(S)) != S:
-            raise SpidecError(f"couple of '{p['name']}': fixed point needs S = 2 vth_b to be a power of two, got {S}")
-    for s in ctx["synapses"]:
-        if s["kind"] != "dense":
-            raise SpidecError(f"synapse '{s['name']}': fixed point supports dense synapses only, not {s['kind']}",
+        if c.S <= 0 or 2.0 ** round(math.log2(c.S)) != c.S:
+            raise SpidecError(f"couple of '{p.name}': fixed point needs S = 2 vth_b to be a power of two, got {c.S}")
+    for ch in prog.chains:
+        if ch.kernel != "dense":
+            raise SpidecError(f"synapse '{ch.name}': fixed point supports dense synapses only, not {ch.kernel}",
                               hint="use the float C backend (drop --fixed) for conv, pooling and identity synapses")
-    for p in ctx["pops"]:
-        for f in p["feeds"]:
-            if f["factor"] != 1.0:
-                raise SpidecError(f"synapse '{f['syn']}': fixed point needs weights without a scale factor "
-                                  f"(got {f['factor']})")
-    return ctx
+        if ch.factor != 1.0:
+            raise SpidecError(f"synapse '{ch.name}': fixed point needs weights without a scale factor "
+                              f"(got {ch.factor})")
+        if ch.src in {r.name for r in prog.readouts} or (ch.dst in {r.name for r in prog.readouts}
+                                                         and ch.src not in {p.name for p in prog.populations}):
+            raise SpidecError(f"synapse '{ch.name}': the fixed-point readout reads populations only")
+    return prog
+
+
+def fixed_buffers(prog: Program, update: str) -> tuple[Buffer, ...]:
+    """The state of the integer arithmetic (what fixed.c.j2 declares and the board report prices)."""
+    out: list[Buffer] = []
+    add = out.append
+    ni, nc = prog.inputs[0].size, prog.readouts[0].size
+    for name in (*(r.tensor for r in prog.rules), *_frozen(prog)):
+        size = prog_tensor_size(prog, name)
+        c = "t_" + code_name(name)
+        add(Buffer(c, "i16", size, "update", name, "weights", "weights W * 2^F (initial values in flash)"))
+        if update == "momentum" and name in {r.tensor for r in prog.rules}:
+            add(Buffer(c + "_M", "i32", size, "update", name, "momentum",
+                       "momentum buffer: the batch's gradients accumulate here"))
+    for p in prog.populations:
+        c, n = code_name(p.name), p.size
+        add(Buffer(f"u_{c}", "i32", n, "forward", p.name, "membranes", "membrane potential, rate units * 2^F"))
+        add(Buffer(f"K_{c}", "i32", n, "forward", p.name, "membranes",
+                   "constant input current (bias + input weights), once per sample"))
+        add(Buffer(f"cnt_{c}", "i16", n, "forward", p.name, "rates and counts", "spike count"))
+        add(Buffer(f"m_{c}", "u8", n, "forward", p.name, "rates and counts", "mask m = [0 < cnt < T]"))
+        add(Buffer(f"s_{c}", "i16", n, "forward", p.name, "spike buffers", "indices of this step's spikes"))
+        add(Buffer(f"ns_{c}", "i16", 1, "forward", p.name, "spike buffers", "how many of them", scalar=True))
+        if p.keep_prev:
+            add(Buffer(f"ps_{c}", "i16", n, "forward", p.name, "spike buffers",
+                       "indices of last step's spikes (delayed synapses read them)"))
+            add(Buffer(f"nps_{c}", "i16", 1, "forward", p.name, "spike buffers", "how many of them", scalar=True))
+    for cp in prog.couples:
+        c, n = code_name(cp.of), cp.size
+        add(Buffer(f"ub_{c}", "i32", n, "backward", cp.name, "membranes", "couple potential * 2^B"))
+        add(Buffer(f"g_{c}", "i32", n, "backward", cp.name, "membranes",
+                   "injected loss gradient * 2^B, once per sample"))
+        add(Buffer(f"sb_{c}", "i16", n, "backward", cp.name, "rates and counts", "ternary spike sum"))
+        add(Buffer(f"nb_{c}", "i16", n, "backward", cp.name, "rates and counts",
+                   "ternary spikes fired (either sign)"))
+        add(Buffer(f"ts_{c}", "i16", n, "backward", cp.name, "spike buffers",
+                   "indices of this step's gated ternary spikes"))
+        add(Buffer(f"nts_{c}", "i16", 1, "backward", cp.name, "spike buffers", "how many of them", scalar=True))
+        add(Buffer(f"tv_{c}", "i8", n, "backward", cp.name, "spike buffers", "their signs (+1 / -1), by index"))
+        if cp.keep_prev:
+            add(Buffer(f"pts_{c}", "i16", n, "backward", cp.name, "spike buffers",
+                       "last step's gated ternary spikes (delayed transposes read them)"))
+            add(Buffer(f"npts_{c}", "i16", 1, "backward", cp.name, "spike buffers", "how many of them", scalar=True))
+            add(Buffer(f"ptv_{c}", "i8", n, "backward", cp.name, "spike buffers", "their signs"))
+    for name, dtype, size, what in (
+            ("xq", "i16", ni, "the quantised input x * 2^F_X"), ("nzi", "i16", ni, "indices of its non-zero values"),
+            ("Lq", "i64", nc, "integer logits, scale 2^F_C * T"),
+            ("dls", "i32", nc, "Q16 loss gradient sf/B * (softmax - onehot)"),
+            ("logits", "f32", nc, "the logits as floats (the spide.h interface)"),
+            ("events", "u64", 1, "spikes of the last sample"),  # (a scalar: see below)
+            ("synops", "u64", 3, "spike-driven synaptic operations per stage"),
+            ("macs", "u64", 3, "multiply-accumulates per stage")):
+        add(Buffer(name, dtype, size, "model", "", "other model state", what, scalar=name == "events"))
+    if update == "online":  # the samples' learning rate (momentum updates read it at the step)
+        add(Buffer("lr_now", "f32", 1, "model", "", "other model state", "the learning rate of the samples",
+                   scalar=True))
+    return tuple(out)
+
+
+def _frozen(prog: Program) -> list[str]:
+    learn = {r.tensor for r in prog.rules}
+    names = [ch.weight for ch in prog.chains if ch.weight and ch.weight not in learn]
+    names += [p.bias for p in prog.populations if p.bias and p.bias not in learn]
+    names += [r.bias for r in prog.readouts if r.bias and r.bias not in learn]
+    return names  # type: ignore[return-value]
+
+
+def prog_tensor_size(prog: Program, name: str) -> int:
+    for ch in prog.chains:
+        if ch.weight == name:
+            return ch.n_in * ch.n_out
+    for p in prog.populations:
+        if p.bias == name:
+            return p.bias_channels or p.size
+    for r in prog.readouts:
+        if r.bias == name:
+            return r.size
+    raise SpidecError(f"no tensor '{name}' in the step program")
 
 
 def quantize(g: Graph, *, update: str | None = None, input_max: float = 1.0, input_bits: int = 8,
              headroom: float = 8.0, weight_range: float = 1.0, x: np.ndarray | None = None,
              seed: int = 0) -> Graph:
-    """The ``quantize`` pass: choose fixed-point scales for training graph ``g`` (see the module
-    docstring). ``x`` (samples) or ``input_max`` bounds the input; ``headroom`` is how far the
-    largest weight may grow before it saturates, and every scale covers at least
-    ``+-weight_range`` (weights grow several times over in training); ``update`` is ``momentum`` (the model's optimiser,
-    default when it has momentum) or ``online``; ``seed`` salts the stochastic rounding."""
-    if g.training is None or g.schedule is None or g.simulation is None:
-        raise SpidecError("quantize needs a training graph; run the passes first: spidec.passes.run(g)")
-    t, T = g.training, g.simulation.T
-    opt = t.optimizer
+    """The ``quantize`` pass: annotate the step program of training graph ``g`` with fixed-point
+    scales (see the module docstring) and the integer buffer plan. ``x`` (samples) or ``input_max``
+    bounds the input; ``headroom`` is how far the largest weight may grow before it saturates, and
+    every scale covers at least ``+-weight_range`` (weights grow several times over in training);
+    ``update`` is ``momentum`` (the model's optimiser, default when it has momentum) or ``online``;
+    ``seed`` salts the stochastic rounding."""
+    if getattr(g, "program", None) is None and g.training is not None and g.schedule is not None:
+        from .program import lower
+
+        g = lower(g)  # a training graph from before the lower pass existed
+    prog = _structure(g)
+    prog = float_program(prog)
+    T, T_back, sf, opt = prog.T, prog.T_back, prog.sf, prog.optimizer
     update = update or ("momentum" if opt.momentum > 0 else "online")
     if update not in UPDATES:
         raise SpidecError(f"update must be one of {', '.join(UPDATES)}, got {update!r}")
-    if T >= 2**15 or t.T_back >= 2**15:
+    if T >= 2**15 or T_back >= 2**15:
         raise SpidecError(f"fixed point counts spikes in int16: T and T_back must be below 32768, got {T} and "
-                          f"{t.T_back}")
+                          f"{T_back}")
     if not 2 <= input_bits <= 16:
         raise SpidecError(f"input_bits must lie in 2..16, got {input_bits}")
     if not headroom >= 1 or not weight_range > 0:
         raise SpidecError(f"headroom must be >= 1 and weight_range > 0, got {headroom} and {weight_range}")
-    if not 0 < t.sf < 2**15:
-        raise SpidecError(f"fixed point needs 0 < sf < 32768 (the loss gradient is a Q16 int32), got {t.sf}")
+    if not 0 < sf < 2**15:
+        raise SpidecError(f"fixed point needs 0 < sf < 32768 (the loss gradient is a Q16 int32), got {sf}")
     if x is not None:
         input_max = float(np.max(np.abs(np.asarray(x, np.float64)))) if np.size(x) else 1.0
     if not (input_max > 0 and math.isfinite(input_max)):
         raise SpidecError(f"input_max must be a positive number, got {input_max}")
-    ctx = _structure(g)
     xq_max = 2 ** (input_bits - 1) - 1
     fx = max(0, min(24, _exponent(xq_max / input_max)))
 
@@ -183,116 +238,111 @@ def quantize(g: Graph, *, update: str | None = None, input_max: float = 1.0, inp
         big = max([float(np.max(np.abs(g.tensor(n)))) for n in names if g.tensor(n).size] + [1e-3])
         return max(0, min(24, _exponent(W_MAX / max(headroom * big, weight_range))))
 
-    pops = {p["name"]: p for p in ctx["pops"]}
+    pops = {p.name: p for p in prog.populations}
+    S = {p: prog.couple_of(p).S for p in pops}
+    n = {p: pops[p].size for p in pops}
+    chains = prog.chains
     into: dict[str, list[str]] = {p: [] for p in pops}
-    for e in g.synapses():
-        if e.dst in pops:
-            into[e.dst].append(synapse_weight(g, e.name))
-    pop_frac = {p: frac_for(into[p] + ([f"{p}.bias"] if g.node(p).bias is not None else [])) for p in pops}
-    ro = g.readouts[0]
-    readout_frac = frac_for([synapse_weight(g, e.name) for e in g.in_synapses(ro.name)]
-                            + ([f"{ro.name}.bias"] if ro.bias is not None else []))
+    for ch in chains:
+        if ch.dst in pops:
+            into[ch.dst].append(ch.weight)  # type: ignore[arg-type]
+    pop_frac = {p: frac_for(into[p] + ([pops[p].bias] if pops[p].bias else [])) for p in pops}
+    ro = prog.readouts[0]
+    readout_frac = frac_for([ch.weight for ch in chains if ch.dst == ro.name]  # type: ignore[misc]
+                            + ([ro.bias] if ro.bias else []))
     couple_frac = {}
     for p in pops:
-        outs = [pop_frac[e.dst] for e in g.out_synapses(p) if e.dst in pops]
+        outs = [pop_frac[ch.dst] for ch in chains if ch.src == p and ch.dst in pops]
         couple_frac[p] = max(outs) if outs else pop_frac[p]
-        if pops[p]["S"] * 2 ** couple_frac[p] < 2:
-            raise SpidecError(f"couple of '{p}': S = {pops[p]['S']} is below two units at scale 2^{couple_frac[p]}")
-    k_max, g_max, bounds = {}, {}, {}
-    n = {p: pops[p]["n"] for p in pops}
-    for p, pp in pops.items():
+        if S[p] * 2 ** couple_frac[p] < 2:
+            raise SpidecError(f"couple of '{p}': S = {S[p]} is below two units at scale 2^{couple_frac[p]}")
+    qpops = []
+    for p in pops:
         fp = pop_frac[p]
-        events = sum(n[e.src] for e in g.in_synapses(p) if e.src in pops) * W_MAX
+        events = sum(n[ch.src] for ch in chains if ch.dst == p and ch.src in pops) * W_MAX
         room = I32 // T - events - 2**fp
-        k_max[p] = min(2 ** (fp + 10), room)
-        if k_max[p] < 2 ** (fp + 1):
+        k_max = min(2 ** (fp + 10), room)
+        if k_max < 2 ** (fp + 1):
             raise SpidecError(f"population '{p}': int32 membranes cannot be proven safe ({T} steps of "
                               f"{events:,} from spikes); lower headroom or T")
         bp = couple_frac[p]
-        sh = round(math.log2(pp["S"]))
-        bev = sum(n[e.dst] * (W_MAX << (bp - pop_frac[e.dst] + round(math.log2(pops[e.dst]["S"]))))
-                  for e in g.out_synapses(p) if e.dst in pops)
-        room_b = I32 // t.T_back - bev - (2 ** (bp + sh))
-        g_max[p] = min(2 ** (bp + sh + 10), room_b)
-        if g_max[p] < 2 ** (bp + sh + 1):
-            raise SpidecError(f"couple of '{p}': int32 couple potentials cannot be proven safe ({t.T_back} steps of "
+        sh = round(math.log2(S[p]))
+        bev = sum(n[ch.dst] * (W_MAX << (bp - pop_frac[ch.dst] + round(math.log2(S[ch.dst]))))
+                  for ch in chains if ch.src == p and ch.dst in pops)
+        room_b = I32 // T_back - bev - (2 ** (bp + sh))
+        g_max = min(2 ** (bp + sh + 10), room_b)
+        if g_max < 2 ** (bp + sh + 1):
+            raise SpidecError(f"couple of '{p}': int32 couple potentials cannot be proven safe ({T_back} steps of "
                               f"{bev:,} from ternary spikes); lower headroom or T_back")
-        bounds[p] = {"u": T * (k_max[p] + events + 2**fp), "ub": t.T_back * (g_max[p] + bev + 2 ** (bp + sh))}
-    # the gradient units and step multipliers of every learnable tensor
-    tensors = {}
+        qpops.append(QPopulation(p, fp, bp, k_max, g_max, T * (k_max + events + 2**fp),
+                                 T_back * (g_max + bev + 2 ** (bp + sh))))
+    # every tensor's fraction bits; the gradient units and step multipliers of the learnable ones
     frac_of: dict[str, int] = {}
-    for e in g.synapses():
-        w = synapse_weight(g, e.name)
-        frac_of[w] = pop_frac[e.dst] if e.dst in pops else readout_frac
-    for p in pops:
-        if g.node(p).bias is not None:
-            frac_of[f"{p}.bias"] = pop_frac[p]
-    if ro.bias is not None:
-        frac_of[f"{ro.name}.bias"] = readout_frac
-    feedback = {synapse_weight(g, e.name) for e in g.synapses() if e.synapse.delay}
-    for k, u in enumerate(t.updates):
-        if u.kind == "local":
-            e = g.synapse(u.synapse)  # type: ignore[arg-type]
-            S = pops[e.dst]["S"]
-            unit = S / (t.T_back * (T if e.src in pops else 2**fx))
-        elif u.kind == "bias":
-            unit = pops[u.gate]["S"] / t.T_back  # type: ignore[index]
-        elif u.kind == "delta":
+    for ch in chains:
+        frac_of[ch.weight] = pop_frac[ch.dst] if ch.dst in pops else readout_frac  # type: ignore[index]
+    for p in pops.values():
+        if p.bias:
+            frac_of[p.bias] = pop_frac[p.name]
+    if ro.bias:
+        frac_of[ro.bias] = readout_frac
+    rules = {r.tensor: (k, r) for k, r in enumerate(prog.rules)}
+    qtensors = []
+    for name, f in frac_of.items():
+        if name not in rules:
+            qtensors.append(QTensor(name, f, False))
+            continue
+        k, r = rules[name]
+        if isinstance(r, WeightRule):
+            unit = S[r.gate] / (T_back * (T if r.pre in pops else 2**fx))
+        elif isinstance(r, BiasRule):
+            unit = S[r.gate] / T_back
+        elif isinstance(r, ReadoutWeightRule):
             unit = 1.0 / (2**Q * T)
         else:
             unit = 1.0 / 2**Q
-        f = frac_of[u.tensor]
-        scale = opt.lr / t.sf * unit * 2**f
+        scale = opt.lr / sf * unit * 2**f
         lr_shift = max(0, min(32, 30 - math.ceil(math.log2(scale))))
         wd = opt.weight_decay / (2**f * unit)  # weight decay in gradient units per weight unit
         wd_shift = max(0, min(40, 20 - math.ceil(math.log2(wd)))) if wd > 0 else 0
-        tensors[u.tensor] = QTensor(
-            name=u.tensor, frac=f, unit=unit, lr_shift=lr_shift, lr_c=unit * 2.0 ** (f + lr_shift) / t.sf,
+        qtensors.append(QTensor(
+            name=name, frac=f, learnable=True, unit=unit, lr_shift=lr_shift, lr_c=unit * 2.0 ** (f + lr_shift) / sf,
             wd_mult=math.floor(wd * 2**wd_shift + 0.5) if wd > 0 else 0, wd_shift=wd_shift,
-            wdl_c=opt.weight_decay / t.sf * 2.0**32,
+            wdl_c=opt.weight_decay / sf * 2.0**32,
             salt=(0x9E3779B1 * (k + 1) + 0x85EBCA77 * int(seed)) & 0xFFFFFFFF,
-            feedback=u.tensor in feedback and opt.feedback_norm > 0)
+            feedback=isinstance(r, WeightRule) and r.feedback and opt.feedback_norm > 0))
     # online updates: weight decay touches every weight; apply it every P steps (P times as strong,
     # P a power of two <= 64 keeping one application below 2^-8 of a weight), restarted each epoch
     period = 1
-    while period < 64 and opt.lr * opt.weight_decay / t.sf * period * 2 <= 2.0**-8:
+    while period < 64 and opt.lr * opt.weight_decay / sf * period * 2 <= 2.0**-8:
         period *= 2
-    qz = Quantization(update=update, wd_period=period if update == "online" else 1, input_frac=fx,
-                      input_bits=input_bits, pop_frac=pop_frac,
-                      couple_frac=couple_frac, readout_frac=readout_frac, frac=frac_of, k_max=k_max, g_max=g_max,
-                      tensors=tensors,
-                      momentum_q15=math.floor(opt.momentum * 2**15 + 0.5), bounds=bounds)
+    qz = Quantization(update=update, input_frac=fx, input_bits=input_bits, readout_frac=readout_frac,
+                      momentum_q15=math.floor(opt.momentum * 2**15 + 0.5),
+                      wd_period=period if update == "online" else 1, populations=tuple(qpops),
+                      qtensors=tuple(qtensors))
     out = g.copy()
-    out.quant = qz  # type: ignore[attr-defined]
+    out.program = replace(prog, quant=qz, buffers=fixed_buffers(prog, update))
     return out
-
-
-def synapse_weight(g: Graph, syn: str) -> str:
-    """The name of synapse ``syn``'s one weight tensor."""
-    slots = [n for n, s in g.tensor_slots().items() if s.owner == syn and s.field == "weight"]
-    if len(slots) != 1:
-        raise SpidecError(f"synapse '{syn}': fixed point needs exactly one weight, found {len(slots)}")
-    return slots[0]
 
 
 def integer_weights(g: Graph) -> dict[str, np.ndarray]:
     """Every tensor of a quantized graph as int16 values (int64 arrays): ``round(W * 2**frac)``, saturated."""
     q = quantization_of(g)
-    return {name: np.clip(np.floor(g.tensor(name).astype(np.float64) * 2.0 ** q.frac[name] + 0.5), -W_MAX, W_MAX
+    frac = q.frac
+    return {name: np.clip(np.floor(g.tensor(name).astype(np.float64) * 2.0 ** frac[name] + 0.5), -W_MAX, W_MAX
                           ).astype(np.int64) for name in g.tensor_slots()}
 
 
-def threshold(p: dict[str, Any], q: Quantization) -> int:
+def threshold(p: PopulationStep, q: Quantization) -> int:
     """Forward threshold of population ``p`` in its membrane units (rate units times 2**F_p)."""
-    return math.floor(p["vth"] / p["V"] * 2 ** q.pop_frac[p["name"]] + 0.5)
+    return math.floor(p.vth / p.V * 2 ** q.pop_frac[p.name] + 0.5)
 
 
-def couple_threshold(p: dict[str, Any], q: Quantization) -> int:
-    return math.floor(p["cvth"] * 2 ** q.couple_frac[p["name"]] + 0.5)
+def couple_threshold(c: CoupleStep, q: Quantization) -> int:
+    return math.floor(c.vth * 2 ** q.couple_frac[c.of] + 0.5)
 
 
 def quantization_of(g: Graph) -> Quantization:
-    q = getattr(g, "quant", None)
+    q = getattr(g, "program", None) and g.program.quant
     if q is None:
         raise SpidecError("this graph has no fixed-point scales; run spidec.passes.quantize(g) first")
     return q
@@ -358,21 +408,20 @@ class FixedModel:
     def __init__(self, g: Graph) -> None:
         self.q = q = quantization_of(g)
         self.g = g
-        ctx = _structure(g)
-        self.T, self.T_back, self.sf = ctx["T"], ctx["T_back"], float(ctx["sf"])
-        self.opt = ctx["opt"]
-        self.pops = ctx["pops"]
-        self.by_name = {p["name"]: p for p in self.pops}
-        self.back = ctx["back"]
-        self.n_classes = ctx["n_classes"]
-        self.ro = g.readouts[0]
+        self.prog = prog = _structure(g)
+        self.T, self.T_back, self.sf = prog.T, prog.T_back, float(prog.sf)
+        self.opt = prog.optimizer
+        self.pops = prog.populations
+        self.back = prog.couples
+        self.S = {c.of: c.S for c in prog.couples}
+        self.ro = prog.readouts[0]
+        self.n_classes = self.ro.size
         self.w = integer_weights(g)
         self.m = {name: np.zeros_like(self.w[name]) for name in q.tensors}
         self.lr = float(self.opt.lr)
         self.wd_phase = 0
-        self.syn_w = {e.name: synapse_weight(g, e.name) for e in g.synapses()}
-        self.syn_src = {e.name: e.src for e in g.synapses()}
-        self.syn_dst = {e.name: e.dst for e in g.synapses()}
+        self.syn_w = {ch.name: ch.weight for ch in prog.chains}
+        self.syn_src = {ch.name: ch.src for ch in prog.chains}
 
     def frac(self, name: str) -> int:
         return self.q.frac[name]
@@ -393,38 +442,37 @@ class FixedModel:
         self.xq = xq
         K, u, cnt, spikes, prev = {}, {}, {}, {}, {}
         for p in self.pops:
-            name = p["name"]
-            k = self.w[f"{name}.bias"].copy() if p["bias"] else np.zeros(p["n"], np.int64)
-            for f in p["feeds"]:
-                if f["kind"] == "input":
-                    k += round_shift(self.w[self.syn_w[f["syn"]]] @ xq, q.input_frac)
+            name = p.name
+            k = self.w[p.bias].copy() if p.bias else np.zeros(p.size, np.int64)
+            for f in p.feeds:
+                if f.kind == "input":
+                    k += round_shift(self.w[self.syn_w[f.syn]] @ xq, q.input_frac)
             K[name] = np.clip(k, -q.k_max[name], q.k_max[name])
-            u[name] = np.zeros(p["n"], np.int64)
-            cnt[name] = np.zeros(p["n"], np.int64)
-            prev[name] = np.zeros(p["n"], bool)
+            u[name] = np.zeros(p.size, np.int64)
+            cnt[name] = np.zeros(p.size, np.int64)
+            prev[name] = np.zeros(p.size, bool)
         for _t in range(T):
             for p in self.pops:
-                name = p["name"]
+                name = p.name
                 u[name] += K[name]
-                for f in p["feeds"]:
-                    if f["kind"] == "input":
+                for f in p.feeds:
+                    if f.kind == "input":
                         continue
-                    src = self.syn_src[f["syn"]]
-                    s = prev[src] if f["kind"] == "delayed" else spikes[src]
-                    u[name] += self.w[self.syn_w[f["syn"]]][:, s].sum(axis=1)
+                    s = prev[f.src] if f.kind == "delayed" else spikes[f.src]
+                    u[name] += self.w[self.syn_w[f.syn]][:, s].sum(axis=1)
                 s = u[name] >= threshold(p, q)
                 u[name] -= s.astype(np.int64) << q.pop_frac[name]
                 cnt[name] += s
                 spikes[name] = s
             for p in self.pops:
-                prev[p["name"]] = spikes[p["name"]].copy()
+                prev[p.name] = spikes[p.name].copy()
         self.cnt = cnt
         self.mask = {p: (c > 0) & (c < T) for p, c in cnt.items()}
         L = np.zeros(self.n_classes, np.int64)
         if self.ro.bias is not None:
-            L += T * self.w[f"{self.ro.name}.bias"]
-        for e in self.g.in_synapses(self.ro.name):
-            L += self.w[self.syn_w[e.name]] @ cnt[e.src]
+            L += T * self.w[self.ro.bias]
+        for f in self.ro.feeds:
+            L += self.w[self.syn_w[f.syn]] @ cnt[f.src]
         self.logits_q = L
         return L / (T * 2.0**q.readout_frac)
 
@@ -450,52 +498,47 @@ class FixedModel:
         q = self.q
         ub, sb, g, ts, pts = {}, {}, {}, {}, {}
         for c in self.back:
-            name = c["name"]
-            acc = np.zeros(c["n"], np.int64)
-            for e in self.g.in_synapses(self.ro.name):
-                if e.src == name:
-                    acc += self.w[self.syn_w[e.name]].T @ dls
+            name = c.of  # state by population name
+            acc = np.zeros(c.size, np.int64)
+            for syn in c.injections:
+                acc += self.w[self.syn_w[syn]].T @ dls
             g[name] = np.clip(round_shift(acc, q.readout_frac + Q - q.couple_frac[name]), -q.g_max[name],
                               q.g_max[name])
-            ub[name] = np.zeros(c["n"], np.int64)
-            sb[name] = np.zeros(c["n"], np.int64)
-            pts[name] = np.zeros(c["n"], np.int64)
+            ub[name] = np.zeros(c.size, np.int64)
+            sb[name] = np.zeros(c.size, np.int64)
+            pts[name] = np.zeros(c.size, np.int64)
         for _t in range(self.T_back):
             for c in self.back:
-                name = c["name"]
+                name = c.of
                 bp = q.couple_frac[name]
                 ub[name] += g[name]
-                for f in c["bfeeds"]:
-                    dst = self.syn_dst[f["syn"]]
-                    v = pts[dst] if f["delayed"] else ts[dst]
-                    sh = bp - q.pop_frac[dst] + round(math.log2(self.by_name[dst]["S"]))
-                    ub[name] += (v @ self.w[self.syn_w[f["syn"]]]) << sh
-                sh = round(math.log2(c["S"]))
+                for f in c.feeds:
+                    v = pts[f.gate] if f.delayed else ts[f.gate]
+                    sh = bp - q.pop_frac[f.gate] + round(math.log2(self.S[f.gate]))
+                    ub[name] += (v @ self.w[self.syn_w[f.syn]]) << sh
+                sh = round(math.log2(c.S))
                 th = couple_threshold(c, q)
                 v = (ub[name] >= th).astype(np.int64) - (ub[name] <= -th).astype(np.int64)
                 ub[name] -= v << (bp + sh)
                 sb[name] += v
                 ts[name] = np.where(self.mask[name], v, 0)
             for c in self.back:
-                pts[c["name"]] = ts[c["name"]].copy()
+                pts[c.of] = ts[c.of].copy()
         self.sb = sb
         self.post = {p: np.where(self.mask[p], s, 0) for p, s in sb.items()}
 
     def _grads(self, dls: np.ndarray) -> dict[str, np.ndarray]:
-        t = self.g.training
         out = {}
-        for u in t.updates:  # type: ignore[union-attr]
-            if u.kind == "local":
-                e = self.g.synapse(u.synapse)  # type: ignore[arg-type]
-                pre = self.cnt[e.src] if e.src in self.cnt else self.xq
-                out[u.tensor] = np.outer(self.post[e.dst], pre)
-            elif u.kind == "bias":
-                out[u.tensor] = self.post[u.gate].copy()  # type: ignore[index]
-            elif u.kind == "delta":
-                e = self.g.synapse(u.synapse)  # type: ignore[arg-type]
-                out[u.tensor] = np.outer(dls, self.cnt[e.src])
+        for r in self.prog.rules:
+            if isinstance(r, WeightRule):
+                pre = self.cnt[r.pre] if r.pre in self.cnt else self.xq
+                out[r.tensor] = np.outer(self.post[r.gate], pre)
+            elif isinstance(r, BiasRule):
+                out[r.tensor] = self.post[r.gate].copy()
+            elif isinstance(r, ReadoutWeightRule):
+                out[r.tensor] = np.outer(dls, self.cnt[r.pre])
             else:
-                out[u.tensor] = dls.copy()
+                out[r.tensor] = dls.copy()
         return out
 
     def _accumulate(self, dls: np.ndarray) -> None:

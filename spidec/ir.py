@@ -250,9 +250,9 @@ class Graph:
         self.simulation: Simulation | None = None
         self.training: Training | None = None
         self.schedule: Schedule | None = None
-        # what the quantize pass adds (spidec.fixed.Quantization): fixed-point scales, or None;
-        # only on the graph quantize returns (copies drop it)
-        self.quant: Any = None
+        # what the lower pass adds: the step program (spidec.program.Program) every backend reads;
+        # the quantize pass annotates it with fixed-point scales (Program.quant)
+        self.program: Any = None
 
     # ----------------------------------------------------------------- building
     @property
@@ -319,9 +319,19 @@ class Graph:
         g._g = self._g.copy()
         g._synapses = dict(self._synapses)
         g.simulation, g.training, g.schedule = self.simulation, self.training, self.schedule
-        # fixed-point scales are not carried: they were chosen for this graph's weights and
-        # training structure, which the copy's user is about to change (re-run quantize)
+        g.program = self.program
+        if self.program is not None and self.program.quant is not None:
+            # fixed-point scales are not carried: they were chosen for this graph's weights, which
+            # the copy's user is about to change (re-run quantize)
+            from .program import float_program
+
+            g.program = float_program(self.program)
         return g
+
+    @property
+    def quant(self) -> Any:
+        """The fixed-point scales of the step program (``spidec.program.Quantization``), or None."""
+        return None if self.program is None else self.program.quant
 
     # ----------------------------------------------------------------- queries
     def _endpoints(self, name: str) -> tuple[str, str]:
@@ -577,7 +587,8 @@ class Graph:
             return False
         if list(self._synapses.items()) != list(other._synapses.items()):
             return False
-        if (self.simulation, self.training, self.schedule) != (other.simulation, other.training, other.schedule):
+        if (self.simulation, self.training, self.schedule, self.program) != (
+                other.simulation, other.training, other.schedule, other.program):
             return False
         return all(self.node(n) == other.node(n) for n in self._g.nodes) and all(
             a.synapse == b.synapse for a, b in zip(self.synapses(), other.synapses()))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
@@ -46,6 +47,9 @@ def _parser() -> lark.Lark:
 
 
 # ============================================================== printing
+
+NAME_RE_TEXT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
 
 def _num(v: float) -> str:
     return repr(float(v))
@@ -199,8 +203,10 @@ def _pass_lines(g: Graph) -> list[str]:
         # (option names must not be statement keywords such as "backward": hence *_order)
         out += ["", f"schedule forward_order={_names(s.forward)} backward_order={_names(s.backward)} "
                 f"delayed={_names(s.delayed)} delayed_back={_names(s.delayed_back)}"]
-        for b in s.buffers:
-            out.append(f"buffer {b.name} stage={b.stage} shape={fmt_shape(b.shape)} what={json.dumps(b.what)}")
+    if g.program is not None:
+        from .program import program_lines
+
+        out += ["", "# the step program (lower pass): what every backend reads"] + program_lines(g.program)
     return out
 
 
@@ -444,11 +450,12 @@ class _Reader:
         except SpidecError as e:
             raise self.error(t, e.message, e.hint) from None
 
-    def options(self, children: list[Any], allowed: tuple[str, ...], stmt: str) -> dict[str, tuple[Any, Any]]:
+    def options(self, children: list[Any], allowed: tuple[str, ...] | None, stmt: str) -> dict[str, tuple[Any, Any]]:
+        """``key=value`` options (``allowed``: the keys a statement takes; None: any, checked later)."""
         out: dict[str, tuple[Any, Any]] = {}
         for o in children:
             name = str(o.children[0])
-            if name not in allowed:
+            if allowed is not None and name not in allowed:
                 raise self.error(o, f"{stmt} has no option '{name}'; its options are: {', '.join(allowed)}")
             if name in out:
                 raise self.error(o, f"option '{name}' is given twice")
@@ -542,9 +549,9 @@ class _Reader:
         return v.name
 
     def pass_stmts(self, g: Graph, stmts: list[Any]) -> None:
+        from .program import read_program
         from .training import (
             BackwardSynapse,
-            Buffer,
             Couple,
             Injection,
             Optimizer,
@@ -554,7 +561,8 @@ class _Reader:
             Update,
         )
 
-        couples, backward, injections, updates, buffers = [], [], [], [], []
+        couples, backward, injections, updates = [], [], [], []
+        records: list[tuple[str, dict[str, Any]]] = []
         train: dict[str, Any] | None = None
         sched: dict[str, Any] | None = None
         try:
@@ -590,10 +598,9 @@ class _Reader:
                 elif kind == "schedule_stmt":
                     sched = self._kw(s, s.children, {k: list for k in ("forward_order", "backward_order", "delayed",
                                                                          "delayed_back")}, "schedule")
-                elif kind == "buffer_stmt":
-                    kw = self._kw(s, s.children[1:], {"stage": str, "shape": list, "what": str}, "buffer")
-                    buffers.append(Buffer(str(s.children[0]), kw.get("stage", ""), tuple(kw.get("shape", ())),
-                                          kw.get("what", "")))
+                elif kind == "lower_stmt":
+                    opts = self.options(s.children[1:], None, "lower")
+                    records.append((str(s.children[0]), {k: v for k, (v, _) in opts.items()}))
             if train is not None or couples:
                 train = train or {}
                 opt = train.pop("optimizer", None)
@@ -605,8 +612,8 @@ class _Reader:
                 g.training = Training(couples=tuple(couples), backward=tuple(backward), injections=tuple(injections),
                                       updates=tuple(updates), optimizer=optimizer, **train)
             if sched is not None:
-                g.schedule = Schedule(**{k.replace("_order", ""): tuple(v) for k, v in sched.items()},
-                                      buffers=tuple(buffers))
+                g.schedule = Schedule(**{k.replace("_order", ""): tuple(v) for k, v in sched.items()})
+            g.program = read_program(records)
         except SpidecError as e:
             if e.line is not None:
                 raise

@@ -157,27 +157,15 @@ class Training:
 
 
 @dataclass(frozen=True)
-class Buffer:
-    """A state array a stage keeps: ``name`` of ``shape`` per sample, for ``stage``."""
-
-    name: str
-    stage: str
-    shape: tuple[int, ...]
-    what: str
-
-
-@dataclass(frozen=True)
 class Schedule:
     forward: tuple[str, ...]  # populations, in the order a forward step updates them
     backward: tuple[str, ...]  # couples, in the order a backward step updates them
     delayed: tuple[str, ...]  # populations whose previous-step spikes a delayed synapse reads
     delayed_back: tuple[str, ...]  # couples likewise in the backward stage
-    buffers: tuple[Buffer, ...] = ()
 
 
 __all__ = [
     "BackwardSynapse",
-    "Buffer",
     "Couple",
     "Injection",
     "Optimizer",

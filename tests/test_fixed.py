@@ -76,9 +76,9 @@ def _lockstep(g: Graph, x: np.ndarray, y: np.ndarray, out: Path, batch: int, ste
             assert abs(loss_c - loss_n) < 1e-4
             counts = np.empty(rt.lib.spide_neurons(), np.float32)
             rt.lib.spide_get_counts(counts)
-            np.testing.assert_array_equal(counts, np.concatenate([fm.cnt[p["name"]] for p in fm.pops]))
-            S = np.concatenate([np.full(p["n"], p["S"]) for p in fm.pops])
-            np.testing.assert_array_equal(rt.back_sums(), np.concatenate([fm.sb[p["name"]] for p in fm.pops]) * S)
+            np.testing.assert_array_equal(counts, np.concatenate([fm.cnt[p.name] for p in fm.pops]))
+            S = np.concatenate([np.full(p.size, fm.S[p.name]) for p in fm.pops])
+            np.testing.assert_array_equal(rt.back_sums(), np.concatenate([fm.sb[p.name] for p in fm.pops]) * S)
             np.testing.assert_array_equal(rt.forward(x[k])[0], fm.forward(x[k]).astype(np.float32))
             k = (k + 1) % len(y)
         qm = rt.qmomentum()
@@ -165,7 +165,7 @@ def test_refusals(digits_graph):
     conv.add_synapse("c", "y", [Flatten(), Dense(rng.uniform(-1, 1, (3, 32)))])
     with pytest.raises(SpidecError, match="dense synapses only, not conv"):
         quantize(passes.run(conv.validate()))
-    with pytest.raises(SpidecError, match="C backend does not support"):
+    with pytest.raises(SpidecError, match="fixed point supports"):
         quantize(passes.run(conv_feedback()))
     with pytest.raises(SpidecError, match="IF neurons only"):
         quantize(passes.run(deep_dense(), neuron="LIF", leak=0.9))
@@ -278,7 +278,7 @@ def test_qemu_m3_momentum_equals_host(board_tools, digits_graph, digits, tmp_pat
     _, dump = read_weights_dump(out / "w.bin")
     for i, name in enumerate(rt.tensor_names):
         np.testing.assert_array_equal(dump[i], rt.qweights()[name], err_msg=name)
-    plan = brd.memory_plan(fixed_context(g))
+    plan = brd.memory_plan(g.program)
     check = brd.check_plan(plan, out / "spide-mps2-an385.elf")
     assert not check["mismatches"]
     assert check["planned_static_ram"] <= check["size"]["static_ram"]

@@ -17,7 +17,7 @@ def test_passes_are_pure_and_compose():
     t = passes.run(g)
     assert g == before and g.training is None and g.simulation is None
     assert t.simulation == Simulation(30, "constant") and t.training is not None and t.schedule is not None
-    assert passes.schedule(passes.spide(passes.spiking(g))) == t
+    assert passes.lower(passes.schedule(passes.spide(passes.spiking(g)))) == t
 
 
 def test_training_structure_of_two_feedback_edges():

@@ -23,8 +23,6 @@ neurons), and ``emit(..., board=...)`` adds a Cortex-M image (``board.py``).
 from __future__ import annotations
 
 import ctypes
-import dataclasses
-import hashlib
 import json
 import math
 import shutil
@@ -37,8 +35,8 @@ import jinja2
 import numpy as np
 
 from ...errors import SpidecError
-from ...ir import Graph, Input, Population, code_name
-from ...ops import AvgPool2d, Conv2d, ConvTranspose2d, Dense, Flatten, Reshape, Scale
+from ...ir import Graph, code_name
+from ...program import BiasRule, Chain, Program, ReadoutWeightRule, WeightRule, require_program
 from ...text import dumps
 from .board import BOARD_MAKEFILE, BOARDS
 
@@ -64,151 +62,143 @@ def _runtime_dir() -> Path:
     return ROOT
 
 
-class _Chain:
-    """A synapse reduced to ``factor * OP``: one dense, conv, transposed-conv or average-pooling op
-    (or none: an identity), with flatten/reshape (no-ops on flat memory) and scalar scales around."""
+# the C kernel of each kind of chain (kernels.c.j2 has one macro per kind)
+KERNELS = {"dense": "dense", "conv": "conv", "convt": "convt", "pool": "pool", "identity": "identity"}
 
-    def __init__(self, g: Graph, syn: str) -> None:
-        e = g.synapse(syn)
-        self.name = e.name
-        self.factor = 1.0
-        self.weight: str | None = None
-        self.op: Any = None
-        slots = {(s.owner, s.op, s.field): n for n, s in g.tensor_slots().items()}
-        shapes = e.synapse.shapes(g.node(e.src).shape)
-        self.shape_in, self.shape_out = shapes[0], shapes[-1]
-        for i, op in enumerate(e.synapse.ops):
-            if isinstance(op, (Flatten, Reshape)):
-                continue
-            if isinstance(op, Scale) and isinstance(op.factor, float):
-                self.factor *= op.factor
-            elif isinstance(op, (Dense, Conv2d, ConvTranspose2d, AvgPool2d)) and self.op is None:
-                self.op, self.shape_in, self.shape_out = op, shapes[i], shapes[i + 1]
-                if not isinstance(op, AvgPool2d):
-                    self.weight = slots[(e.name, i, "weight")]
-            else:
-                what = f"a second weighted op ({op.kind})" if self.op is not None else f"op {op.kind}"
-                raise SpidecError(f"synapse '{e.name}': the C backend does not support {what} yet (it reads one "
-                                  "dense, conv2d, conv_transpose2d or avgpool2d op with flatten/reshape and scalar "
-                                  "scales around it)", hint="use --target sim for this model")
 
-    def kernel(self) -> dict[str, Any]:
-        """What the kernel templates need (kernels.c.j2)."""
-        op = self.op
-        s: dict[str, Any] = {"name": self.name, "c": code_name(self.name),
-                             "n": math.prod(self.shape_in), "m": math.prod(self.shape_out),
-                             "w": _cname(self.weight) if self.weight else None}
-        if op is None:
-            return {**s, "kind": "identity"}
-        if isinstance(op, Dense):
-            return {**s, "kind": "dense"}
-        ci, h, wd = self.shape_in
-        co, ho, wo = self.shape_out
-        geo = {"ci": ci, "h": h, "wd": wd, "co": co, "ho": ho, "wo": wo}
-        if isinstance(op, AvgPool2d):
-            kh, kw = op.kernel
-            inv = 1.0 / np.broadcast_to(np.asarray(op._divisor(self.shape_in), np.float64), (ho, wo))
-            return {**s, **geo, "kind": "pool", "kh": kh, "kw": kw, "sh": op.stride[0], "sw": op.stride[1],
-                    "ph": op.padding[0], "pw": op.padding[1], "inv": ", ".join(_c_float(v) for v in inv.ravel())}
-        kh, kw = op.kernel
-        return {**s, **geo, "size": int(op.weight.size), "kind": "conv" if isinstance(op, Conv2d) else "convt",
-                "kh": kh, "kw": kw, "sh": op.stride[0], "sw": op.stride[1], "ph": op.padding[0], "pw": op.padding[1]}
+def kernel(g: Graph, ch: Chain) -> dict[str, Any]:
+    """What the kernel templates need (kernels.c.j2) for one synapse of the step program."""
+    if ch.kernel not in KERNELS:
+        kinds = [g.synapse(ch.name).synapse.ops[i].kind for i in ch.ops]
+        works = [k for k in kinds if k not in ("flatten", "reshape")]
+        odd = [k for k in works if k not in ("dense", "conv2d", "conv_transpose2d", "avgpool2d")]
+        what = f"op {odd[0]}" if odd else f"a second weighted op ({works[1]})"
+        raise SpidecError(f"synapse '{ch.name}': the C backend does not support {what} yet (it reads one dense, "
+                          "conv2d, conv_transpose2d or avgpool2d op with flatten/reshape and scalar scales around "
+                          "it)", hint="use --target sim for this model")
+    s: dict[str, Any] = {"name": ch.name, "c": code_name(ch.name), "n": ch.n_in, "m": ch.n_out,
+                         "w": _cname(ch.weight) if ch.weight else None, "kind": KERNELS[ch.kernel]}
+    if ch.kernel in ("identity", "dense"):
+        return s
+    op = g.synapse(ch.name).synapse.ops[ch.kernel_op]  # type: ignore[index]
+    ci, h, wd = ch.shape_in
+    co, ho, wo = ch.shape_out
+    geo = {"ci": ci, "h": h, "wd": wd, "co": co, "ho": ho, "wo": wo, "kh": op.kernel[0], "kw": op.kernel[1],
+           "sh": op.stride[0], "sw": op.stride[1], "ph": op.padding[0], "pw": op.padding[1]}
+    if ch.kernel == "pool":
+        inv = 1.0 / np.broadcast_to(np.asarray(op._divisor(ch.shape_in), np.float64), (ho, wo))
+        return {**s, **geo, "inv": ", ".join(_c_float(v) for v in inv.ravel())}
+    return {**s, **geo, "size": int(op.weight.size)}
+
+
+def _check(prog: Program, fixed: bool = False) -> None:
+    """What the C runtime reads: one data input as a constant current, one cross-entropy readout fed
+    by populations."""
+    if prog.encoding != "constant":
+        raise SpidecError("the c backend reads constant input currents only", hint="use --target sim for temporal "
+                          "inputs")
+    if len(prog.inputs) != 1:
+        raise SpidecError(f"the c backend trains models with one data input, this one has {len(prog.inputs)}")
+    if len(prog.readouts) != 1 or prog.readouts[0].loss != "cross_entropy":
+        raise SpidecError("the c backend trains one cross-entropy readout (a classifier)")
+    pops = {p.name for p in prog.populations}
+    for f in prog.readouts[0].feeds:
+        if f.src not in pops:
+            raise SpidecError(f"readout synapse '{f.syn}' reads an input; the c backend's readout reads populations")
+
+
+def _tensor_lines(values: list[str], per_line: int) -> str:
+    return "    " + ",\n    ".join(", ".join(values[i: i + per_line]) for i in range(0, len(values), per_line))
 
 
 def context(g: Graph) -> dict[str, Any]:
+    """What model.c.j2 needs, read from the step program (``g.program``)."""
     from ... import __version__
 
-    if g.simulation is None or g.training is None or g.schedule is None:
-        raise SpidecError("the c backend needs a training graph; run the passes first: spidec.passes.run(g)")
-    if g.simulation.encoding != "constant":
-        raise SpidecError("the c backend reads constant input currents only", hint="use --target sim for temporal "
-                          "inputs")
-    if len(g.inputs) != 1:
-        raise SpidecError(f"the c backend trains models with one data input, this one has {len(g.inputs)}")
-    if len(g.readouts) != 1 or g.readouts[0].loss != "cross_entropy":
-        raise SpidecError("the c backend trains one cross-entropy readout (a classifier)")
-    t, sched = g.training, g.schedule
-    n = {node.name: math.prod(node.shape) for node in g.nodes}
-    cvar = {p.name: code_name(p.name) for p in g.populations}
-    chains = {e.name: _Chain(g, e.name) for e in g.synapses()}
-    readout = g.readouts[0]
+    prog = require_program(g, "the c backend")
+    _check(prog)
+    chains = {ch.name: ch for ch in prog.chains}
+    kernels = {ch.name: kernel(g, ch) for ch in prog.chains}
+    n = prog.size
+    cvar = {p.name: code_name(p.name) for p in prog.populations}
     # forward spikes add W's columns: dense weights keep a transposed copy (conv kernels keep
     # permuted copies, see kernels.c.j2)
-    transposed = {c.weight for c in chains.values() if isinstance(c.op, Dense)}
-    feedback = {c.weight for e, c in chains.items() if c.weight and g.synapse(e).synapse.delay}
+    transposed = {ch.weight for ch in prog.chains if ch.kernel == "dense"}
+    feedback = set(prog.feedback_tensors)
     tensors = []
     for name, slot in g.tensor_slots().items():
         arr = g.tensor(name).astype(np.float32)
-        values = np.char.mod("%.9g", arr.ravel())
-        lines = [", ".join(values[i: i + 8]) for i in range(0, len(values), 8)]
         tensors.append({"name": name, "c": _cname(name), "size": int(arr.size), "learnable": slot.learnable,
                         "shape": list(arr.shape) if arr.ndim == 2 else [int(arr.size)],
                         "transposed": name in transposed, "feedback": name in feedback and slot.learnable,
-                        "init": "    " + ",\n    ".join(lines)})
+                        "init": _tensor_lines(list(np.char.mod("%.9g", arr.ravel())), 8)})
     pops = []
-    for p in sched.forward:
-        node = g.node(p)
-        feeds = []
-        for e in g.in_synapses(p):
-            c = chains[e.name]
-            kind = "input" if isinstance(g.node(e.src), Input) else ("delayed" if e.synapse.delay else "now")
-            feeds.append({"kind": kind, "syn": e.name, "s": c.kernel()["c"], "factor": c.factor,
-                          "src_c": cvar.get(e.src)})
-        nrn = node.neuron
-        couple = t.couple_of(p)
-        pops.append({"name": p, "c": cvar[p], "n": n[p], "V": nrn.V, "vth": nrn.vth, "leak": nrn.leak,
-                     "norm": float(g.simulation.T) if nrn.leak == 1.0 else
-                     (1 - nrn.leak ** g.simulation.T) / (1 - nrn.leak),
-                     "bias": _cname(f"{p}.bias") if node.bias is not None else None, "feeds": feeds,
+    for p in prog.populations:
+        c = prog.couple_of(p.name)
+        feeds = [{"kind": f.kind, "syn": f.syn, "s": kernels[f.syn]["c"], "factor": chains[f.syn].factor,
+                  "src_c": cvar.get(f.src)} for f in p.feeds]
+        pops.append({"name": p.name, "c": cvar[p.name], "n": p.size, "V": p.V, "vth": p.vth, "leak": p.leak,
+                     "norm": p.norm, "bias": _cname(p.bias) if p.bias else None, "feeds": feeds,
                      # a per-channel bias of a [C, H, W] population: (C, H*W)
-                     "bias_pc": (node.shape[0], n[p] // node.shape[0]) if node.bias is not None
-                     and node.bias.shape != node.shape else None,
-                     "delayed": p in sched.delayed, "couple": couple.name, "cvth": couple.vth, "S": couple.S,
-                     "cleak": couple.leak, "norm_b": float(t.T_back) if couple.leak == 1.0 else
-                     (1 - couple.leak ** t.T_back) / (1 - couple.leak),
-                     "bdelayed": couple.name in sched.delayed_back})
+                     "bias_pc": (p.bias_channels, p.size // p.bias_channels) if p.bias_channels else None,
+                     "delayed": p.keep_prev, "couple": c.name, "cvth": c.vth, "S": c.S, "cleak": c.leak,
+                     "norm_b": c.norm, "bdelayed": c.keep_prev})
     by = {p["name"]: p for p in pops}
     back = []
-    for cname in sched.backward:
-        p = by[next(c.of for c in t.couples if c.name == cname)]
-        bfeeds = [{"syn": b.forward, "s": chains[b.forward].kernel()["c"], "factor": chains[b.forward].factor,
-                   "src_c": cvar[b.gate], "delayed": bool(b.delay)} for b in t.backward if b.dst == cname]
-        injections = [{"s": chains[i.forward].kernel()["c"], "factor": chains[i.forward].factor}
-                      for i in t.injections if i.couple == cname]
-        back.append({**p, "bfeeds": bfeeds, "injections": injections})
-    rfeeds = []
-    for e in g.in_synapses(readout.name):
-        c = chains[e.name]
-        if not isinstance(g.node(e.src), Population):
-            raise SpidecError(f"readout synapse '{e.name}' reads an input; the c backend's readout reads populations")
-        rfeeds.append({"s": c.kernel()["c"], "factor": c.factor, "pre": f"a_{cvar[e.src]}"})
+    for c in prog.couples:
+        bfeeds = [{"syn": f.syn, "s": kernels[f.syn]["c"], "factor": chains[f.syn].factor, "src_c": cvar[f.gate],
+                   "delayed": f.delayed} for f in c.feeds]
+        injections = [{"s": kernels[syn]["c"], "factor": chains[syn].factor} for syn in c.injections]
+        back.append({**by[c.of], "bfeeds": bfeeds, "injections": injections})
+    readout = prog.readouts[0]
+    rfeeds = [{"s": kernels[f.syn]["c"], "factor": chains[f.syn].factor, "pre": f"a_{cvar[f.src]}"}
+              for f in readout.feeds]
     updates = []
-    for u in t.updates:
-        c = _cname(u.tensor)
-        if u.kind in ("local", "delta"):
-            e = g.synapse(u.synapse)  # type: ignore[arg-type]
-            ch = chains[e.name]
-            pre = "x_in" if isinstance(g.node(e.src), Input) else f"a_{cvar[e.src]}"
-            post = f"post_{cvar[e.dst]}" if u.kind == "local" else "dlogits"
-            updates.append({"tensor": u.tensor, "kind": u.kind, "c": c, "s": ch.kernel()["c"],
-                            "pre": pre, "post": post, "factor": ch.factor,
-                            "what": f"{u.kind} rule through {e.name} ({e.src} -> {e.dst})"})
+    for r in prog.rules:
+        c = _cname(r.tensor)
+        if isinstance(r, (WeightRule, ReadoutWeightRule)):
+            ch = chains[r.syn]
+            pre = "x_in" if r.pre not in cvar else f"a_{cvar[r.pre]}"
+            local = isinstance(r, WeightRule)
+            post = f"post_{cvar[ch.dst]}" if local else "dlogits"
+            kind = "local" if local else "delta"
+            updates.append({"tensor": r.tensor, "kind": kind, "c": c, "s": kernels[ch.name]["c"], "pre": pre,
+                            "post": post, "factor": ch.factor,
+                            "what": f"{kind} rule through {ch.name} ({ch.src} -> {ch.dst})"})
         else:
-            post = "dlogits" if u.kind == "delta_bias" else f"post_{cvar[u.gate]}"  # type: ignore[index]
-            rows = n[u.post] if u.kind == "delta_bias" else n[u.gate]  # type: ignore[index]
-            owner = g.node(u.post if u.kind == "delta_bias" else u.gate)  # type: ignore[arg-type]
-            per = (owner.shape[0], rows // owner.shape[0]) if g.tensor(u.tensor).shape != owner.shape else None
-            updates.append({"tensor": u.tensor, "kind": u.kind, "c": c, "rows": rows, "post": post, "per_channel": per,
-                            "what": f"{u.kind} rule" + (" (one value per channel)" if per else "")})
-    text, _ = dumps(g, inline_max=0)
+            local = isinstance(r, BiasRule)
+            owner = r.gate if local else r.node  # type: ignore[union-attr]
+            rows = n[owner]
+            channels = r.channels if local else 0  # type: ignore[union-attr]
+            per = (channels, rows // channels) if channels else None
+            updates.append({"tensor": r.tensor, "kind": "bias" if local else "delta_bias", "c": c, "rows": rows,
+                            "post": f"post_{cvar[owner]}" if local else "dlogits", "per_channel": per,
+                            "what": ("bias" if local else "delta_bias") + " rule"
+                            + (" (one value per channel)" if per else "")})
     return {
-        "version": __version__, "model": g.name, "hash": hashlib.sha256(text.encode()).hexdigest()[:16],
-        "T": g.simulation.T, "T_back": t.T_back, "sf": t.sf, "opt": t.optimizer,
-        "n_inputs": n[g.inputs[0].name], "n_classes": n[readout.name], "tensors": tensors, "pops": pops,
-        "back": back, "updates": updates, "synapses": [c.kernel() for c in chains.values()],
-        "readout": {"name": readout.name, "bias": _cname(f"{readout.name}.bias") if readout.bias is not None else None,
-                    "feeds": rfeeds},
+        "version": __version__, "model": prog.model, "hash": prog.build_hash,
+        "T": prog.T, "T_back": prog.T_back, "sf": prog.sf, "opt": prog.optimizer,
+        "n_inputs": prog.inputs[0].size, "n_classes": readout.size, "tensors": tensors, "pops": pops,
+        "back": back, "updates": updates, "synapses": list(kernels.values()),
+        "readout": {"name": readout.name, "bias": _cname(readout.bias) if readout.bias else None, "feeds": rfeeds},
+        "buffers": _declared(prog),
     }
+
+
+CTYPES = {"f32": "float", "f64": "double", "i64": "int64_t", "u64": "uint64_t", "i32": "int32_t", "i16": "int16_t",
+          "i8": "int8_t", "u8": "unsigned char", "idx": "int"}
+
+
+def _declared(prog: Program) -> list[dict[str, Any]]:
+    """The buffer plan as C declarations, grouped by the node they belong to."""
+    out = []
+    for b in prog.buffers:
+        if b.part == "weights" or b.name in ("nzi", "lr_now"):
+            continue  # declared by the template: weights with their initial values, nzi in forward(),
+            # lr_now with the model's learning rate
+        out.append({"name": b.name, "ctype": CTYPES[b.dtype], "size": b.size, "scalar": b.scalar,
+                    "what": b.what, "of": b.of, "stage": b.stage})
+    return out
 
 
 def fixed_context(g: Graph) -> dict[str, Any]:
@@ -216,75 +206,74 @@ def fixed_context(g: Graph) -> dict[str, Any]:
     from ... import fixed as fx
 
     q = fx.quantization_of(g)
-    ctx = fx._structure(g)
-    text, _ = dumps(g, inline_max=0)
-    ctx["hash"] = hashlib.sha256((text + repr(q)).encode()).hexdigest()[:16]
+    prog = fx._structure(g)
+    ctx = context(g)
     weights = fx.integer_weights(g)  # exactly as the numpy model holds them
-    weight_of = {e.name: fx.synapse_weight(g, e.name) for e in g.synapses()}
-    syn = {e.name: e for e in g.synapses()}
-    for p in ctx["pops"]:
-        if p["n"] >= 32768:
-            raise SpidecError(f"population '{p['name']}': fixed point indexes neurons with int16, {p['n']} is too many")
+    chains = {ch.name: ch for ch in prog.chains}
+    for p in prog.populations:
+        if p.size >= 32768:
+            raise SpidecError(f"population '{p.name}': fixed point indexes neurons with int16, {p.size} is too many")
+    qt_all = {t.name: t for t in q.qtensors}
     tensors = []
     for t in ctx["tensors"]:
         w = weights[t["name"]].ravel()
         qt = q.tensors.get(t["name"])
-        values = [str(int(v)) for v in w]
-        lines = [", ".join(values[i: i + 16]) for i in range(0, len(values), 16)]
-        tensors.append({**t, "init": "    " + ",\n    ".join(lines), "frac": q.frac[t["name"]],
+        tensors.append({**t, "init": _tensor_lines([str(int(v)) for v in w], 16), "frac": qt_all[t["name"]].frac,
                         "unit": qt.unit if qt else 0.0, "lr_shift": qt.lr_shift if qt else 0,
                         "lr_c": qt.lr_c.hex() if qt else "0.0",
                         "wdl_c": (qt.wdl_c * q.wd_period).hex() if qt else "0.0",
                         "wd_mult": qt.wd_mult if qt else 0, "wd_shift": qt.wd_shift if qt else 0,
                         "salt": qt.salt if qt else 0, "salt_wd": (qt.salt ^ 0x5BD1E995) if qt else 0,
                         "feedback": bool(qt and qt.feedback),
-                        "R": math.floor(ctx["opt"].feedback_norm * 2 ** q.frac[t["name"]] + 0.5)})
-    cname = {p["name"]: p["c"] for p in ctx["pops"]}
-    n_of = {p["name"]: p["n"] for p in ctx["pops"]}
+                        "R": math.floor(prog.optimizer.feedback_norm * 2 ** qt_all[t["name"]].frac + 0.5)})
+    cname = {p.name: code_name(p.name) for p in prog.populations}
+    n_of = prog.size
+    S = {c.of: c.S for c in prog.couples}
+    steps = {p.name: p for p in prog.populations}
     pops = []
     for p in ctx["pops"]:
         name = p["name"]
-        ifeeds = [{"w": _cname(weight_of[f["syn"]]), "n": ctx["n_inputs"]} for f in p["feeds"] if f["kind"] == "input"]
-        pfeeds = [{"w": _cname(weight_of[f["syn"]]), "n": n_of[syn[f["syn"]].src], "src_c": f["src_c"],
-                   "syn": f["syn"], "delayed": f["kind"] == "delayed"} for f in p["feeds"] if f["kind"] != "input"]
-        pops.append({**p, "frac": q.pop_frac[name], "bp": q.couple_frac[name], "th": fx.threshold(p, q),
-                     "cth": fx.couple_threshold(p, q), "kmax": q.k_max[name], "gmax": q.g_max[name],
-                     "si": 2 ** (q.couple_frac[name] + round(math.log2(p["S"]))),
+        step, couple = steps[name], prog.couple_of(name)
+        ifeeds = [{"w": _cname(chains[f.syn].weight), "n": ctx["n_inputs"]} for f in step.feeds if f.kind == "input"]
+        pfeeds = [{"w": _cname(chains[f.syn].weight), "n": n_of[f.src], "src_c": cname[f.src], "syn": f.syn,
+                   "delayed": f.kind == "delayed"} for f in step.feeds if f.kind != "input"]
+        pops.append({**p, "frac": q.pop_frac[name], "bp": q.couple_frac[name], "th": fx.threshold(step, q),
+                     "cth": fx.couple_threshold(couple, q), "kmax": q.k_max[name], "gmax": q.g_max[name],
+                     "si": 2 ** (q.couple_frac[name] + round(math.log2(couple.S))),
                      "ifeeds": ifeeds, "pfeeds": pfeeds})
     by = {p["name"]: p for p in pops}
     back = []
-    for c in ctx["back"]:
-        p = by[c["name"]]
-        bfeeds = [{"w": _cname(weight_of[f["syn"]]), "syn": f["syn"], "src_c": f["src_c"], "delayed": f["delayed"],
-                   "shift": p["bp"] - q.pop_frac[syn[f["syn"]].dst]
-                   + round(math.log2(by[syn[f["syn"]].dst]["S"]))} for f in c["bfeeds"]]
-        injections = [{"w": _cname(weight_of[e.name])} for e in g.in_synapses(g.readouts[0].name) if e.src == c["name"]]
+    for c in prog.couples:
+        p = by[c.of]
+        bfeeds = [{"w": _cname(chains[f.syn].weight), "syn": f.syn, "src_c": cname[f.gate], "delayed": f.delayed,
+                   "shift": p["bp"] - q.pop_frac[f.gate] + round(math.log2(S[f.gate]))} for f in c.feeds]
+        injections = [{"w": _cname(chains[syn].weight)} for syn in c.injections]
         back.append({**p, "bfeeds": bfeeds, "injections": injections, "ishift": q.readout_frac + fx.Q - p["bp"]})
-    ro = g.readouts[0]
-    rfeeds = [{"w": _cname(weight_of[e.name]), "n": n_of[e.src], "src_c": cname[e.src]} for e in g.in_synapses(ro.name)]
+    ro = prog.readouts[0]
+    rfeeds = [{"w": _cname(chains[f.syn].weight), "n": n_of[f.src], "src_c": cname[f.src]} for f in ro.feeds]
     updates = []
-    for u in g.training.updates:  # type: ignore[union-attr]
-        c = _cname(u.tensor)
-        if u.kind in ("local", "delta"):
-            e = syn[u.synapse]  # type: ignore[index]
-            pre = f"cnt_{cname[e.src]}" if e.src in cname else "xq"
-            cols = n_of.get(e.src, ctx["n_inputs"])
-            if u.kind == "local":
-                rows, post = n_of[e.dst], f"m_{cname[e.dst]}[k] ? sb_{cname[e.dst]}[k] : 0"
-            else:
-                rows, post = ctx["n_classes"], "dls[k]"
-            updates.append({"tensor": u.tensor, "kind": u.kind, "c": c, "rows": rows, "cols": cols, "pre": pre,
-                            "post": post})
-        elif u.kind == "bias":
-            gc = cname[u.gate]  # type: ignore[index]
-            updates.append({"tensor": u.tensor, "kind": u.kind, "c": c, "rows": n_of[u.gate],  # type: ignore[index]
+    for r in prog.rules:
+        c = _cname(r.tensor)
+        if isinstance(r, WeightRule):
+            pre = f"cnt_{cname[r.pre]}" if r.pre in cname else "xq"
+            updates.append({"tensor": r.tensor, "kind": "local", "c": c, "rows": n_of[r.gate],
+                            "cols": n_of.get(r.pre, ctx["n_inputs"]), "pre": pre,
+                            "post": f"m_{cname[r.gate]}[k] ? sb_{cname[r.gate]}[k] : 0"})
+        elif isinstance(r, ReadoutWeightRule):
+            updates.append({"tensor": r.tensor, "kind": "delta", "c": c, "rows": ctx["n_classes"],
+                            "cols": n_of[r.pre], "pre": f"cnt_{cname[r.pre]}", "post": "dls[k]"})
+        elif isinstance(r, BiasRule):
+            gc = cname[r.gate]
+            updates.append({"tensor": r.tensor, "kind": "bias", "c": c, "rows": n_of[r.gate],
                             "post": f"m_{gc}[k] ? sb_{gc}[k] : 0"})
         else:
-            updates.append({"tensor": u.tensor, "kind": u.kind, "c": c, "rows": ctx["n_classes"], "post": "dls[k]"})
+            updates.append({"tensor": r.tensor, "kind": "delta_bias", "c": c, "rows": ctx["n_classes"],
+                            "post": "dls[k]"})
     return {**ctx, "q": q, "tensors": tensors, "tmap": {t["name"]: t for t in tensors}, "pops": pops, "back": back,
-            "readout": {"bias": _cname(f"{ro.name}.bias") if ro.bias is not None else None, "feeds": rfeeds},
+            "readout": {"bias": _cname(ro.bias) if ro.bias else None, "feeds": rfeeds},
             "updates": updates, "w_max": fx.W_MAX, "log2e": fx.LOG2E_Q16,
-            "exp2": ", ".join(str(v) for v in fx.EXP2_TABLE), "sf_q16": (float(ctx["sf"]) * 2.0**fx.Q).hex()}
+            "exp2": ", ".join(str(v) for v in fx.EXP2_TABLE), "sf_q16": (float(ctx["sf"]) * 2.0**fx.Q).hex(),
+            "plan": prog.buffers}
 
 
 def _env() -> jinja2.Environment:
@@ -331,10 +320,10 @@ def emit(g: Graph, out: str | Path, board: str | None = None) -> CArtifact:
     if board is not None:
         if board not in BOARDS:
             raise SpidecError(f"unknown board '{board}'; the boards are: {', '.join(BOARDS)}")
-        if getattr(g, "quant", None) is None:
+        if g.quant is None:
             raise SpidecError("a board build is fixed point: run the quantize pass first (spidec compile --board "
                               "does) ")
-    fixed = getattr(g, "quant", None) is not None
+    fixed = g.quant is not None
     ctx = fixed_context(g) if fixed else context(g)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -357,12 +346,13 @@ def emit(g: Graph, out: str | Path, board: str | None = None) -> CArtifact:
 
         (out / "board.json").write_text(json.dumps({"board": board, **BOARDS[board], "model": g.name,
                                                     "hash": ctx["hash"], "n_inputs": ctx["n_inputs"],
-                                                    "update": g.quant.update, "plan": memory_plan(ctx)}, indent=1))
+                                                    "update": g.quant.update, "plan": memory_plan(g.program)},
+                                                   indent=1))
     (out / "Makefile").write_text(makefile)
     text, _ = dumps(g, inline_max=0)
     (out / "model.spir").write_text(text)
-    if fixed:  # the scales the quantize pass chose (the text form does not carry them)
-        (out / "quantization.json").write_text(json.dumps(dataclasses.asdict(g.quant), indent=1))
+    if fixed:  # the scales the quantize pass chose (model.spir holds them too, as lower statements)
+        (out / "quantization.json").write_text(json.dumps(g.quant.as_json(), indent=1))
     return CArtifact(out, g, board)
 
 

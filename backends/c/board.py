@@ -63,40 +63,23 @@ def missing_tools() -> list[str]:
     return [t for t in TOOLS if shutil.which(t) is None]
 
 
-def memory_plan(ctx: dict[str, Any]) -> list[dict[str, Any]]:
-    """RAM and flash of a fixed-point model by part: ``[{part, symbols: {name: bytes}, ram, flash}]``
-    from the fixed-point context (``fixed_context``). Symbols are model.c's (and the board
-    program's sample buffer ``x``)."""
+def memory_plan(prog: Any) -> list[dict[str, Any]]:
+    """RAM and flash of a fixed-point model by part: ``[{part, symbols: {name: bytes}, ram, flash}]``,
+    from the step program's buffer plan (the arrays fixed.c.j2 declares from it) and the board
+    program's sample buffer ``x``."""
+    if prog.quant is None:
+        raise SpidecError("the memory plan is of a fixed-point build: run the quantize pass first")
     parts: dict[str, dict[str, int]] = {k: {} for k in (
         "weights", "momentum", "membranes", "spike buffers", "rates and counts", "other model state",
         "sample buffer")}
-    flash: dict[str, int] = {}
-    for t in ctx["tensors"]:
-        parts["weights"][t["c"]] = 2 * t["size"]
-        flash[t["c"]] = 2 * t["size"]  # the initial values, copied to RAM at reset
-        if t["learnable"] and ctx["q"].update == "momentum":
-            parts["momentum"][t["c"] + "_M"] = 4 * t["size"]
-    for p in ctx["pops"]:
-        c, n = p["c"], p["n"]
-        for k in ("u_", "K_", "ub_", "g_"):
-            parts["membranes"][k + c] = 4 * n
-        for k in ("s_", "ts_") + (("ps_",) if p["delayed"] else ()) + (("pts_",) if p["bdelayed"] else ()):
-            parts["spike buffers"][k + c] = 2 * n
-            parts["spike buffers"]["n" + k + c] = 2
-        parts["spike buffers"]["tv_" + c] = n
-        if p["bdelayed"]:
-            parts["spike buffers"]["ptv_" + c] = n
-        for k in ("cnt_", "sb_", "nb_"):
-            parts["rates and counts"][k + c] = 2 * n
-        parts["rates and counts"]["m_" + c] = n
-    ni, nc = ctx["n_inputs"], ctx["n_classes"]
-    parts["other model state"].update({"xq": 2 * ni, "nzi": 2 * ni, "Lq": 8 * nc, "dls": 4 * nc, "logits": 4 * nc,
-                                       "events": 8, "synops": 24, "macs": 24})
-    if ctx["q"].update == "online":  # the learning rate of the samples (momentum updates read it at the step)
-        parts["other model state"]["lr_now"] = 4
-    parts["sample buffer"]["x"] = 4 * ni
+    flash = 0
+    for b in prog.buffers:
+        parts.setdefault(b.part, {})[b.name] = b.nbytes
+        if b.part == "weights":
+            flash += b.nbytes  # the initial values, copied to RAM at reset
+    parts["sample buffer"]["x"] = 4 * prog.inputs[0].size
     out = [{"part": k, "symbols": v, "ram": sum(v.values()), "flash": 0} for k, v in parts.items()]
-    out[0]["flash"] = sum(flash.values())
+    out[0]["flash"] = flash
     out.append({"part": "stack (budget)", "symbols": {}, "ram": STACK_BUDGET, "flash": 0})
     return out
 

@@ -27,88 +27,81 @@ import jinja2
 import numpy as np
 
 from ...errors import SpidecError
-from ...ir import Graph, Input, Population, Readout
-from ...ops import Dense, Flatten, Reshape, Scale
+from ...ir import Graph
+from ...program import BiasRule, Chain, ReadoutBiasRule, ReadoutWeightRule, WeightRule, require_program
 from ...text import dumps
 
 TEMPLATES = Path(__file__).with_name("templates")
 
 
-def _chain(g: Graph, name: str) -> tuple[str, float]:
+def _weight(ch: Chain) -> tuple[str, float]:
     """(weight tensor, scalar factor) of a synapse that is one dense weight with shape-only ops."""
-    e = g.synapse(name)
-    slots = {(s.owner, s.op, s.field): n for n, s in g.tensor_slots().items()}
-    weight, factor = None, 1.0
-    for i, op in enumerate(e.synapse.ops):
-        if isinstance(op, (Flatten, Reshape)):
-            continue
-        if isinstance(op, Scale) and isinstance(op.factor, float):
-            factor *= op.factor
-        elif isinstance(op, Dense) and weight is None:
-            weight = slots[(e.name, i, "weight")]
-        else:
-            raise SpidecError(f"synapse '{name}': the lava backend reads one dense weight per synapse, not "
-                              f"{op.kind}", hint="use --target sim or c for this model")
-    if weight is None:
-        raise SpidecError(f"synapse '{name}' has no weight; the lava backend needs one")
-    return weight, factor
+    if ch.kernel != "dense":
+        what = "no weight" if ch.kernel == "identity" else f"a {ch.kernel} op"
+        raise SpidecError(f"synapse '{ch.name}': the lava backend reads one dense weight per synapse, not {what}",
+                          hint="use --target sim or c for this model")
+    return ch.weight, ch.factor  # type: ignore[return-value]
 
 
 def config(g: Graph) -> dict[str, Any]:
+    """What the Lava templates (and config.json) need, read from the step program."""
     from ... import __version__
 
-    if g.simulation is None or g.training is None or g.schedule is None:
-        raise SpidecError("the lava backend needs a training graph; run the passes first: spidec.passes.run(g)")
-    if g.simulation.encoding != "constant" or len(g.inputs) != 1:
+    prog = require_program(g, "the lava backend")
+    if prog.encoding != "constant" or len(prog.inputs) != 1:
         raise SpidecError("the lava backend reads one data input as a constant current")
-    if len(g.readouts) != 1 or g.readouts[0].loss != "cross_entropy":
+    if len(prog.readouts) != 1 or prog.readouts[0].loss != "cross_entropy":
         raise SpidecError("the lava backend trains one cross-entropy readout")
-    t = g.training
     pops, recurrent, inputs = [], [], []
-    for p in g.populations:
-        n = p.neuron
-        if n.model != "IF":
+    names = {p.name for p in prog.populations}
+    for p in prog.populations:
+        if p.model != "IF":
             raise SpidecError(f"population '{p.name}' is LIF; the lava backend has IF models only")
-        if p.bias is not None and p.bias.shape != p.shape:
+        if p.bias_channels:
             raise SpidecError(f"population '{p.name}' has a per-channel bias; the lava backend needs a full one")
-        c = t.couple_of(p.name)
-        pops.append({"name": p.name, "n": p.size, "V": n.V, "vth": n.vth, "bias": f"{p.name}.bias"
-                     if p.bias is not None else None, "couple": c.name, "S": c.S, "vth_back": c.vth})
-    for e in g.synapses():
-        src, dst = g.node(e.src), g.node(e.dst)
-        weight, factor = _chain(g, e.name)
-        if isinstance(src, Population) and isinstance(dst, Population):
-            if not e.synapse.delay:
-                raise SpidecError(f"synapse '{e.name}' ({e.src} -> {e.dst}) is not delayed; Lava's Dense delivers "
+        c = prog.couple_of(p.name)
+        pops.append({"name": p.name, "n": p.size, "V": p.V, "vth": p.vth, "bias": p.bias, "couple": c.name,
+                     "S": c.S, "vth_back": c.vth})
+    for ch in prog.chains:
+        if ch.dst not in names:
+            continue
+        weight, factor = _weight(ch)
+        if ch.src in names:
+            if not ch.delay:
+                raise SpidecError(f"synapse '{ch.name}' ({ch.src} -> {ch.dst}) is not delayed; Lava's Dense delivers "
                                   "spikes one step later, so the lava backend reads delayed (feedback) synapses "
                                   "between populations only", hint="use --target sim or c for this model")
-            recurrent.append({"name": e.name, "src": e.src, "dst": e.dst, "weight": weight, "factor": factor})
-        elif isinstance(src, Input) and isinstance(dst, Population):
-            inputs.append({"name": e.name, "dst": e.dst, "weight": weight, "factor": factor})
+            recurrent.append({"name": ch.name, "src": ch.src, "dst": ch.dst, "weight": weight, "factor": factor})
+        else:
+            inputs.append({"name": ch.name, "dst": ch.dst, "weight": weight, "factor": factor})
     fed = {r["dst"] for r in recurrent}
     if any(p["name"] not in fed for p in pops):
         raise SpidecError("every population needs a feedback synapse into it for the lava backend "
                           f"({', '.join(p['name'] for p in pops if p['name'] not in fed)} has none)")
-    ro: Readout = g.readouts[0]
+    ro = prog.readouts[0]
     rsyn = []
-    for e in g.in_synapses(ro.name):
-        weight, factor = _chain(g, e.name)
-        if not isinstance(g.node(e.src), Population):
+    for f in ro.feeds:
+        weight, factor = _weight(prog.chain(f.syn))
+        if f.src not in names:
             raise SpidecError("the lava backend's readout reads populations only")
-        rsyn.append({"name": e.name, "src": e.src, "weight": weight, "factor": factor})
-    opt = t.optimizer
-    text, _ = dumps(g, inline_max=0)
+        rsyn.append({"name": f.syn, "src": f.src, "weight": weight, "factor": factor})
+    opt = prog.optimizer
+    kinds = {WeightRule: "local", BiasRule: "bias", ReadoutWeightRule: "delta", ReadoutBiasRule: "delta_bias"}
+    updates = []
+    for r in prog.rules:
+        u = {"tensor": r.tensor, "kind": kinds[type(r)], "synapse": getattr(r, "syn", None), "post": None,
+             "gate": getattr(r, "gate", None)}
+        u["post"] = r.post if isinstance(r, (WeightRule, BiasRule)) else r.node  # type: ignore[union-attr]
+        updates.append(u)
     return {
-        "version": __version__, "model": g.name, "hash": hashlib.sha256(text.encode()).hexdigest()[:16],
-        "T": g.simulation.T, "T_back": t.T_back, "sf": t.sf, "input": g.inputs[0].name,
+        "version": __version__, "model": prog.model, "hash": prog.build_hash,
+        "T": prog.T, "T_back": prog.T_back, "sf": prog.sf, "input": prog.inputs[0].name,
         "optimizer": {"lr": opt.lr, "momentum": opt.momentum, "weight_decay": opt.weight_decay,
                       "feedback_norm": opt.feedback_norm},
         "populations": pops, "recurrent": recurrent, "input_synapses": inputs,
-        "readout": {"name": ro.name, "n": int(np.prod(ro.shape)), "bias": f"{ro.name}.bias" if ro.bias is not None
-                    else None, "synapses": rsyn},
-        "updates": [{"tensor": u.tensor, "kind": u.kind, "synapse": u.synapse, "post": u.post, "gate": u.gate}
-                    for u in t.updates],
-        "learnable": list(g.parameters()),
+        "readout": {"name": ro.name, "n": ro.size, "bias": ro.bias, "synapses": rsyn},
+        "updates": updates,
+        "learnable": [r.tensor for r in prog.rules],
         "feedback_tensors": sorted({r["weight"] for r in recurrent}),
     }
 

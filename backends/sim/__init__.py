@@ -24,8 +24,9 @@ import jinja2
 import numpy as np
 
 from ...errors import SpidecError
-from ...ir import Graph, Input, Population, code_name
+from ...ir import Graph, code_name
 from ...ops import AvgPool2d, Conv2d, ConvTranspose2d, Dense, Flatten, LinearOp, Pad, Reshape, Scale, Shape, Zero
+from ...program import BiasRule, ReadoutWeightRule, WeightRule, require_program
 from ...text import dumps
 
 TEMPLATES = Path(__file__).with_name("templates")
@@ -192,112 +193,79 @@ class SimArtifact:
         return module.main(list(args))
 
 
-def _require_passes(g: Graph) -> None:
-    if g.simulation is None or g.training is None or g.schedule is None:
-        missing = [n for n, v in (("spiking", g.simulation), ("spide", g.training), ("schedule", g.schedule))
-                   if v is None]
-        raise SpidecError(f"the sim backend needs a training graph; run the passes first ({', '.join(missing)} "
-                          "missing): spidec.passes.run(g)")
-
-
 def context(g: Graph) -> dict[str, Any]:
-    """Everything the templates need, as plain values and code lines."""
+    """Everything the templates need, as plain values and code lines, read from the step program."""
     from ... import __version__
 
-    _require_passes(g)
+    prog = require_program(g, "the sim backend")
     cg = _Codegen(g)
-    t, sim, sched = g.training, g.simulation, g.schedule
-    assert t is not None and sim is not None and sched is not None
-    couple = {c.of: c for c in t.couples}
-    synapses = []
-    needs_adjoint = {b.forward for b in t.backward} | {i.forward for i in t.injections}
-    for e in g.synapses():
-        synapses.append({"name": e.name, "var": code_name(e.name), "src": e.src, "dst": e.dst,
-                         "fw": cg.chain(e.name, "x"),
-                         "bw": cg.chain(e.name, "y", backward=True) if e.name in needs_adjoint else None})
+    chains = {ch.name: ch for ch in prog.chains}
+    needs_adjoint = {f.syn for c in prog.couples for f in c.feeds} | {s for c in prog.couples for s in c.injections}
+    synapses = [{"name": ch.name, "var": code_name(ch.name), "src": ch.src, "dst": ch.dst,
+                 "fw": cg.chain(ch.name, "x"),
+                 "bw": cg.chain(ch.name, "y", backward=True) if ch.name in needs_adjoint else None}
+                for ch in prog.chains]
     pops = []
-    for name in sched.forward:
-        p = g.node(name)
-        assert isinstance(p, Population)
-        feeds = []
-        for e in g.in_synapses(name):
-            src = g.node(e.src)
-            if isinstance(src, Input):
-                kind = "input"
-            else:
-                kind = "delayed" if e.synapse.delay else "now"
-            feeds.append({"syn": code_name(e.name), "src": code_name(e.src), "kind": kind})
-        n = p.neuron
+    for p in prog.populations:
+        c = prog.couple_of(p.name)
         bias = None
-        if p.bias is not None:
-            bias = "self." + cg.tensor_attr[f"{name}.bias"]
-            if p.bias.shape != p.shape:
-                bias += f".view({p.bias.shape[0]}, *{(1,) * (len(p.shape) - 1)})"
-        lam = n.leak
-        norm = float(sim.T) if lam == 1.0 else (1 - lam ** sim.T) / (1 - lam)
-        c = couple[name]
-        norm_b = float(t.T_back) if c.leak == 1.0 else (1 - c.leak ** t.T_back) / (1 - c.leak)
-        pops.append({"name": name, "var": code_name(name), "shape": list(p.shape), "vth": n.vth, "V": n.V, "leak": lam,
-                     "norm": norm, "bias": bias, "feeds": feeds, "delayed": name in sched.delayed,
+        if p.bias:
+            bias = "self." + cg.tensor_attr[p.bias]
+            if p.bias_channels:
+                bias += f".view({p.bias_channels}, *{(1,) * (len(p.shape) - 1)})"
+        feeds = [{"syn": code_name(f.syn), "src": code_name(f.src), "kind": f.kind} for f in p.feeds]
+        pops.append({"name": p.name, "var": code_name(p.name), "shape": list(p.shape), "vth": p.vth, "V": p.V,
+                     "leak": p.leak, "norm": p.norm, "bias": bias, "feeds": feeds, "delayed": p.keep_prev,
                      "couple": c.name, "cvar": code_name(c.name), "cvth": c.vth, "S": c.S, "cleak": c.leak,
-                     "norm_b": norm_b})
+                     "norm_b": c.norm})
     by_name = {p["name"]: p for p in pops}
     back_order = []
-    for cname in sched.backward:
-        c = next(x for x in t.couples if x.name == cname)
-        p = by_name[c.of]
-        feeds = []
-        for b in t.backward:
-            if b.dst == cname:
-                q = by_name[b.gate]
-                feeds.append({"syn": code_name(b.forward), "gate": q["var"], "src": q["cvar"],
-                              "delayed": bool(b.delay)})
-        injections = [{"rvar": code_name(i.readout), "syn": code_name(i.forward)}
-                      for i in t.injections if i.couple == cname]
-        back_order.append({**p, "bfeeds": feeds, "injections": injections,
-                           "bdelayed": cname in sched.delayed_back})
-    readouts = []
-    for r in g.readouts:
-        feeds = []
-        for e in g.in_synapses(r.name):
-            src = g.node(e.src)
-            var = ("xr_" if isinstance(src, Input) else "a_") + code_name(e.src)
-            feeds.append({"syn": code_name(e.name), "src": var})
-        readouts.append({"name": r.name, "var": code_name(r.name), "loss": r.loss, "shape": list(r.shape),
-                         "bias": ("self." + cg.tensor_attr[f"{r.name}.bias"]) if r.bias is not None else None,
-                         "feeds": feeds})
+    for c in prog.couples:
+        feeds = [{"syn": code_name(f.syn), "gate": by_name[f.gate]["var"], "src": by_name[f.gate]["cvar"],
+                  "delayed": f.delayed} for f in c.feeds]
+        injections = [{"rvar": code_name(chains[s].dst), "syn": code_name(s)} for s in c.injections]
+        back_order.append({**by_name[c.of], "bfeeds": feeds, "injections": injections, "bdelayed": c.keep_prev})
+    pop_names = set(by_name)
+
+    def rate(node: str) -> str:
+        return ("a_" if node in pop_names else "xr_") + code_name(node)
+
+    readouts = [{"name": r.name, "var": code_name(r.name), "loss": r.loss, "shape": list(r.shape),
+                 "bias": ("self." + cg.tensor_attr[r.bias]) if r.bias else None,
+                 "feeds": [{"syn": code_name(f.syn), "src": rate(f.src)} for f in r.feeds]}
+                for r in prog.readouts]
     updates = []
-    for u in t.updates:
-        attr = cg.tensor_attr[u.tensor]
-        if u.kind in ("local", "delta"):
-            e = g.synapse(u.synapse)  # type: ignore[arg-type]
-            src = g.node(e.src)
-            pre = ("xr_" if isinstance(src, Input) else "a_") + code_name(e.src)
-            post = (f"post_{code_name(e.dst)}" if u.kind == "local" else f"dy_{code_name(e.dst)}")
-            for tname, lines in cg.grads(e.name, post, pre):
-                if tname == u.tensor:
-                    updates.append({"tensor": u.tensor, "attr": attr, "kind": u.kind, "lines": lines,
-                                    "what": f"{u.kind} rule through synapse {e.name} ({e.src} -> {e.dst})"})
+    for r in prog.rules:
+        attr = cg.tensor_attr[r.tensor]
+        if isinstance(r, (WeightRule, ReadoutWeightRule)):
+            ch = chains[r.syn]
+            kind = "local" if isinstance(r, WeightRule) else "delta"
+            post = f"post_{code_name(ch.dst)}" if kind == "local" else f"dy_{code_name(ch.dst)}"
+            for tname, lines in cg.grads(ch.name, post, rate(ch.src)):
+                if tname == r.tensor:
+                    updates.append({"tensor": r.tensor, "attr": attr, "kind": kind, "lines": lines,
+                                    "what": f"{kind} rule through synapse {ch.name} ({ch.src} -> {ch.dst})"})
         else:
-            node = g.node(u.post if u.kind == "delta_bias" else u.gate)  # type: ignore[arg-type]
-            src = (f"dy_{code_name(node.name)}" if u.kind == "delta_bias" else f"post_{code_name(node.name)}")
-            bias = g.tensor(u.tensor)
-            dims = [0] + list(range(2, 1 + len(node.shape))) if bias.shape != node.shape else [0]
-            updates.append({"tensor": u.tensor, "attr": attr, "kind": u.kind,
-                            "lines": [f"gw = {src}.sum(dim={tuple(dims)})"], "what": f"{u.kind} rule of {node.name}"})
-    feedback = sorted({n for n, s in g.tensor_slots().items()
-                       if s.learnable and s.op is not None and g.synapse(s.owner).synapse.delay})
+            local = isinstance(r, BiasRule)
+            node = r.gate if local else r.node  # type: ignore[union-attr]
+            src = f"post_{code_name(node)}" if local else f"dy_{code_name(node)}"
+            ndim = len(prog.population(node).shape) if local else len(next(x for x in prog.readouts
+                                                                              if x.name == node).shape)
+            dims = [0] + list(range(2, 1 + ndim)) if local and r.channels else [0]  # type: ignore[union-attr]
+            kind = "bias" if local else "delta_bias"
+            updates.append({"tensor": r.tensor, "attr": attr, "kind": kind,
+                            "lines": [f"gw = {src}.sum(dim={tuple(dims)})"], "what": f"{kind} rule of {node}"})
+    feedback = sorted(prog.feedback_tensors)
     params = [{"name": n, "attr": cg.tensor_attr[n], "learnable": n in g.parameters()}
               for n in g.parameters(learnable_only=False)]
-    text, _ = dumps(g, inline_max=0)
     return {
-        "version": __version__, "model": g.name, "graph_hash": hashlib.sha256(text.encode()).hexdigest()[:16],
-        "T": sim.T, "T_back": t.T_back, "sf": t.sf, "encoding": sim.encoding, "opt": t.optimizer,
-        "inputs": [{"name": i.name, "var": code_name(i.name), "shape": list(i.shape)} for i in g.inputs],
+        "version": __version__, "model": prog.model, "graph_hash": prog.build_hash,
+        "T": prog.T, "T_back": prog.T_back, "sf": prog.sf, "encoding": prog.encoding, "opt": prog.optimizer,
+        "inputs": [{"name": i.name, "var": code_name(i.name), "shape": list(i.shape)} for i in prog.inputs],
         "synapses": synapses, "pops": pops, "back": back_order, "readouts": readouts, "updates": updates,
         "params": params,
         "buffers": sorted(cg.buffers), "feedback": [cg.tensor_attr[n] for n in feedback],
-        "classes": g.readouts[0].shape[0] if g.readouts and g.readouts[0].loss == "cross_entropy" else None,
+        "classes": prog.readouts[0].shape[0] if prog.readouts and prog.readouts[0].loss == "cross_entropy" else None,
         "_buffers": cg.buffers,
     }
 

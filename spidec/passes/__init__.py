@@ -4,7 +4,8 @@ after the named pass (what ``spidec inspect --after NAME`` prints).
 
 * ``spiking``  -- neuron models, thresholds, ``T`` forward steps, input encoding
 * ``spide``    -- ternary couples, backward synapses, loss injection, local update rules, optimiser
-* ``schedule`` -- per-step order of both stages, delays, and the buffers each stage keeps
+* ``schedule`` -- per-step order of both stages and their delays
+* ``lower``    -- the step program: what every backend reads (:mod:`spidec.program`)
 
 and, on request after them, ``quantize`` (fixed-point scales: :mod:`spidec.fixed`).
 """
@@ -17,12 +18,14 @@ from typing import Any
 
 from ..errors import SpidecError
 from ..ir import Graph
+from .lower import lower
 from .quantize import quantize
 from .schedule import schedule
 from .spide import spide
 from .spiking import spiking
 
-PIPELINE: dict[str, Callable[..., Graph]] = {"spiking": spiking, "spide": spide, "schedule": schedule}
+PIPELINE: dict[str, Callable[..., Graph]] = {"spiking": spiking, "spide": spide, "schedule": schedule,
+                                             "lower": lower}
 
 
 def options_of(name: str) -> list[str]:
@@ -44,4 +47,4 @@ def run(g: Graph, upto: str | None = None, **options: Any) -> Graph:
     return g
 
 
-__all__ = ["PIPELINE", "quantize", "run", "schedule", "spide", "spiking"]
+__all__ = ["PIPELINE", "lower", "quantize", "run", "schedule", "spide", "spiking"]

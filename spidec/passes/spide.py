@@ -64,4 +64,5 @@ def spide(g: Graph, T_back: int = 100, vth_back: float = 0.5, sf: float = 100.0,
                             tuple(updates), Optimizer(lr, momentum, weight_decay, tuple(milestones), gamma,
                                                       feedback_norm))
     out.schedule = None
+    out.program = None
     return out.validate()

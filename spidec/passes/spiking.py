@@ -32,4 +32,5 @@ def spiking(g: Graph, T: int = 30, neuron: str | None = None, vth: float | None 
     out.simulation = Simulation(int(T), encoding)
     out.training = None  # the training structure depends on the neurons: the spide pass rebuilds it
     out.schedule = None
+    out.program = None
     return out.validate()
