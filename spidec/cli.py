@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -298,19 +297,17 @@ EPILOG_COMPILE = """examples:
   spidec train build/ --data digits --epochs 20
   spidec compile examples/digits_fb.onnx --target c --fixed -o build/fixed      # integer-only, host
   spidec compile examples/digits_fb.onnx --target c --board mps2-an386 --update online --report -o build/m4
-  spidec run build/m4 --qemu --epochs 1                                          # train on the Cortex-M4
-"""
-
-EPILOG_RUN = """examples:
-  spidec run build/m4 --qemu --epochs 1            # the board image under QEMU, digits streamed from here
-  spidec run build/m4 --qemu --data mnist --batch 1 --out weights.bin
-  spidec run build/c --epochs 5                    # a C build's host executable
+  spidec train build/m4 --epochs 1                                               # train on the Cortex-M4
 """
 
 EPILOG_TRAIN = """examples:
-  spidec train build/ --data digits --epochs 20
-  spidec train build/ --data mnist --epochs 5 --batch 128 --device cuda
-  spidec train build/ --data digits --resume       # continue from build/checkpoint.pt
+  spidec train build/sim --data digits --epochs 20
+  spidec train build/sim --data mnist --epochs 5 --batch 128 --device cuda
+  spidec train build/sim --data digits --resume    # continue from build/sim/checkpoint.pt
+  spidec train build/c --data digits --epochs 5    # a c build's host executable
+  spidec train build/m4 --epochs 1                 # a board build under QEMU, digits streamed from here
+  spidec train build/m4 --data mnist --batch 1 --out weights.bin
+  spidec train build/lava --epochs 1 --limit-train 300
 """
 
 
@@ -346,15 +343,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
               f"{len(t.couples)} couples, {len(t.backward)} backward synapses, {len(t.updates)} update rules")
     if getattr(art.graph, "quant", None) is not None:
         print(art.graph.quant.describe())
-    if args.target == "lava":
-        print(f"train it: python {art.out}/train.py --data digits (needs Lava, see the README)")
-    elif args.board:
-        print(f"train it on the board under QEMU: spidec run {art.out} --qemu --epochs 1")
-    elif args.target == "c":
-        print(f"build and train it: make -C {art.out} && spidec dataset pack digits -o data && "
-              f"{art.out}/train train --train data/digits.train.spds --test data/digits.test.spds")
-    else:
-        print(f"train it: spidec train {art.out} --data digits")
+    print(art.next_steps())
     return 0
 
 
@@ -376,50 +365,19 @@ def _memory_report(art: Any, quiet: bool) -> None:
         print(f"(plan only: {brd.INSTALL_HINT})")
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from pathlib import Path
+def cmd_train(args: argparse.Namespace) -> int:
+    """``spidec train BUILD`` (and its alias ``spidec run``): any target's build, one output shape."""
+    from .runs import TrainOptions, train_build
 
-    from . import data as data_mod
-    from .backends.c import board as brd
+    opts = TrainOptions(**{f: getattr(args, f) for f in TrainOptions.__dataclass_fields__ if hasattr(args, f)
+                           and getattr(args, f) is not None})
+    summary = train_build(args.build, opts, say=print)
+    if args.json:
+        print(json.dumps(summary, default=str))
+    return 0
 
-    out = Path(args.build)
-    if not out.is_dir():
-        raise SpidecError(f"{args.build!r} is not a folder written by spidec compile")
-    ddir = out / "data"
-    train, test = ddir / f"{args.data}.train.spds", ddir / f"{args.data}.test.spds"
-    if not (train.exists() and test.exists()):
-        data_mod.pack(args.data, ddir)
-    say = (lambda line: None) if (args.quiet or args.json) else print
-    if args.qemu:
-        argv = ["train", str(train.relative_to(out)), str(test.relative_to(out)), "--epochs", str(args.epochs),
-                "--batch", str(args.batch), "--seed", str(args.seed)]
-        if args.lr is not None:
-            argv += ["--lr", repr(args.lr)]
-        if args.out:
-            argv += ["--out", args.out]
-        result = brd.run_qemu(out, argv, timeout=args.timeout, echo=say,
-                              progress=not (args.quiet or args.json) and sys.stderr.isatty())
-        info = brd.board_info(out)
-        check = brd.check_plan(info["plan"], out / f"spide-{info['board']}.elf")
-        result["memory"] = {"check": check, "stack_used": result.get("stack_used"),
-                            "heap_used": result.get("heap_used")}
-        (out / f"run-{info['board']}.json").write_text(json.dumps(result, indent=1, default=str))
-        if args.json:
-            print(json.dumps(result, default=str))
-        elif not args.quiet:
-            print(brd.format_report(info["plan"], check, {k: result[k] for k in ("stack_used", "heap_used")
-                                                          if k in result}))
-        return 0
-    if not (out / "Makefile").exists() or not (out / "model.c").exists():
-        raise SpidecError(f"{args.build!r} holds no C build", hint="spidec compile MODEL --target c -o " + args.build)
-    done = subprocess.run(["make", "-C", str(out), "train"], capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SpidecError(f"building the host program failed:\n{done.stderr[-3000:]}")
-    cmd = [str(out / "train"), "train", "--train", str(train), "--test", str(test), "--epochs", str(args.epochs),
-           "--batch", str(args.batch), "--seed", str(args.seed)] + (["--lr", repr(args.lr)] if args.lr else [])
-    if args.quiet or args.json:
-        cmd.append("--quiet")
-    return subprocess.call(cmd)
+
+cmd_run = cmd_train
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -451,18 +409,6 @@ def cmd_dataset(args: argparse.Namespace) -> int:
         for path in paths:
             print(f"wrote {path}")
     return 0
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from .backends.sim import SimArtifact
-
-    build = Path(args.build)
-    if not (build / "train.py").is_file():
-        raise SpidecError(f"{args.build!r} holds no compiled program (no train.py)",
-                          hint="compile first: spidec compile MODEL -o " + args.build)
-    return SimArtifact(build, None).train(*args.rest)  # type: ignore[arg-type]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -514,25 +460,34 @@ def build_parser() -> argparse.ArgumentParser:
     _pass_arguments(p)
     p.set_defaults(func=cmd_compile)
 
-    p = sub.add_parser("run", help="train a C build: the board image under QEMU, or the host executable",
-                       description="Build and run what spidec compile --target c wrote. With --qemu: the board "
-                                   "image under qemu-system-arm (-icount shift=0: instruction counts are exact "
-                                   "and repeatable), the data set streamed from this machine through semihosting; "
-                                   "prints accuracy, instructions per sample and the memory report. Results: "
-                                   "BUILD/run-BOARD.json.",
-                       epilog=EPILOG_RUN, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("build", help="folder written by spidec compile --target c")
-    p.add_argument("--qemu", action="store_true", help="run the board image (compile with --board) under QEMU")
-    p.add_argument("--data", default="digits", choices=["digits", "mnist"], help="data set (default digits)")
-    p.add_argument("--epochs", type=int, default=1, help="epochs (default 1)")
-    p.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
-    p.add_argument("--lr", type=float, help="learning rate (default: the model's)")
-    p.add_argument("--seed", type=int, default=0, help="sample-order seed (default 0)")
-    p.add_argument("--out", help="board: write the trained weights to this file (relative to BUILD)")
-    p.add_argument("--timeout", type=float, help="stop QEMU after this many seconds")
-    p.add_argument("--quiet", action="store_true", help="print only the results")
-    p.add_argument("--json", action="store_true", help="print the results as JSON")
-    p.set_defaults(func=cmd_run)
+    for verb in ("train", "run"):
+        p = sub.add_parser(verb, help="train a compiled build, any target" if verb == "train" else
+                           "the same as spidec train (kept for scripts)",
+                           description="Train what spidec compile wrote, whatever the target: a sim build (its "
+                                       "PyTorch program, here), a c build (the host executable), a board build (its "
+                                       "Cortex-M image under qemu-system-arm with -icount shift=0, the data streamed "
+                                       "from here through semihosting; --host for the host executable) or a lava "
+                                       "build (Lava's simulator). Every target prints the same epoch lines; --json "
+                                       "prints the summary. An option a target cannot honour is refused.",
+                           epilog=EPILOG_TRAIN, formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("build", help="folder written by spidec compile")
+        p.add_argument("--data", default="digits", help="digits, mnist or FILE.npz (default: digits)")
+        p.add_argument("--epochs", type=int, help="epochs (default: the target's: 20 sim, 1 c, board and lava)")
+        p.add_argument("--batch", type=int, help="batch size (default: 64 sim and c, 1 board, 8 lava)")
+        p.add_argument("--lr", type=float, help="learning rate (default: the model's)")
+        p.add_argument("--seed", type=int, default=0, help="sample-order seed (default 0)")
+        p.add_argument("--checkpoint", help="checkpoint file (sim, c host)")
+        p.add_argument("--resume", action="store_true", help="continue from the checkpoint (sim, c host)")
+        p.add_argument("--limit-train", dest="limit_train", type=int, help="use N training samples (sim, lava)")
+        p.add_argument("--limit-test", dest="limit_test", type=int, help="use N test samples (sim, lava)")
+        p.add_argument("--device", help="sim: cpu, cuda, cuda:1 ... (default: cuda if available)")
+        p.add_argument("--qemu", action="store_true", help="board builds: under QEMU (their default)")
+        p.add_argument("--host", action="store_true", help="board builds: the host executable instead of QEMU")
+        p.add_argument("--out", help="board builds: write the trained weights to this file (relative to BUILD)")
+        p.add_argument("--timeout", type=float, help="board builds: stop QEMU after this many seconds")
+        p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+        p.add_argument("--json", action="store_true", help="print the summary as JSON")
+        p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("demo", help="the main job: compile a feedback net to C and train it with spikes here",
                        description="Load a model (default: a built-in feedback MLP for the data), check it against "
@@ -575,14 +530,6 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true", help="print the written paths as JSON")
     q.set_defaults(func=cmd_dataset)
 
-    p = sub.add_parser("train", help="train a compiled program (arguments go to its train.py)",
-                       description="Run a compiled program's trainer in this process. Everything after the folder "
-                                   "goes to its train.py (see: spidec train BUILD --help).",
-                       epilog=EPILOG_TRAIN, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("build", help="folder written by spidec compile")
-    p.add_argument("rest", nargs=argparse.REMAINDER, help="train.py arguments (--data, --epochs, --batch, ...)")
-    p.set_defaults(func=cmd_train)
-
     p = sub.add_parser("reference", help="exact rate-space equilibrium and implicit gradient",
                        description="Solve the model's rate equilibrium a* = clamp(W a* + F x + b, 0, 1) "
                                    "exactly and, with labels, the exact implicit gradient of the loss.",
@@ -607,7 +554,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    if getattr(args, "batch", 1) < 1:
+    if (getattr(args, "batch", 1) or 1) < 1:
         parser.error("--batch must be at least 1")
     try:
         return args.func(args)

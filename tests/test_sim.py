@@ -310,7 +310,7 @@ def test_compile_needs_a_known_target_and_the_cli_compiles_and_trains(tmp_path, 
     assert code == 0, err
     assert "epoch   1" in text and "test acc" in text
     code, _, err = run_cli("train", str(tmp_path / "nothing"))
-    assert code == 1 and "holds no compiled program" in err
+    assert code == 1 and "is not a folder written by spidec compile" in err
 
 
 def test_emitted_program_runs_as_a_script(tmp_path):

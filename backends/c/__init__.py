@@ -27,6 +27,7 @@ import json
 import math
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ import numpy as np
 from ...errors import SpidecError
 from ...ir import Graph, code_name
 from ...program import BiasRule, Chain, Program, ReadoutWeightRule, WeightRule, require_program
+from ...runs import write_manifest
 from ...text import dumps
 from .board import BOARD_MAKEFILE, BOARDS
 
@@ -351,6 +353,7 @@ def emit(g: Graph, out: str | Path, board: str | None = None) -> CArtifact:
     (out / "Makefile").write_text(makefile)
     text, _ = dumps(g, inline_max=0)
     (out / "model.spir").write_text(text)
+    write_manifest(out, "c", g.program, **({"board": board} if board else {}))
     if fixed:  # the scales the quantize pass chose (model.spir holds them too, as lower statements)
         (out / "quantization.json").write_text(json.dumps(g.quant.as_json(), indent=1))
     return CArtifact(out, g, board)
@@ -380,6 +383,109 @@ class CArtifact:
     @property
     def executable(self) -> Path:
         return self.out / "train"
+
+    def next_steps(self) -> str:
+        if self.board is not None:
+            return f"train it on the board under QEMU: spidec train {self.out} --epochs 1"
+        return f"build and train it: spidec train {self.out} --data digits --epochs 1  (or make -C {self.out})"
+
+
+# what `spidec train` takes for a c build besides the common options (spidec.runs)
+TRAIN_OPTIONS = ("checkpoint", "resume", "qemu", "host", "out", "timeout")
+
+
+def _data_files(out: Path, data: str) -> tuple[Path, Path]:
+    from ... import data as data_mod
+
+    ddir = out / "data"
+    train, test = ddir / f"{data}.train.spds", ddir / f"{data}.test.spds"
+    if not (train.exists() and test.exists()):
+        data_mod.pack(data, ddir)
+    return train, test
+
+
+def train_build(out: Path, opts: Any, say: Any) -> dict[str, Any]:
+    """``spidec train`` of a c build: the board image under QEMU (board builds, unless ``host``),
+    else the host executable; the epoch lines as on every target."""
+    from ...runs import epoch_line, read_manifest
+
+    board = read_manifest(out).get("board")
+    if opts.qemu and opts.host:
+        raise SpidecError("--qemu and --host exclude each other")
+    if opts.qemu and board is None:
+        raise SpidecError(f"{str(out)!r} is no board build", hint="compile with --board mps2-an386")
+    train, test = _data_files(out, opts.data)
+    if board is not None and not opts.host:
+        return _train_board(out, opts, say, train, test)
+    for o in ("out", "timeout"):
+        if getattr(opts, o) is not None:
+            raise SpidecError(f"--{o} is for board builds under QEMU")
+    done = subprocess.run(["make", "-C", str(out), "train"], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SpidecError(f"building the host program failed:\n{done.stderr[-3000:]}")
+    cmd = [str(out / "train"), "train", "--train", str(train), "--test", str(test),
+           "--epochs", str(opts.epochs if opts.epochs is not None else 1), "--batch", str(opts.batch or 64),
+           "--seed", str(opts.seed)]
+    if opts.lr is not None:
+        cmd += ["--lr", repr(opts.lr)]
+    if opts.checkpoint:
+        cmd += ["--checkpoint", opts.checkpoint]
+    if opts.resume:
+        cmd.append("--resume")
+    if opts.quiet or opts.json or not sys.stderr.isatty():
+        cmd.append("--quiet")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    epochs = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        f = line.split()
+        if f and f[0] == "epoch":
+            v = dict(zip(f[2::2], f[3::2]))
+            entry = {"epoch": int(f[1]), "lr": float(v["lr"]), "train_loss": float(v["loss"]),
+                     "train_accuracy": float(v["train_accuracy"]), "seconds": float(v.get("seconds", "nan"))}
+            if "test_accuracy" in v:
+                entry["test_accuracy"] = float(v["test_accuracy"])
+            epochs.append(entry)
+            say(epoch_line(entry))
+    if proc.wait() != 0:
+        raise SpidecError(f"the host trainer of {out} exited with {proc.returncode}")
+    return {"epochs": epochs}
+
+
+def _train_board(out: Path, opts: Any, say: Any, train: Path, test: Path) -> dict[str, Any]:
+    from ...runs import epoch_line
+    from . import board as brd
+
+    if opts.checkpoint or opts.resume:
+        raise SpidecError("a board build keeps no checkpoint (use --out to write the trained weights)")
+    argv = ["train", str(train.relative_to(out)), str(test.relative_to(out)),
+            "--epochs", str(opts.epochs if opts.epochs is not None else 1), "--batch", str(opts.batch or 1),
+            "--seed", str(opts.seed)]
+    if opts.lr is not None:
+        argv += ["--lr", repr(opts.lr)]
+    if opts.out:
+        argv += ["--out", opts.out]
+
+    def echo(line: str) -> None:
+        if line.startswith("epoch "):
+            f = brd.parse_line(line)
+            if f.get("epoch", 0) >= 1:
+                say(epoch_line({"epoch": f["epoch"], "train_loss": f.get("loss"),
+                                "train_accuracy": f.get("train_accuracy"), "test_accuracy": f.get("test_accuracy")}))
+            else:
+                say(f"before training: test acc {f.get('test_accuracy', float('nan')):.4f}")
+
+    result = brd.run_qemu(out, argv, timeout=opts.timeout, echo=echo,
+                          progress=not (opts.quiet or opts.json) and sys.stderr.isatty())
+    info = brd.board_info(out)
+    check = brd.check_plan(info["plan"], out / f"spide-{info['board']}.elf")
+    result["memory"] = {"check": check, "stack_used": result.get("stack_used"), "heap_used": result.get("heap_used")}
+    (out / f"run-{info['board']}.json").write_text(json.dumps(result, indent=1, default=str))
+    say(brd.format_report(info["plan"], check, {k: result[k] for k in ("stack_used", "heap_used") if k in result}))
+    epochs = [{"epoch": e["epoch"], "train_loss": e.get("loss"), "train_accuracy": e.get("train_accuracy"),
+               "test_accuracy": e.get("test_accuracy"), **{k: v for k, v in e.items() if k not in (
+                   "epoch", "loss", "train_accuracy", "test_accuracy")}} for e in result["epochs"] if e["epoch"] >= 1]
+    return {**{k: v for k, v in result.items() if k != "epochs"}, "epochs": epochs}
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -611,4 +717,5 @@ class CRuntime:
         return {"accuracy": acc, "loss": loss.value}
 
 
-__all__ = ["BOARDS", "CArtifact", "CRuntime", "context", "emit", "epoch_order", "fixed_context", "read_weights_dump"]
+__all__ = ["BOARDS", "TRAIN_OPTIONS", "CArtifact", "CRuntime", "context", "emit", "epoch_order", "fixed_context",
+           "read_weights_dump", "train_build"]

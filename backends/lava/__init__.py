@@ -29,6 +29,7 @@ import numpy as np
 from ...errors import SpidecError
 from ...ir import Graph
 from ...program import BiasRule, Chain, ReadoutBiasRule, ReadoutWeightRule, WeightRule, require_program
+from ...runs import write_manifest
 from ...text import dumps
 
 TEMPLATES = Path(__file__).with_name("templates")
@@ -119,6 +120,7 @@ def emit(g: Graph, out: str | Path) -> LavaArtifact:
     with open(out / "weights.npz", "wb") as f:
         np.savez(f, **{k: np.asarray(v) for k, v in g.parameters(learnable_only=False).items()})
     (out / "model.spir").write_text(dumps(g, inline_max=0, tensors_file="weights.npz")[0])
+    write_manifest(out, "lava", g.program)
     return LavaArtifact(out, g)
 
 
@@ -141,5 +143,42 @@ class LavaArtifact:
         spec.loader.exec_module(module)  # type: ignore[union-attr]
         return module.Network(self.out)
 
+    def next_steps(self) -> str:
+        return f"train it: spidec train {self.out} --data digits --epochs 1 (needs Lava, see the README)"
 
-__all__ = ["LavaArtifact", "config", "emit"]
+
+# what `spidec train` takes for a lava build besides the common options (spidec.runs)
+TRAIN_OPTIONS = ("limit_train", "limit_test")
+
+
+def train_build(out: Path, opts: Any, say: Any) -> dict[str, Any]:
+    """``spidec train`` of a lava build: in this process, the epoch lines as on every target."""
+    import time
+
+    from ...data import load
+    from ...runs import epoch_line
+
+    ds = load(opts.data)
+    x, y = ds.x_train.reshape(len(ds.x_train), -1), ds.y_train
+    xt, yt = ds.x_test.reshape(len(ds.x_test), -1), ds.y_test
+    if opts.limit_test:
+        xt, yt = xt[: opts.limit_test], yt[: opts.limit_test]
+    net = LavaArtifact(out, None).load()  # type: ignore[arg-type]
+    epochs = []
+    try:
+        rng = np.random.default_rng(opts.seed)
+        for epoch in range(opts.epochs if opts.epochs is not None else 1):
+            perm = rng.permutation(len(y))[: opts.limit_train or len(y)]
+            t0 = time.monotonic()
+            r = net.train_epoch(x, y, opts.batch or 8, lr=opts.lr, perm=perm)
+            entry = {"epoch": epoch + 1, "lr": opts.lr if opts.lr is not None else net.cfg["optimizer"]["lr"],
+                     "train_loss": r["loss"], "train_accuracy": r["accuracy"],
+                     "test_accuracy": net.evaluate(xt, yt)["accuracy"], "seconds": time.monotonic() - t0}
+            epochs.append(entry)
+            say(epoch_line(entry))
+    finally:
+        net.close()
+    return {"epochs": epochs}
+
+
+__all__ = ["TRAIN_OPTIONS", "LavaArtifact", "config", "emit", "train_build"]

@@ -27,6 +27,7 @@ from ...errors import SpidecError
 from ...ir import Graph, code_name
 from ...ops import AvgPool2d, Conv2d, ConvTranspose2d, Dense, Flatten, LinearOp, Pad, Reshape, Scale, Shape, Zero
 from ...program import BiasRule, ReadoutWeightRule, WeightRule, require_program
+from ...runs import write_manifest
 from ...text import dumps
 
 TEMPLATES = Path(__file__).with_name("templates")
@@ -192,6 +193,9 @@ class SimArtifact:
         spec.loader.exec_module(module)  # type: ignore[union-attr]
         return module.main(list(args))
 
+    def next_steps(self) -> str:
+        return f"train it: spidec train {self.out} --data digits"
+
 
 def context(g: Graph) -> dict[str, Any]:
     """Everything the templates need, as plain values and code lines, read from the step program."""
@@ -291,7 +295,35 @@ def emit(g: Graph, out: str | Path) -> SimArtifact:
         np.savez(f, **tensors)
     text, _ = dumps(g, inline_max=0, tensors_file="weights.npz")
     (out / "model.spir").write_text(text)
+    write_manifest(out, "sim", g.program)
     return SimArtifact(out, g)
 
 
-__all__ = ["SimArtifact", "context", "emit"]
+# what `spidec train` takes for a sim build besides the common options (spidec.runs)
+TRAIN_OPTIONS = ("checkpoint", "resume", "limit_train", "limit_test", "device")
+
+
+def train_build(out: Path, opts: Any, say: Any) -> dict[str, Any]:
+    """``spidec train`` of a sim build: its train.py in this process (it prints the epoch lines)."""
+    import json
+
+    args = ["--data", opts.data, "--seed", str(opts.seed)]
+    for flag, v in (("--epochs", opts.epochs), ("--batch", opts.batch), ("--lr", opts.lr),
+                    ("--checkpoint", opts.checkpoint), ("--limit-train", opts.limit_train),
+                    ("--limit-test", opts.limit_test), ("--device", opts.device)):
+        if v is not None:
+            args += [flag, str(v)]
+    if opts.resume:
+        args.append("--resume")
+    if opts.quiet or opts.json:
+        args.append("--quiet")
+    log = out / "history.json"
+    before = log.stat().st_mtime_ns if log.exists() else None
+    code = SimArtifact(out, None).train(*args)  # type: ignore[arg-type]
+    if code != 0:
+        raise SpidecError(f"training the sim build in {out} failed (train.py exited with {code})")
+    history = json.loads(log.read_text()) if log.exists() and log.stat().st_mtime_ns != before else []
+    return {"epochs": history}
+
+
+__all__ = ["TRAIN_OPTIONS", "SimArtifact", "context", "emit", "train_build"]

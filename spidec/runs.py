@@ -1,0 +1,122 @@
+"""``spidec train BUILD``: one verb that trains what any target wrote.
+
+Every backend's ``emit`` writes ``spidec.json`` (the build manifest: target, model, hash, board)
+into its folder; ``train_build`` reads it and hands a :class:`TrainOptions` to that backend's
+``train_build(out, opts, say)``, which trains and returns one entry per epoch (``epoch``,
+``train_loss``, ``train_accuracy``, ``test_accuracy``, ``seconds`` where known). The epoch lines
+and the ``--json`` summary therefore have the same shape on every target. An option a target
+cannot honour is refused in one line (its backend's ``TRAIN_OPTIONS`` lists what it takes).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import SpidecError
+
+MANIFEST = "spidec.json"
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Options shared by every target (None: the target's default)."""
+
+    data: str = "digits"
+    epochs: int | None = None
+    batch: int | None = None
+    lr: float | None = None
+    seed: int = 0
+    checkpoint: str | None = None
+    resume: bool = False
+    limit_train: int | None = None
+    limit_test: int | None = None
+    device: str | None = None  # sim: cpu, cuda, ...
+    qemu: bool = False  # board builds: under QEMU (their default)
+    host: bool = False  # board builds: the host executable instead
+    out: str | None = None  # board builds: write the trained weights here
+    timeout: float | None = None
+    quiet: bool = False
+    json: bool = False
+
+    def given(self) -> set[str]:
+        """The options set away from their defaults."""
+        return {f.name for f in fields(self) if getattr(self, f.name) != f.default}
+
+
+COMMON = {"data", "epochs", "batch", "lr", "seed", "quiet", "json"}
+
+
+def write_manifest(out: Path, target: str, prog: Any, **extra: Any) -> None:
+    """The build manifest every backend writes beside what it emits."""
+    from . import __version__
+
+    (out / MANIFEST).write_text(json.dumps({"target": target, "model": prog.model, "hash": prog.build_hash,
+                                            "fixed": prog.quant is not None, "spidec": __version__, **extra},
+                                           indent=1) + "\n")
+
+
+def read_manifest(out: Path) -> dict[str, Any]:
+    """The manifest of build folder ``out`` (builds from before manifests: guessed from their files)."""
+    path = out / MANIFEST
+    if path.is_file():
+        try:
+            info = json.loads(path.read_text())
+        except ValueError as e:
+            raise SpidecError(f"{path}: not a spidec build manifest ({e})") from None
+        if not isinstance(info, dict) or "target" not in info:
+            raise SpidecError(f"{path}: not a spidec build manifest (no target)")
+        return info
+    if (out / "model.c").is_file():
+        return {"target": "c", **({"board": json.loads((out / "board.json").read_text())["board"]}
+                                  if (out / "board.json").is_file() else {})}
+    if (out / "network.py").is_file():
+        return {"target": "lava"}
+    if (out / "train.py").is_file():
+        return {"target": "sim"}
+    raise SpidecError(f"{str(out)!r} holds no compiled program (no {MANIFEST})",
+                      hint=f"compile first: spidec compile MODEL -o {out}")
+
+
+def epoch_line(e: dict[str, Any]) -> str:
+    """One epoch, the same words on every target."""
+    parts = [f"epoch {e['epoch']:3d}"]
+    if e.get("lr") is not None:
+        parts.append(f"lr {e['lr']:.4g}")
+    for key, word in (("train_loss", "loss"), ("train_accuracy", "train acc"), ("test_accuracy", "test acc")):
+        if e.get(key) is not None:
+            parts.append(f"{word} {e[key]:.4f}")
+    if e.get("seconds") is not None:
+        parts.append(f"({e['seconds']:.1f}s)")
+    return "  ".join(parts)
+
+
+def train_build(build: str | Path, opts: TrainOptions, say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train the build in folder ``build`` with ``opts``; returns the summary (``target``,
+    ``epochs``, ``test_accuracy`` and what the target adds)."""
+    from .backends import get
+
+    out = Path(build)
+    if not out.is_dir():
+        raise SpidecError(f"{str(build)!r} is not a folder written by spidec compile",
+                          hint=f"spidec compile MODEL -o {build}")
+    info = read_manifest(out)
+    backend = get(info["target"])
+    takes = COMMON | set(getattr(backend, "TRAIN_OPTIONS", ()))
+    refused = sorted(opts.given() - takes)
+    if refused:
+        raise SpidecError(f"the {info['target']} target cannot honour --{refused[0].replace('_', '-')}"
+                          f" (it takes: {', '.join('--' + o.replace('_', '-') for o in sorted(takes))})")
+    quiet = opts.quiet or opts.json
+    summary = backend.train_build(out, opts, (lambda _line: None) if quiet else say)
+    summary = {"target": info["target"], "build": str(out), **summary}
+    epochs = summary.get("epochs") or []
+    if epochs and "test_accuracy" not in summary:
+        summary["test_accuracy"] = epochs[-1].get("test_accuracy")
+    return summary
+
+
+__all__ = ["MANIFEST", "TrainOptions", "epoch_line", "read_manifest", "train_build", "write_manifest"]
