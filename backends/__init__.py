@@ -1,30 +1,47 @@
-"""Backends: the training graph into programs that run and train it.
+"""Backends: the lowered training graph (its step program, :mod:`spidec.program`) into programs
+that run and train it.
 
-Installed as ``spidec.backends``; each backend is one module plus its jinja2 templates:
+Installed as ``spidec.backends``; each backend is its own package (module plus jinja2 templates)
+that reads only the step program and offers:
 
-* ``sim`` -- a self-contained PyTorch program (CPU/CUDA, ``torchrun`` data parallelism)
+* ``emit(graph, out, ...) -> artifact`` (the artifact has ``next_steps()``; it writes the build
+  manifest ``spidec.json`` with :func:`spidec.runs.write_manifest`),
+* ``train_build(out, opts, say)`` and ``TRAIN_OPTIONS`` for ``spidec train`` (:mod:`spidec.runs`).
 
-The C runtime and Lava backends join here (see the project's issues). Every backend is tested
-against :mod:`spidec.reference` and against the others.
+Registering a backend is one entry in ``TARGETS``. Every backend is tested against
+:mod:`spidec.reference` and against the others (``tests/test_conformance.py``).
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..errors import SpidecError
 
-TARGETS: dict[str, str] = {
-    "sim": "PyTorch simulator program (CPU/CUDA, torchrun)",
-    "c": "C99 program that trains on the device (host executable and shared library)",
-    "lava": "Lava Processes trained in Lava's simulator (optional extra: spidec[lava])",
+
+class Target(NamedTuple):
+    description: str
+    module: str  # import path of the backend package
+
+    def __str__(self) -> str:
+        return self.description
+
+
+TARGETS: dict[str, Target] = {
+    "sim": Target("PyTorch simulator program (CPU/CUDA, torchrun)", "spidec.backends.sim"),
+    "c": Target("C99 program that trains on the device (host executable, shared library, Cortex-M boards)",
+                "spidec.backends.c"),
+    "lava": Target("Lava Processes trained in Lava's simulator (optional extra: spidec[lava])", "spidec.backends.lava"),
 }
 
 
 def get(target: str) -> Any:
-    """The backend module for ``target`` (it has ``emit(graph, out) -> artifact``)."""
+    """The backend module for ``target``."""
     if target not in TARGETS:
         raise SpidecError(f"unknown target '{target}'; spidec compiles to: "
                           + ", ".join(f"{k} ({v})" for k, v in TARGETS.items()))
-    return importlib.import_module(f"{__name__}.{target}")
+    return importlib.import_module(TARGETS[target].module)
+
+
+__all__ = ["TARGETS", "Target", "get"]
