@@ -42,7 +42,7 @@ demo: $(STAMP) board-tools
 	$(VENV)/bin/spidec train build/digits_fb_sim --data digits --epochs 20
 	# the same model, integer-only, trained on a Cortex-M4 (QEMU) with 58.7 KiB of RAM
 	$(VENV)/bin/spidec compile examples/digits_fb.onnx --board mps2-an386 --update online --sf 10 --report -o build/m4
-	$(VENV)/bin/spidec run build/m4 --qemu --epochs 1
+	$(VENV)/bin/spidec train build/m4 --epochs 1
 
 test: $(STAMP) board-tools
 	$(PY) -m pytest -q

@@ -33,7 +33,7 @@ BOARD = {board}
 BOARD_CC ?= arm-none-eabi-gcc
 BOARD_ARCH = {arch}
 BOARD_CFLAGS ?= -std=c99 -O2 -ffp-contract=off -ffunction-sections -fdata-sections -Wall -Wextra -Werror
-BOARD_SRC = model.c runtime/src/spide_train.c runtime/board/spide_board.c runtime/board/startup.c
+BOARD_SRC = model.c weights.c runtime/src/spide_train.c runtime/board/spide_board.c runtime/board/startup.c
 QEMU ?= qemu-system-arm
 ARGS ?= eval data/test.spds
 
