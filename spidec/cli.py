@@ -554,7 +554,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    if (getattr(args, "batch", 1) or 1) < 1:
+    if getattr(args, "batch", None) is not None and args.batch < 1:
         parser.error("--batch must be at least 1")
     try:
         return args.func(args)
