@@ -82,7 +82,7 @@ def test_report_needs_a_run_folder(tmp_path):
 
 def test_report_of_a_trained_sim_program(tmp_path, capsys):
     art = spidec.compile(spidec.load(EXAMPLES / "digits_fb.spir"), target="sim", out=tmp_path / "sim")
-    assert art.train("--data", "digits", "--epochs", "2", "--quiet", "--limit-train", "300") == 0
+    assert art.run_cli("--data", "digits", "--epochs", "2", "--quiet", "--limit-train", "300") == 0
     paths = report_dir(art.out, data="digits")
     assert {p.name for p in paths} == {"graph.png", "curves.png", "rates.png", "raster.png"}
     assert all(png(p) for p in paths)

@@ -209,7 +209,7 @@ def test_temporal_encoding_of_a_constant_input_equals_constant_encoding(tmp_path
 
 def test_digits_example_trains_to_95_percent(tmp_path, capsys):
     art = compile_example("digits_fb", tmp_path)
-    assert art.train("--data", "digits", "--epochs", "20", "--json", "--seed", "0") == 0
+    assert art.run_cli("--data", "digits", "--epochs", "20", "--json", "--seed", "0") == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["test_accuracy"] >= 0.95, summary
     history = json.loads((art.out / "history.json").read_text())
@@ -235,26 +235,26 @@ def test_bad_checkpoints_and_data_are_refused(tmp_path, capsys):
     art = compile_example("digits_fb", tmp_path)
     ck = tmp_path / "ck.pt"
     ck.write_bytes(b"garbage")
-    assert art.train("--data", "digits", "--epochs", "1", "--checkpoint", str(ck), "--resume") == 1
+    assert art.run_cli("--data", "digits", "--epochs", "1", "--checkpoint", str(ck), "--resume") == 1
     assert "is unreadable" in capsys.readouterr().err
     torch.save({"graph_hash": "other", "model": "lenet"}, ck)
-    assert art.train("--data", "digits", "--epochs", "1", "--checkpoint", str(ck), "--resume") == 1
+    assert art.run_cli("--data", "digits", "--epochs", "1", "--checkpoint", str(ck), "--resume") == 1
     assert "belongs to another model" in capsys.readouterr().err
     bad = tmp_path / "bad.npz"
     np.savez(bad, x_train=np.zeros((4, 63)), y_train=np.zeros(4), x_test=np.zeros((2, 64)), y_test=np.zeros(2))
-    assert art.train("--data", str(bad), "--epochs", "1") == 1
+    assert art.run_cli("--data", str(bad), "--epochs", "1") == 1
     assert "hold 63 values; the model's input (64,) holds 64" in capsys.readouterr().err
     np.savez(bad, x_train=np.zeros((4, 64)), y_train=np.array([0, 1, 2, 12]), x_test=np.zeros((2, 64)),
              y_test=np.zeros(2))
-    assert art.train("--data", str(bad), "--epochs", "1") == 1
+    assert art.run_cli("--data", str(bad), "--epochs", "1") == 1
     assert "labels must lie in 0..9" in capsys.readouterr().err
     np.savez(bad, x_train=np.zeros((0, 64)), y_train=np.zeros(0), x_test=np.zeros((2, 64)), y_test=np.zeros(2))
-    assert art.train("--data", str(bad), "--epochs", "1") == 1
+    assert art.run_cli("--data", str(bad), "--epochs", "1") == 1
     assert "the training set is empty" in capsys.readouterr().err
     x = np.zeros((4, 64))
     x[2, 5] = np.nan
     np.savez(bad, x_train=x, y_train=np.zeros(4), x_test=np.zeros((2, 64)), y_test=np.zeros(2))
-    assert art.train("--data", str(bad), "--epochs", "1") == 1
+    assert art.run_cli("--data", str(bad), "--epochs", "1") == 1
     assert "NaN or inf" in capsys.readouterr().err
 
 

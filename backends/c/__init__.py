@@ -35,6 +35,7 @@ from typing import Any
 import jinja2
 import numpy as np
 
+from ...artifact import Artifact
 from ...errors import SpidecError
 from ...ir import Graph, code_name
 from ...program import BiasRule, Chain, Program, ReadoutWeightRule, WeightRule, require_program
@@ -366,10 +367,16 @@ def _lib_name(g: Graph) -> str:
 
 
 @dataclass
-class CArtifact:
+class CArtifact(Artifact):
+    """The C sources ``emit`` wrote. ``build()`` runs make and returns the ctypes handle
+    (:class:`CRuntime`); the :class:`~spidec.artifact.Artifact` methods run on that handle, built
+    once (the host build: a board image trains with ``spidec train``)."""
+
     out: Path
     graph: Graph
     board: str | None = None
+    target = "c"
+    _rt: Any = None
 
     def build(self, *, sanitize: bool = False, quiet: bool = True) -> CRuntime:
         """Run ``make`` (gcc/cc); return a ctypes handle on the shared library. ``sanitize`` also
@@ -380,7 +387,36 @@ class CArtifact:
             raise SpidecError(f"building the C program failed:\n{done.stdout[-2000:]}{done.stderr[-4000:]}")
         if not quiet:
             print(done.stdout)
-        return CRuntime(self.out / f"lib{_lib_name(self.graph)}.so")
+        self._rt = CRuntime(self.out / f"lib{_lib_name(self.graph)}.so")
+        return self._rt
+
+    def runtime(self) -> CRuntime:
+        return self._rt if self._rt is not None else self.build()
+
+    def train(self, x: Any, y: Any, *, epochs: int = 1, batch: int = 64, lr: float | None = None,
+              seed: int = 0) -> list[dict]:
+        history = self.runtime().train(x, y, epochs=epochs, batch=batch, lr=lr, seed=seed)
+        return [{"epoch": h["epoch"], "train_loss": h["loss"], "train_accuracy": h["train_accuracy"]}
+                for h in history]
+
+    def evaluate(self, x: Any, y: Any) -> dict:
+        return self.runtime().evaluate(x, y)
+
+    def rates(self, x: Any) -> dict[str, np.ndarray]:
+        flat = self.runtime().rates(x)
+        out, k = {}, 0
+        for name, shape in self._populations():  # the runtime concatenates them in forward order
+            n = math.prod(shape)
+            out[name] = flat[:, k: k + n].reshape(len(flat), *shape)
+            k += n
+        return out
+
+    def get_weights(self) -> dict[str, np.ndarray]:
+        shapes = self._shapes()
+        return {n: w.reshape(shapes[n]) for n, w in self.runtime().get_weights().items()}
+
+    def set_weights(self, values: dict[str, Any]) -> None:
+        self.runtime().set_weights(values)
 
     @property
     def executable(self) -> Path:

@@ -26,6 +26,7 @@ from typing import Any
 import jinja2
 import numpy as np
 
+from ...artifact import Artifact
 from ...errors import SpidecError
 from ...ir import Graph
 from ...program import BiasRule, Chain, ReadoutBiasRule, ReadoutWeightRule, WeightRule, require_program
@@ -125,9 +126,53 @@ def emit(g: Graph, out: str | Path) -> LavaArtifact:
 
 
 @dataclass
-class LavaArtifact:
+class LavaArtifact(Artifact):
+    """The Lava program ``emit`` wrote; the :class:`~spidec.artifact.Artifact` methods run on one
+    loaded ``Network`` (``close()`` stops its Lava runtimes)."""
+
     out: Path
     graph: Graph
+    target = "lava"
+    _net: Any = None
+
+    def build(self) -> Any:
+        if self._net is None:
+            self._net = self.load()
+        return self._net
+
+    def close(self) -> None:
+        if self._net is not None:
+            self._net.close()
+            self._net = None
+
+    def train(self, x: Any, y: Any, *, epochs: int = 1, batch: int = 8, lr: float | None = None,
+              seed: int = 0) -> list[dict]:
+        net = self.build()
+        x = np.asarray(x, np.float64).reshape(len(y), -1)
+        rng = np.random.default_rng(seed)
+        history = []
+        for epoch in range(epochs):
+            r = net.train_epoch(x, np.asarray(y), batch, lr=lr, perm=rng.permutation(len(y)))
+            history.append({"epoch": epoch + 1, "train_loss": r["loss"], "train_accuracy": r["accuracy"]})
+        return history
+
+    def evaluate(self, x: Any, y: Any) -> dict:
+        return self.build().evaluate(np.asarray(x, np.float64).reshape(len(y), -1), np.asarray(y))
+
+    def rates(self, x: Any) -> dict[str, np.ndarray]:
+        net = self.build()
+        x = np.asarray(x, np.float64)
+        per = [net.forward(xi)[0] for xi in x.reshape(len(x), -1)]
+        return {name: np.stack([r[name] for r in per]).reshape(len(x), *shape) for name, shape in self._populations()}
+
+    def get_weights(self) -> dict[str, np.ndarray]:
+        return self.build().tensors()
+
+    def set_weights(self, values: dict[str, Any]) -> None:
+        try:
+            self.build().set_tensors(values)
+        except (KeyError, ValueError) as e:
+            raise SpidecError(str(e).strip("'\"")) from None
 
     def load(self) -> Any:
         """The emitted Network (imports Lava)."""

@@ -23,6 +23,7 @@ from typing import Any
 import jinja2
 import numpy as np
 
+from ...artifact import Artifact
 from ...errors import SpidecError
 from ...ir import Graph, code_name
 from ...ops import AvgPool2d, Conv2d, ConvTranspose2d, Dense, Flatten, LinearOp, Pad, Reshape, Scale, Shape, Zero
@@ -158,11 +159,15 @@ class _Codegen:
 
 
 @dataclass
-class SimArtifact:
-    """What ``emit`` wrote, with helpers to run it in process."""
+class SimArtifact(Artifact):
+    """What ``emit`` wrote, with helpers to run it in process (the :class:`~spidec.artifact.Artifact`
+    method set on a float32 CPU ``Net``; ``load`` for another device or dtype)."""
 
     out: Path
     graph: Graph
+    target = "sim"
+    _net: Any = None
+    _module: Any = None
 
     @property
     def model_path(self) -> Path:
@@ -185,7 +190,66 @@ class SimArtifact:
             kwargs["dtype"] = dtype
         return m.Net(self.out / "weights.npz", **kwargs)
 
-    def train(self, *args: str) -> int:
+    # -- the Artifact method set
+    def build(self) -> Any:
+        """The emitted ``Net`` (float32, CPU), loaded once."""
+        if self._net is None:
+            self._module = self.module()
+            self._net = self._module.Net(self.out / "weights.npz")
+        return self._net
+
+    def _input(self, x: Any) -> dict[str, Any]:
+        import torch
+
+        net = self.build()
+        name = next(iter(self._module.INPUTS))
+        shape = self._module.INPUTS[name]
+        x = np.asarray(x, np.float32).reshape(-1, *shape)
+        return {name: torch.as_tensor(x, dtype=net.dtype_)}
+
+    def train(self, x: Any, y: Any, *, epochs: int = 1, batch: int = 64, lr: float | None = None,
+              seed: int = 0) -> list[dict]:
+        import torch
+
+        from ...artifact import epochs_of
+
+        net = self.build()
+        m = self._module
+        xs = self._input(x)
+        yt = torch.as_tensor(np.asarray(y), dtype=torch.long)
+
+        def step(idx: Any, total: int, epoch: int) -> tuple[float, int]:
+            r = m.train_step(net, {k: v[idx] for k, v in xs.items()}, yt[idx], m.lr_at(epoch, lr or m.LR), total)
+            return float(r["loss"]), int(r["correct"])
+
+        return epochs_of(x, y, epochs, batch, seed, step)
+
+    def evaluate(self, x: Any, y: Any) -> dict:
+        import torch
+
+        net = self.build()
+        return self._module.evaluate(net, self._input(x), torch.as_tensor(np.asarray(y), dtype=torch.long))
+
+    def rates(self, x: Any) -> dict[str, np.ndarray]:
+        import torch
+
+        net = self.build()
+        with torch.no_grad():
+            fwd = net.forward_stage(self._input(x))
+        return {p: fwd["a_" + key].cpu().numpy() for p, key in self._module.POPULATIONS.items()}
+
+    def get_weights(self) -> dict[str, np.ndarray]:
+        return self.build().tensors()
+
+    def set_weights(self, values: dict[str, Any]) -> None:
+        net = self.build()
+        known = self._module.TENSORS
+        for name in values:
+            if name not in known:
+                raise SpidecError(f"no tensor named '{name}'; the model has: {', '.join(known)}")
+        net.set_tensors(values)
+
+    def run_cli(self, *args: str) -> int:
         """Run the emitted ``train.py`` CLI in process (same arguments as on the command line)."""
         name = f"spidec_sim_train_{hashlib.sha1(str(self.out.resolve()).encode()).hexdigest()[:10]}"
         spec = importlib.util.spec_from_file_location(name, self.out / "train.py")
@@ -319,7 +383,7 @@ def train_build(out: Path, opts: Any, say: Any) -> dict[str, Any]:
         args.append("--quiet")
     log = out / "history.json"
     before = log.stat().st_mtime_ns if log.exists() else None
-    code = SimArtifact(out, None).train(*args)  # type: ignore[arg-type]
+    code = SimArtifact(out, None).run_cli(*args)  # type: ignore[arg-type]
     if code != 0:
         raise SpidecError(f"training the sim build in {out} failed (train.py exited with {code})")
     history = json.loads(log.read_text()) if log.exists() and log.stat().st_mtime_ns != before else []
