@@ -171,31 +171,17 @@ def summary(g: Graph) -> str:
 
 
 def _pass_arguments(p: argparse.ArgumentParser) -> None:
+    """The pass options, generated from the pass signatures (spidec.options)."""
+    from .options import add_arguments
+
     grp = p.add_argument_group("pass options (defaults: SPIDE's reference settings)")
-    grp.add_argument("--T", type=int, help="forward time steps (default 30)")
-    grp.add_argument("--T-back", dest="T_back", type=int, help="backward time steps (default 100)")
-    grp.add_argument("--neuron", choices=["IF", "LIF"], help="neuron model of every population (default: kept)")
-    grp.add_argument("--vth", type=float, help="forward threshold (default: kept, 1.0)")
-    grp.add_argument("--leak", type=float, help="LIF leak in (0, 1)")
-    grp.add_argument("--encoding", choices=["constant", "temporal"], help="input encoding (default constant)")
-    grp.add_argument("--vth-back", dest="vth_back", type=float, help="couple threshold (default 0.5)")
-    grp.add_argument("--sf", type=float, help="loss scale factor (default 100)")
-    grp.add_argument("--lr", type=float, help="learning rate (default 0.1)")
-    grp.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
-    grp.add_argument("--weight-decay", dest="weight_decay", type=float, help="weight decay (default 5e-4)")
-    grp.add_argument("--milestones", type=lambda s: tuple(int(x) for x in s.split(",") if x),
-                     help="epochs where the learning rate is multiplied by --gamma, e.g. 20,40")
-    grp.add_argument("--gamma", type=float, help="learning-rate decay at each milestone (default 0.1)")
-    grp.add_argument("--feedback-norm", dest="feedback_norm", type=float,
-                     help="Frobenius-norm bound of feedback weights, 0 for none (default 1)")
-
-
-PASS_OPTIONS = ("T", "T_back", "neuron", "vth", "leak", "encoding", "vth_back", "sf", "lr", "momentum",
-                "weight_decay", "milestones", "gamma", "feedback_norm")
+    add_arguments(grp, list(PIPELINE.values()))
 
 
 def _pass_options(args: argparse.Namespace) -> dict:
-    return {k: getattr(args, k) for k in PASS_OPTIONS if getattr(args, k, None) is not None}
+    from .options import collect
+
+    return collect(args, list(PIPELINE.values()))
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -312,8 +298,10 @@ EPILOG_TRAIN = """examples:
 
 
 def _quant_options(args: argparse.Namespace) -> dict | None:
-    opts = {k: getattr(args, k) for k in ("update", "input_max", "input_bits", "headroom", "seed")
-            if getattr(args, k, None) is not None}
+    from .options import collect
+    from .passes import quantize
+
+    opts = collect(args, [quantize])
     return opts if (opts or args.fixed or args.board) else None
 
 
@@ -448,13 +436,10 @@ def build_parser() -> argparse.ArgumentParser:
     fx.add_argument("--fixed", action="store_true", help="integer-only fixed-point runtime (the quantize pass)")
     fx.add_argument("--board", choices=list(BOARDS),
                     help="also emit a Cortex-M image: mps2-an386 (M4F) or mps2-an385 (M3); implies --fixed")
-    fx.add_argument("--update", choices=["momentum", "online"],
-                    help="fixed-point updates: momentum (the model's SGD, a buffer per weight) or online (each "
-                         "sample's update at once, no buffers; default: momentum when the model has momentum)")
-    fx.add_argument("--input-max", dest="input_max", type=float, help="largest |input| to represent (default 1)")
-    fx.add_argument("--input-bits", dest="input_bits", type=int, help="bits of the quantised input (default 8)")
-    fx.add_argument("--headroom", type=float, help="how far weights may grow before they saturate (default 8)")
-    fx.add_argument("--rounding-seed", dest="seed", type=int, help="salt of the stochastic rounding (default 0)")
+    from .options import add_arguments
+    from .passes import quantize
+
+    add_arguments(fx, [quantize])
     fx.add_argument("--report", action="store_true",
                     help="print RAM and flash by part from the plan (and check it against the built image)")
     _pass_arguments(p)

@@ -56,12 +56,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 
 from .errors import SpidecError
 from .ir import Graph, code_name
+from .options import Opt
 from .program import (
     BiasRule,
     Buffer,
@@ -199,9 +200,17 @@ def prog_tensor_size(prog: Program, name: str) -> int:
     raise SpidecError(f"no tensor '{name}' in the step program")
 
 
-def quantize(g: Graph, *, update: str | None = None, input_max: float = 1.0, input_bits: int = 8,
-             headroom: float = 8.0, weight_range: float = 1.0, x: np.ndarray | None = None,
-             seed: int = 0) -> Graph:
+def quantize(g: Graph, *,
+             update: Annotated[str | None, Opt("fixed-point updates: momentum (the model's SGD, a buffer per weight) "
+                                               "or online (each sample's update at once, no buffers)",
+                                               choices=UPDATES, default_text="momentum when the model has "
+                                               "momentum")] = None,
+             input_max: Annotated[float, Opt("largest |input| to represent")] = 1.0,
+             input_bits: Annotated[int, Opt("bits of the quantised input")] = 8,
+             headroom: Annotated[float, Opt("how far weights may grow before they saturate")] = 8.0,
+             weight_range: Annotated[float, Opt("every scale covers at least +-this weight")] = 1.0,
+             x: np.ndarray | None = None,
+             seed: Annotated[int, Opt("salt of the stochastic rounding", flag="--rounding-seed")] = 0) -> Graph:
     """The ``quantize`` pass: annotate the step program of training graph ``g`` with fixed-point
     scales (see the module docstring) and the integer buffer plan. ``x`` (samples) or ``input_max``
     bounds the input; ``headroom`` is how far the largest weight may grow before it saturates, and

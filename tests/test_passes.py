@@ -96,3 +96,25 @@ def test_edited_training_text_is_validated():
     bad = text.replace("update @h.bias = bias(post=h_couple, gate=h)", "update @h.nope = bias(post=h_couple, gate=h)")
     with pytest.raises(SpidecError, match=r"update of 'h\.nope'"):
         spidec.loads(bad, tensors)
+
+
+def test_pass_options_are_declared_once_in_the_signatures():
+    """The CLI's option groups come from the pass signatures (spidec.options); the dataclass
+    defaults of the training structure must say the same (they are what a .spir without them gets)."""
+    import argparse
+
+    from spidec.options import add_arguments, specs
+    from spidec.training import Optimizer, Simulation, Training
+
+    defaults = {s.name: s.default for fn in passes.PIPELINE.values() for s in specs(fn)}
+    assert {"T", "T_back", "sf", "lr", "neuron", "milestones", "feedback_norm"} <= set(defaults)
+    assert Simulation() == Simulation(defaults["T"], defaults["encoding"])
+    assert (Training().T_back, Training().sf) == (defaults["T_back"], defaults["sf"])
+    assert Optimizer() == Optimizer(defaults["lr"], defaults["momentum"], defaults["weight_decay"],
+                                    defaults["milestones"], defaults["gamma"], defaults["feedback_norm"])
+    p = argparse.ArgumentParser()
+    dests = add_arguments(p, list(passes.PIPELINE.values()))
+    assert set(dests) == set(defaults)
+    args = p.parse_args(["--T", "20", "--milestones", "3,5", "--neuron", "LIF"])
+    assert (args.T, args.milestones, args.neuron, args.sf) == (20, (3, 5), "LIF", None)
+    assert "(default: 100)" in p.format_help() and "(default: kept)" in p.format_help()

@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Annotated
 
 from ..errors import SpidecError
 from ..ir import Graph, Population, Readout
+from ..options import Opt
 from ..training import BackwardSynapse, Couple, Injection, Optimizer, Training, Update
 
 
-def spide(g: Graph, T_back: int = 100, vth_back: float = 0.5, sf: float = 100.0, lr: float = 0.1,
-          momentum: float = 0.9, weight_decay: float = 5e-4, milestones: Sequence[int] = (), gamma: float = 0.1,
-          feedback_norm: float = 1.0) -> Graph:
+def spide(g: Graph,
+          T_back: Annotated[int, Opt("backward time steps")] = 100,
+          vth_back: Annotated[float, Opt("couple threshold")] = 0.5,
+          sf: Annotated[float, Opt("loss scale factor")] = 100.0,
+          lr: Annotated[float, Opt("learning rate")] = 0.1,
+          momentum: Annotated[float, Opt("SGD momentum")] = 0.9,
+          weight_decay: Annotated[float, Opt("weight decay")] = 5e-4,
+          milestones: Annotated[Sequence[int], Opt("epochs where the learning rate is multiplied by --gamma, "
+                                                   "e.g. 20,40")] = (),
+          gamma: Annotated[float, Opt("learning-rate decay at each milestone")] = 0.1,
+          feedback_norm: Annotated[float, Opt("Frobenius-norm bound of feedback weights, 0 for none")] = 1.0) -> Graph:
     """Add the SPIDE training structure (see :mod:`spidec.training`): per population a ternary
     couple (threshold ``vth_back``, ``T_back`` steps, the population's leak), the transposed
     synapses between couples gated by the post population's mask, the readouts' scaled loss

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from ..errors import SpidecError
 from ..ir import Graph, Neuron, Population
-from ..training import Simulation
+from typing import Annotated
+
+from ..options import Opt
+from ..training import ENCODINGS, Simulation
 
 
-def spiking(g: Graph, T: int = 30, neuron: str | None = None, vth: float | None = None, leak: float | None = None,
-            encoding: str = "constant") -> Graph:
+def spiking(g: Graph,
+            T: Annotated[int, Opt("forward time steps")] = 30,
+            neuron: Annotated[str | None, Opt("neuron model of every population", choices=("IF", "LIF"))] = None,
+            vth: Annotated[float | None, Opt("forward threshold", default_text="kept, 1.0")] = None,
+            leak: Annotated[float | None, Opt("LIF leak in (0, 1)")] = None,
+            encoding: Annotated[str, Opt("input encoding", choices=ENCODINGS)] = "constant") -> Graph:
     """Simulate the forward stage for ``T`` steps with IF/LIF neurons and the SPIDE reset.
 
     Each population keeps its neuron unless ``neuron`` (``IF``/``LIF``), ``vth`` or ``leak`` is
