@@ -601,6 +601,7 @@ class CRuntime:
         for fn in ("spide_get_qtensor", "spide_get_qmomentum"):
             getattr(lib, fn).argtypes = [ctypes.c_int, i32p]
         lib.spide_get_counts.argtypes = [f32p]
+        lib.spide_get_rates.argtypes = [f32p]
         lib.spide_get_back_sums.argtypes = [f32p]
         lib.spide_get_back_counts.argtypes = [f32p]
         lib.spide_take_events.restype = ctypes.c_uint64
@@ -692,7 +693,14 @@ class CRuntime:
         return out
 
     def rates(self, x: Any) -> np.ndarray:
-        return self.counts(x) / self.T
+        """Forward rates of every neuron (populations concatenated), per sample: count / T, and for
+        LIF the leak-weighted count over its norm (what the local updates read)."""
+        x = self._x(x)
+        out = np.empty((len(x), self.lib.spide_neurons()), np.float32)
+        for k in range(len(x)):
+            self.lib.spide_forward(x[k])
+            self.lib.spide_get_rates(out[k])
+        return out
 
     def learn_batch(self, x: Any, y: Any) -> float:
         """Accumulate the local updates of a batch (no step); returns the summed loss."""

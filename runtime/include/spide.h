@@ -82,6 +82,9 @@ void spide_zero_grads(void);
 /** Spike counts of the last forward stage, all populations concatenated (spide_neurons() floats). */
 int spide_neurons(void);
 void spide_get_counts(float *out);
+/** Forward rates of the last forward stage (count / T; LIF: the leak-weighted count over its
+ *  norm), all populations concatenated in step order. */
+void spide_get_rates(float *out);
 /** Ternary spike sums of the last backward stage (beta * T_back), all couples concatenated. */
 void spide_get_back_sums(float *out);
 /** Ternary spikes (of either sign) each couple fired in the last backward stage. */
