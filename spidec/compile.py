@@ -15,7 +15,7 @@ def compile(g: Graph, target: str = "sim", out: str | os.PathLike = "build", *, 
 
     A graph that already went through the passes (e.g. a training graph loaded from ``.spir``) is
     compiled as it is when no options are given. Returns the backend's artifact (for ``sim``:
-    ``.load()`` the network, ``.train(*cli_args)``).
+    ``.load()`` the network, ``.run_cli(*cli_args)``; every artifact has the spidec.artifact.Artifact methods).
     """
     from . import passes
     from .backends import get

@@ -102,6 +102,10 @@ class LinearOp(ValueEq):
 
     kind: ClassVar[str] = ""
     args: ClassVar[tuple[Arg, ...]] = ()
+    # step_kernel: the step program's name for a synapse whose work is this one op (Chain.kernel);
+    # None: only as part of a longer chain. ``view``: a reshape that is a no-op on flat memory.
+    step_kernel: ClassVar[str | None] = None
+    view: ClassVar[bool] = False
 
     def shape_out(self, shape_in: Shape) -> Shape:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -142,6 +146,7 @@ class Dense(LinearOp):
     weight: np.ndarray
     trainable: bool = True
     kind: ClassVar[str] = "dense"
+    step_kernel: ClassVar[str | None] = "dense"
     args: ClassVar[tuple[Arg, ...]] = (Arg("weight", "tensor", required=True), Arg("trainable", "bool", True))
 
     def __post_init__(self) -> None:
@@ -223,6 +228,7 @@ class Conv2d(LinearOp):
     padding: tuple[int, int] = (0, 0)
     trainable: bool = True
     kind: ClassVar[str] = "conv2d"
+    step_kernel: ClassVar[str | None] = "conv"
     args: ClassVar[tuple[Arg, ...]] = (
         Arg("weight", "tensor", required=True),
         Arg("stride", "pair", (1, 1)),
@@ -279,6 +285,7 @@ class ConvTranspose2d(LinearOp):
     output_padding: tuple[int, int] = (0, 0)
     trainable: bool = True
     kind: ClassVar[str] = "conv_transpose2d"
+    step_kernel: ClassVar[str | None] = "convt"
     args: ClassVar[tuple[Arg, ...]] = (
         Arg("weight", "tensor", required=True),
         Arg("stride", "pair", (1, 1)),
@@ -338,6 +345,7 @@ class AvgPool2d(LinearOp):
     padding: tuple[int, int] = (0, 0)
     count_include_pad: bool = True
     kind: ClassVar[str] = "avgpool2d"
+    step_kernel: ClassVar[str | None] = "pool"
     args: ClassVar[tuple[Arg, ...]] = (
         Arg("kernel", "pair", required=True),
         Arg("stride", "pair", None),
@@ -387,6 +395,7 @@ class Reshape(LinearOp):
 
     shape: tuple[int, ...]
     kind: ClassVar[str] = "reshape"
+    view: ClassVar[bool] = True
     args: ClassVar[tuple[Arg, ...]] = (Arg("shape", "shape", required=True),)
 
     def __post_init__(self) -> None:
@@ -413,6 +422,7 @@ class Flatten(LinearOp):
     """Flatten each sample to one dimension (torch ``flatten(1)``, ONNX ``Flatten(axis=1)``)."""
 
     kind: ClassVar[str] = "flatten"
+    view: ClassVar[bool] = True
 
     def shape_out(self, shape_in: Shape) -> Shape:
         return (math.prod(shape_in),)

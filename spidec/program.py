@@ -34,11 +34,10 @@ from typing import Any, Union
 
 from .errors import SpidecError
 from .ir import Graph, Input, Population, Readout, code_name
-from .ops import AvgPool2d, Conv2d, ConvTranspose2d, Dense, Flatten, Reshape, Scale
+from .ops import Scale
 from .training import Optimizer
 
 FEED_KINDS = ("input", "now", "delayed")
-KERNELS = ("dense", "conv", "convt", "pool", "identity", "chain")
 STAGES = ("model", "forward", "backward", "update")
 DTYPES = {"f32": 4, "f64": 8, "i64": 8, "u64": 8, "i32": 4, "i16": 2, "i8": 1, "u8": 1, "idx": 4}
 
@@ -429,16 +428,15 @@ def _chain(g: Graph, name: str, learnable: set[str]) -> Chain:
             factor *= op.factor
             continue
         ops.append(i)
-        if not isinstance(op, (Flatten, Reshape)):
+        if not op.view:
             work.append(i)
-    kinds = {Dense: "dense", Conv2d: "conv", ConvTranspose2d: "convt", AvgPool2d: "pool"}
     kernel, kop, weight = "chain", None, None
     shape_in, shape_out = shapes[0], shapes[-1]
     if not work:
         kernel = "identity"
-    elif len(work) == 1 and type(e.synapse.ops[work[0]]) in kinds:
+    elif len(work) == 1 and e.synapse.ops[work[0]].step_kernel is not None:
         kop = work[0]
-        kernel = kinds[type(e.synapse.ops[kop])]
+        kernel = e.synapse.ops[kop].step_kernel  # type: ignore[assignment]
         shape_in, shape_out = shapes[kop], shapes[kop + 1]
         weight = slots.get((e.name, kop, "weight"))
     return Chain(e.name, e.src, e.dst, e.synapse.delay, factor, tuple(ops), kernel, kop, weight,

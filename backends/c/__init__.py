@@ -30,7 +30,8 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jinja2
 import numpy as np
@@ -38,6 +39,7 @@ import numpy as np
 from ...artifact import Artifact
 from ...errors import SpidecError
 from ...ir import Graph, code_name
+from ...ops import OPS
 from ...program import BiasRule, Chain, Program, ReadoutWeightRule, WeightRule, require_program
 from ...runs import write_manifest
 from ...text import dumps
@@ -65,33 +67,70 @@ def _runtime_dir() -> Path:
     return ROOT
 
 
-# the C kernel of each kind of chain (kernels.c.j2 has one macro per kind)
-KERNELS = {"dense": "dense", "conv": "conv", "convt": "convt", "pool": "pool", "identity": "identity"}
+# ---------------------------------------------------------------------------------------------- the op table
+# The C kernel of each kind of synapse (the step program's Chain.kernel, which an op class names
+# with its ``kernel`` attribute): the jinja macro that writes the synapse's functions (fw_, fwv_,
+# bw_, bwv_, gr_: see kernels.c.j2), the template values it needs besides the sizes, and what it
+# keeps. A new op is one entry here plus its macro (in kernels.c.j2, or ``source`` for a kernel
+# defined elsewhere).
 
 
-def kernel(g: Graph, ch: Chain) -> dict[str, Any]:
-    """What the kernel templates need (kernels.c.j2) for one synapse of the step program."""
-    if ch.kernel not in KERNELS:
+class CKernel(NamedTuple):
+    macro: str
+    geometry: Callable[[Graph, Chain, Any], dict[str, Any]] | None = None
+    source: str | None = None  # jinja text defining ``macro`` (default: kernels.c.j2)
+    refresh: bool = False  # keeps permuted weight copies: refresh_S() after every weight change
+    transposed: bool = False  # keeps W^T (W's columns contiguous) for the forward scatter
+
+
+def _window(g: Graph, ch: Chain, op: Any) -> dict[str, Any]:
+    ci, h, wd = ch.shape_in
+    co, ho, wo = ch.shape_out
+    return {"ci": ci, "h": h, "wd": wd, "co": co, "ho": ho, "wo": wo, "kh": op.kernel[0], "kw": op.kernel[1],
+            "sh": op.stride[0], "sw": op.stride[1], "ph": op.padding[0], "pw": op.padding[1]}
+
+
+def _conv(g: Graph, ch: Chain, op: Any) -> dict[str, Any]:
+    return {**_window(g, ch, op), "size": int(op.weight.size)}
+
+
+def _pool(g: Graph, ch: Chain, op: Any) -> dict[str, Any]:
+    geo = _window(g, ch, op)
+    inv = 1.0 / np.broadcast_to(np.asarray(op._divisor(ch.shape_in), np.float64), (geo["ho"], geo["wo"]))
+    return {**geo, "inv": ", ".join(_c_float(v) for v in inv.ravel())}
+
+
+C_KERNELS: dict[str, CKernel] = {
+    "dense": CKernel("dense", transposed=True),
+    "identity": CKernel("identity"),
+    "conv": CKernel("conv", _conv, refresh=True),
+    "convt": CKernel("convt", _conv, refresh=True),
+    "pool": CKernel("pool", _pool),
+}
+
+
+def kernel(g: Graph, ch: Chain, env: jinja2.Environment | None = None) -> dict[str, Any]:
+    """What one synapse's kernel needs, and its C code (``code``), from the op table."""
+    entry = C_KERNELS.get(ch.kernel)
+    if entry is None:
         kinds = [g.synapse(ch.name).synapse.ops[i].kind for i in ch.ops]
         works = [k for k in kinds if k not in ("flatten", "reshape")]
-        odd = [k for k in works if k not in ("dense", "conv2d", "conv_transpose2d", "avgpool2d")]
+        known = {cls.kind for cls in OPS.values() if cls.step_kernel in C_KERNELS}
+        odd = [k for k in works if k not in known]
         what = f"op {odd[0]}" if odd else f"a second weighted op ({works[1]})"
         raise SpidecError(f"synapse '{ch.name}': the C backend does not support {what} yet (it reads one dense, "
                           "conv2d, conv_transpose2d or avgpool2d op with flatten/reshape and scalar scales around "
                           "it)", hint="use --target sim for this model")
     s: dict[str, Any] = {"name": ch.name, "c": code_name(ch.name), "n": ch.n_in, "m": ch.n_out,
-                         "w": _cname(ch.weight) if ch.weight else None, "kind": KERNELS[ch.kernel]}
-    if ch.kernel in ("identity", "dense"):
-        return s
-    op = g.synapse(ch.name).synapse.ops[ch.kernel_op]  # type: ignore[index]
-    ci, h, wd = ch.shape_in
-    co, ho, wo = ch.shape_out
-    geo = {"ci": ci, "h": h, "wd": wd, "co": co, "ho": ho, "wo": wo, "kh": op.kernel[0], "kw": op.kernel[1],
-           "sh": op.stride[0], "sw": op.stride[1], "ph": op.padding[0], "pw": op.padding[1]}
-    if ch.kernel == "pool":
-        inv = 1.0 / np.broadcast_to(np.asarray(op._divisor(ch.shape_in), np.float64), (ho, wo))
-        return {**s, **geo, "inv": ", ".join(_c_float(v) for v in inv.ravel())}
-    return {**s, **geo, "size": int(op.weight.size)}
+                         "w": _cname(ch.weight) if ch.weight else None, "kind": ch.kernel,
+                         "refresh": entry.refresh, "transposed": entry.transposed}
+    if entry.geometry is not None:
+        op = g.synapse(ch.name).synapse.ops[ch.kernel_op]  # type: ignore[index]
+        s.update(entry.geometry(g, ch, op))
+    env = env or _env()
+    module = env.from_string(entry.source).module if entry.source else env.get_template("kernels.c.j2").module
+    s["code"] = str(getattr(module, entry.macro)(s))
+    return s
 
 
 def _check(prog: Program, fixed: bool = False) -> None:
@@ -121,12 +160,13 @@ def context(g: Graph) -> dict[str, Any]:
     prog = require_program(g, "the c backend")
     _check(prog)
     chains = {ch.name: ch for ch in prog.chains}
-    kernels = {ch.name: kernel(g, ch) for ch in prog.chains}
+    env = _env()
+    kernels = {ch.name: kernel(g, ch, env) for ch in prog.chains}
     n = prog.size
     cvar = {p.name: code_name(p.name) for p in prog.populations}
     # forward spikes add W's columns: dense weights keep a transposed copy (conv kernels keep
     # permuted copies, see kernels.c.j2)
-    transposed = {ch.weight for ch in prog.chains if ch.kernel == "dense"}
+    transposed = {ch.weight for ch in prog.chains if kernels[ch.name]["transposed"]}
     feedback = set(prog.feedback_tensors)
     tensors = []
     for name, slot in g.tensor_slots().items():

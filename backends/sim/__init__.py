@@ -18,7 +18,8 @@ import importlib.util
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jinja2
 import numpy as np
@@ -53,76 +54,24 @@ class _Codegen:
         self.buffers[name] = value
         return "self." + name
 
-    # ---------------------------------------------------------------- one op
+    # ---------------------------------------------------------------- one op (through SIM_OPS)
+    def _entry(self, op: LinearOp) -> SimOp:
+        entry = SIM_OPS.get(type(op))
+        if entry is None:
+            raise SpidecError(f"the sim backend has no code for op {op.kind}")
+        return entry
+
     def apply(self, syn: str, i: int, op: LinearOp, x: str, shape_in: Shape) -> str:
-        if isinstance(op, Dense):
-            return f"F.linear({x}, {self.tensor(syn, i, 'weight')})"
-        if isinstance(op, Conv2d):
-            return f"F.conv2d({x}, {self.tensor(syn, i, 'weight')}, stride={op.stride}, padding={op.padding})"
-        if isinstance(op, ConvTranspose2d):
-            return (f"F.conv_transpose2d({x}, {self.tensor(syn, i, 'weight')}, stride={op.stride}, "
-                    f"padding={op.padding}, output_padding={op.output_padding})")
-        if isinstance(op, AvgPool2d):
-            return (f"F.avg_pool2d({x}, {op.kernel}, {op.stride}, {op.padding}, "
-                    f"count_include_pad={op.count_include_pad})")
-        if isinstance(op, Reshape):
-            return f"{x}.reshape({x}.shape[0], *{op.shape})"
-        if isinstance(op, Flatten):
-            return f"{x}.flatten(1)"
-        if isinstance(op, Pad):
-            pads = [p for pair in reversed(op.pads) for p in pair]
-            return f"F.pad({x}, {pads})"
-        if isinstance(op, Scale):
-            if isinstance(op.factor, float):
-                return f"({x} * {op.factor!r})"
-            return f"({x} * {self.tensor(syn, i, 'factor')})"
-        if isinstance(op, Zero):
-            return f"{x}.new_zeros(({x}.shape[0], *{op.shape}))"
-        raise SpidecError(f"the sim backend has no code for op {op.kind}")  # pragma: no cover
+        return self._entry(op).apply(self, syn, i, op, x, shape_in)
 
     def adjoint(self, syn: str, i: int, op: LinearOp, y: str, shape_in: Shape) -> str:
-        shape_out = op.shape_out(shape_in)
-        if isinstance(op, Dense):
-            return f"({y} @ {self.tensor(syn, i, 'weight')})"
-        if isinstance(op, Conv2d):
-            out_pad = tuple(n - ((o - 1) * s - 2 * p + k) for n, o, s, p, k in
-                            zip(shape_in[1:], shape_out[1:], op.stride, op.padding, op.kernel))
-            return (f"F.conv_transpose2d({y}, {self.tensor(syn, i, 'weight')}, stride={op.stride}, "
-                    f"padding={op.padding}, output_padding={out_pad})")
-        if isinstance(op, ConvTranspose2d):
-            return f"F.conv2d({y}, {self.tensor(syn, i, 'weight')}, stride={op.stride}, padding={op.padding})"
-        if isinstance(op, AvgPool2d):
-            c = shape_in[0]
-            out_pad = tuple(n - ((o - 1) * s - 2 * p + k) for n, o, s, p, k in
-                            zip(shape_in[1:], shape_out[1:], op.stride, op.padding, op.kernel))
-            ones = self.const(f"ones_{syn}_{i}", np.ones((c, 1, *op.kernel), np.float32))
-            div = op._divisor(shape_in)
-            div_text = repr(float(div)) if isinstance(div, float) else self.const(
-                f"div_{syn}_{i}", np.asarray(div, np.float32))
-            return (f"F.conv_transpose2d({y} / {div_text}, {ones}, stride={op.stride}, padding={op.padding}, "
-                    f"output_padding={out_pad}, groups={c})")
-        if isinstance(op, (Reshape, Flatten)):
-            return f"{y}.reshape({y}.shape[0], *{tuple(shape_in)})"
-        if isinstance(op, Pad):
-            index = ", ".join(f"{a}:{a + s}" for (a, _), s in zip(op.pads, shape_in))
-            return f"{y}[:, {index}]"
-        if isinstance(op, Scale):
-            return self.apply(syn, i, op, y, shape_out)
-        if isinstance(op, Zero):
-            return f"{y}.new_zeros(({y}.shape[0], *{tuple(shape_in)}))"
-        raise SpidecError(f"the sim backend has no adjoint for op {op.kind}")  # pragma: no cover
+        return self._entry(op).adjoint(self, syn, i, op, y, shape_in)
 
     def grad(self, syn: str, i: int, op: LinearOp, post: str, pre: str) -> str:
-        w = self.tensor(syn, i, "weight")
-        if isinstance(op, Dense):
-            return f"{post}.t() @ {pre}"
-        if isinstance(op, Conv2d):
-            return (f"torch.nn.grad.conv2d_weight({pre}, {w}.shape, {post}, stride={op.stride}, "
-                    f"padding={op.padding})")
-        if isinstance(op, ConvTranspose2d):
-            return (f"torch.nn.grad.conv2d_weight({post}, {w}.shape, {pre}, stride={op.stride}, "
-                    f"padding={op.padding})")
-        raise SpidecError(f"the sim backend cannot train op {op.kind}")  # pragma: no cover
+        entry = self._entry(op)
+        if entry.grad is None:
+            raise SpidecError(f"the sim backend cannot train op {op.kind}")
+        return entry.grad(self, syn, i, op, post, pre)
 
     # ---------------------------------------------------------------- chains
     def chain(self, syn: str, x: str, backward: bool = False) -> list[str]:
@@ -156,6 +105,78 @@ class _Codegen:
             lines.append(f"gw = {self.grad(syn, i, op, cur_post, cur_pre)}")
             out.append((self.slot_names[(syn, i, "weight")], lines))
         return out
+
+
+# ---------------------------------------------------------------------------------------------- the op table
+# Each linear op's torch code: apply(cg, syn, i, op, x, shape_in) and adjoint(cg, syn, i, op, y,
+# shape_in) return an expression; grad(cg, syn, i, op, post, pre) the weight gradient of a
+# learnable op. A new op is one entry here (and its class in spidec.ops).
+
+
+class SimOp(NamedTuple):
+    apply: Callable[..., str]
+    adjoint: Callable[..., str]
+    grad: Callable[..., str] | None = None
+
+
+def _out_pad(op: Any, shape_in: Shape) -> tuple[int, ...]:
+    shape_out = op.shape_out(shape_in)
+    return tuple(n - ((o - 1) * s - 2 * p + k) for n, o, s, p, k in
+                 zip(shape_in[1:], shape_out[1:], op.stride, op.padding, op.kernel))
+
+
+def _pool_adjoint(cg: _Codegen, syn: str, i: int, op: AvgPool2d, y: str, shape_in: Shape) -> str:
+    c = shape_in[0]
+    ones = cg.const(f"ones_{syn}_{i}", np.ones((c, 1, *op.kernel), np.float32))
+    div = op._divisor(shape_in)
+    div_text = repr(float(div)) if isinstance(div, float) else cg.const(f"div_{syn}_{i}", np.asarray(div, np.float32))
+    return (f"F.conv_transpose2d({y} / {div_text}, {ones}, stride={op.stride}, padding={op.padding}, "
+            f"output_padding={_out_pad(op, shape_in)}, groups={c})")
+
+
+def _scale(cg: _Codegen, syn: str, i: int, op: Scale, x: str, shape_in: Shape) -> str:
+    if isinstance(op.factor, float):
+        return f"({x} * {op.factor!r})"
+    return f"({x} * {cg.tensor(syn, i, 'factor')})"
+
+
+def _view_back(cg: _Codegen, syn: str, i: int, op: Any, y: str, shape_in: Shape) -> str:
+    return f"{y}.reshape({y}.shape[0], *{tuple(shape_in)})"
+
+
+SIM_OPS: dict[type, SimOp] = {
+    Dense: SimOp(
+        lambda cg, syn, i, op, x, s: f"F.linear({x}, {cg.tensor(syn, i, 'weight')})",
+        lambda cg, syn, i, op, y, s: f"({y} @ {cg.tensor(syn, i, 'weight')})",
+        lambda cg, syn, i, op, post, pre: f"{post}.t() @ {pre}"),
+    Conv2d: SimOp(
+        lambda cg, syn, i, op, x, s: (f"F.conv2d({x}, {cg.tensor(syn, i, 'weight')}, stride={op.stride}, "
+                                      f"padding={op.padding})"),
+        lambda cg, syn, i, op, y, s: (f"F.conv_transpose2d({y}, {cg.tensor(syn, i, 'weight')}, stride={op.stride}, "
+                                      f"padding={op.padding}, output_padding={_out_pad(op, s)})"),
+        lambda cg, syn, i, op, post, pre: (f"torch.nn.grad.conv2d_weight({pre}, {cg.tensor(syn, i, 'weight')}.shape, "
+                                           f"{post}, stride={op.stride}, padding={op.padding})")),
+    ConvTranspose2d: SimOp(
+        lambda cg, syn, i, op, x, s: (f"F.conv_transpose2d({x}, {cg.tensor(syn, i, 'weight')}, stride={op.stride}, "
+                                      f"padding={op.padding}, output_padding={op.output_padding})"),
+        lambda cg, syn, i, op, y, s: (f"F.conv2d({y}, {cg.tensor(syn, i, 'weight')}, stride={op.stride}, "
+                                      f"padding={op.padding})"),
+        lambda cg, syn, i, op, post, pre: (f"torch.nn.grad.conv2d_weight({post}, {cg.tensor(syn, i, 'weight')}.shape, "
+                                           f"{pre}, stride={op.stride}, padding={op.padding})")),
+    AvgPool2d: SimOp(
+        lambda cg, syn, i, op, x, s: (f"F.avg_pool2d({x}, {op.kernel}, {op.stride}, {op.padding}, "
+                                      f"count_include_pad={op.count_include_pad})"),
+        _pool_adjoint),
+    Reshape: SimOp(lambda cg, syn, i, op, x, s: f"{x}.reshape({x}.shape[0], *{op.shape})", _view_back),
+    Flatten: SimOp(lambda cg, syn, i, op, x, s: f"{x}.flatten(1)", _view_back),
+    Pad: SimOp(
+        lambda cg, syn, i, op, x, s: f"F.pad({x}, {[p for pair in reversed(op.pads) for p in pair]})",
+        lambda cg, syn, i, op, y, s: f"{y}[:, {', '.join(f'{a}:{a + n}' for (a, _), n in zip(op.pads, s))}]"),
+    Scale: SimOp(_scale, lambda cg, syn, i, op, y, s: _scale(cg, syn, i, op, y, op.shape_out(s))),
+    Zero: SimOp(
+        lambda cg, syn, i, op, x, s: f"{x}.new_zeros(({x}.shape[0], *{op.shape}))",
+        lambda cg, syn, i, op, y, s: f"{y}.new_zeros(({y}.shape[0], *{tuple(s)}))"),
+}
 
 
 @dataclass
