@@ -15,7 +15,11 @@ Registering a backend is one entry in ``TARGETS``. Every backend is tested again
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NamedTuple
+
+import jinja2
 
 from ..errors import SpidecError
 
@@ -36,6 +40,15 @@ TARGETS: dict[str, Target] = {
 }
 
 
+def environment(templates: Path, **filters: Callable[..., Any]) -> jinja2.Environment:
+    """The one jinja2 set-up of every backend's templates: undefined names are errors, block tags
+    leave no blank lines, files keep their final newline."""
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates)), undefined=jinja2.StrictUndefined,
+                             keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(filters)
+    return env
+
+
 def get(target: str) -> Any:
     """The backend module for ``target``."""
     if target not in TARGETS:
@@ -44,4 +57,4 @@ def get(target: str) -> Any:
     return importlib.import_module(TARGETS[target].module)
 
 
-__all__ = ["TARGETS", "Target", "get"]
+__all__ = ["TARGETS", "Target", "environment", "get"]

@@ -457,6 +457,10 @@ def float_buffers(prog: Program) -> tuple[Buffer, ...]:
     add(Buffer("dlogits", "f32", nc, "backward", "", "other model state",
                "sf * dL/dlogits / B: the loss gradient injected into the couples"))
     del ni
+    add(Buffer("events", "u64", 1, "model", "", "other model state", "spikes of the last sample", scalar=True))
+    add(Buffer("synops", "u64", 3, "model", "", "other model state",
+               "spike-driven synaptic operations of the forward, backward, update stages (energy estimate)"))
+    add(Buffer("macs", "u64", 3, "model", "", "other model state", "multiply-accumulates of the same stages"))
     for p in prog.populations:
         c, n = code_name(p.name), p.size
         add(Buffer(f"u_{c}", "f32", n, "forward", p.name, "membranes", "membrane potential"))

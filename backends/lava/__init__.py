@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jinja2
 import numpy as np
 
 from ...artifact import Artifact
@@ -31,6 +30,7 @@ from ...errors import SpidecError
 from ...ir import Graph
 from ...program import BiasRule, Chain, ReadoutBiasRule, ReadoutWeightRule, WeightRule, require_program
 from ...runs import write_manifest
+from .. import environment
 from ...text import dumps
 
 TEMPLATES = Path(__file__).with_name("templates")
@@ -112,8 +112,7 @@ def emit(g: Graph, out: str | Path) -> LavaArtifact:
     cfg = config(g)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
-                             keep_trailing_newline=True)
+    env = environment(TEMPLATES)
     for name in ("processes.py", "network.py", "train.py"):
         (out / name).write_text(env.get_template(name + ".j2").render(**cfg))
     shutil.copyfile(Path(__file__).with_name("shim.py"), out / "lava_shim.py")

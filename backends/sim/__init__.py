@@ -30,6 +30,7 @@ from ...ir import Graph, code_name
 from ...ops import AvgPool2d, Conv2d, ConvTranspose2d, Dense, Flatten, LinearOp, Pad, Reshape, Scale, Shape, Zero
 from ...program import BiasRule, ReadoutWeightRule, WeightRule, require_program
 from ...runs import write_manifest
+from .. import environment
 from ...text import dumps
 
 TEMPLATES = Path(__file__).with_name("templates")
@@ -360,10 +361,7 @@ def context(g: Graph) -> dict[str, Any]:
 
 
 def _env() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
-                             keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
-    env.filters["tuple"] = lambda xs: repr(tuple(int(x) for x in xs))
-    return env
+    return environment(TEMPLATES, tuple=lambda xs: repr(tuple(int(x) for x in xs)))
 
 
 def emit(g: Graph, out: str | Path) -> SimArtifact:
