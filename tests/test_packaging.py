@@ -43,3 +43,20 @@ def test_readme_commands_are_the_ones_ci_runs():
 
 def test_grammar_ships_with_the_package():
     assert (Path(spidec.__file__).parent / "spir.lark").exists()
+
+
+def test_a_new_backend_folder_needs_no_packaging_edit():
+    """setup.py computes the backend packages from backends/*/__init__.py and pyproject ships every
+    backend's templates by one pattern: no file names a backend."""
+    import runpy
+    from unittest import mock
+
+    captured = {}
+    with mock.patch("setuptools.setup", lambda **kw: captured.update(kw)):
+        runpy.run_path(str(ROOT / "setup.py"))
+    found = {p for p in captured["packages"] if p.startswith("spidec.backends.")}
+    on_disk = {f"spidec.backends.{p.parent.name}" for p in (ROOT / "backends").glob("*/__init__.py")}
+    assert found == on_disk and {"spidec.backends.sim", "spidec.backends.c", "spidec.backends.lava"} <= found
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert meta["tool"]["setuptools"]["package-data"]["spidec.backends"] == ["*/templates/*"]
+    assert not re.search(r"backends[./](sim|c|lava)\b", (ROOT / "pyproject.toml").read_text())
