@@ -18,7 +18,7 @@ def compile(g: Graph, target: str = "sim", out: str | os.PathLike = "build", *, 
     ``.load()`` the network, ``.run_cli(*cli_args)``; every artifact has the spidec.artifact.Artifact methods).
     """
     from . import passes
-    from .backends import get
+    from .backends import TARGETS, get
     from .errors import SpidecError
 
     backend = get(target)
@@ -27,9 +27,11 @@ def compile(g: Graph, target: str = "sim", out: str | os.PathLike = "build", *, 
     elif g.program is None:  # a training graph (e.g. from .spir) that was never lowered
         g = passes.lower(g)
     fixed = fixed or board is not None or quantize is not None
-    if fixed:
-        if target != "c":
-            raise SpidecError(f"fixed point and boards are for the c target, not {target}", hint="add --target c")
+    if fixed:  # a backend that builds fixed point (and boards) says so: FIXED_POINT = True
+        if not getattr(backend, "FIXED_POINT", False):
+            able = [t for t in TARGETS if getattr(get(t), "FIXED_POINT", False)] if target in TARGETS else []
+            raise SpidecError(f"fixed point and boards are for the {', '.join(able) or 'c'} target, not {target}",
+                              hint=f"add --target {able[0] if able else 'c'}")
         g = passes.quantize(g, **(quantize or {}))
         return backend.emit(g, out, board=board)
     return backend.emit(g, out)

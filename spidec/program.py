@@ -587,6 +587,11 @@ COLLECTIONS = {Program: ("inputs", "chains", "populations", "couples", "readouts
                Quantization: ("populations", "qtensors")}
 
 
+# fields whose name is a statement keyword of the grammar get another name in the text form
+TEXT_NAMES = {"update": "update_rule"}
+FIELD_NAMES = {v: k for k, v in TEXT_NAMES.items()}
+
+
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls, vars(sys.modules[cls.__module__]))
 
@@ -617,7 +622,7 @@ def _fields_text(obj: Any, sep: str = " ", skip: tuple[str, ...] = ()) -> str:
         if f.name in skip:
             continue
         v = getattr(obj, f.name)
-        parts.append(f"{f.name}={'none' if v is None else _fmt(v)}")
+        parts.append(f"{TEXT_NAMES.get(f.name, f.name)}={'none' if v is None else _fmt(v)}")
     return sep.join(parts)
 
 
@@ -687,6 +692,7 @@ def _convert(tp: Any, v: Any, what: str) -> Any:
 
 def make_record(cls: type, values: dict[str, Any], what: str) -> Any:
     hints = _hints(cls)
+    values = {FIELD_NAMES.get(k, k): v for k, v in values.items()}
     names = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:

@@ -316,3 +316,23 @@ def test_cli_fixed_host_build_and_errors(tmp_path, capsys):
     assert "--report plans the memory of a fixed-point build" in capsys.readouterr().err
     assert main(["compile", model, "--target", "sim", "--board", "mps2-an386", "-o", str(tmp_path / "x")]) == 1
     assert "for the c target" in capsys.readouterr().err
+
+
+def test_the_quantized_program_prints_and_parses(digits_graph, digits):
+    """quantize annotates the step program; the text form carries it: parse(print(g)) == g, and the
+    numpy model of the parsed graph computes the same integers."""
+    from spidec.text import dumps, loads
+
+    g = quantize(digits_graph, update="online", seed=3)
+    text, tensors = dumps(g, inline_max=0)
+    assert "lower quantization update_rule=online" in text and "lower qtensor" in text
+    back = loads(text, tensors)
+    assert back == g and back.quant == g.quant and back.program.build_hash == g.program.build_hash
+    a, b = FixedModel(g), FixedModel(back)
+    for k in range(3):
+        a.learn(digits.x_train[k], int(digits.y_train[k]), 1)
+        b.learn(digits.x_train[k], int(digits.y_train[k]), 1)
+    for name in a.w:
+        np.testing.assert_array_equal(a.w[name], b.w[name])
+    # the scales travel in the program, so the build hash changes with them
+    assert quantize(digits_graph, seed=4).program.build_hash != quantize(digits_graph, seed=3).program.build_hash

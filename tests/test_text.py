@@ -270,3 +270,19 @@ def test_missing_and_corrupt_tensor_files(tmp_path):
 def test_save_leaves_no_temporary_files(tmp_path):
     save(conv_feedback(), tmp_path / "m.spir")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz", "m.spir"]
+
+
+def test_step_program_field_names_are_no_statement_keywords():
+    """A record field printed as a statement keyword (couple=, update=...) would not parse."""
+    import re
+    from dataclasses import fields
+    from pathlib import Path
+
+    from spidec.program import CALLS, RECORDS, TEXT_NAMES
+
+    grammar = (Path(spidec.__file__).with_name("spir.lark")).read_text()
+    keywords = set(re.findall(r'"([A-Za-z_][A-Za-z0-9_]*)"', grammar))
+    assert {"couple", "update", "readout", "lower"} <= keywords
+    for cls in {*RECORDS.values(), *CALLS.values()}:
+        for f in fields(cls):
+            assert TEXT_NAMES.get(f.name, f.name) not in keywords, (cls.__name__, f.name)

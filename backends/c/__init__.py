@@ -466,6 +466,9 @@ class CArtifact(Artifact):
         return f"build and train it: spidec train {self.out} --data digits --epochs 1  (or make -C {self.out})"
 
 
+# the c backend builds fixed point and boards (spidec.compile(..., fixed=True, board=...))
+FIXED_POINT = True
+
 # what `spidec train` takes for a c build besides the common options (spidec.runs)
 TRAIN_OPTIONS = ("checkpoint", "resume", "qemu", "host", "out", "timeout")
 
