@@ -8,13 +8,25 @@ traced with ``torch.fx`` and lowered into the spidec IR.
 pairs each state argument with the output that feeds it back (an output name, or an index into the
 returned tuple); ``outputs`` names the returned values. A module may carry the three as class
 attributes ``spidec_inputs``, ``spidec_state`` and ``spidec_outputs``.
+
+Each op is lowered by a handler in one of three tables, filled by decorators as in the ONNX
+frontend: ``MODULES`` (``call_module`` nodes, by ``torch.nn`` class), ``FUNCTIONS``
+(``call_function`` nodes: ``torch.clamp``, ``F.relu``, ``operator.add``, ...) and ``METHODS``
+(``call_method`` nodes: ``"view"``, ``"flatten"``, ...). Supporting an op is one handler and its
+registration::
+
+    @handles_function("F.some_op", "torch.some_op")   # keys: "nn.X", "F.x", "torch.x" or a callable
+    @handles_method("some_op")                         # x.some_op(...): a(0, "input") is x
+    def _some_op(c, node, a, where):                   # a(i, "keyword", default) reads an argument
+        return c.low.scale(a(0, "input"), 2.0, where)  # the lowered value, or raise c.low.error(where, ...)
 """
 
 from __future__ import annotations
 
+import functools
 import operator
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -31,6 +43,26 @@ def _np(t: Any) -> np.ndarray:
 
 def _pair(v: Any) -> tuple[int, int]:
     return (int(v), int(v)) if isinstance(v, (int, np.integer)) else (int(v[0]), int(v[1]))
+
+
+def _target_name(node: Any) -> str:
+    """``torch.sigmoid`` -> ``sigmoid``; a method's target is its name already."""
+    return getattr(node.target, "__name__", node.target)
+
+
+class _Args:
+    """A call's evaluated arguments. fx keeps them as the user wrote them, positional or by keyword,
+    so a handler asks for both: ``a(1, "weight")`` is the second positional argument, else the keyword.
+
+    For a method call, position 0 is the tensor itself: ``x.clamp(0, 1)`` reads like
+    ``torch.clamp(x, 0, 1)``, so one handler serves both forms.
+    """
+
+    def __init__(self, pos: list[Any], kw: dict[str, Any]) -> None:
+        self.pos, self.kw = pos, kw
+
+    def __call__(self, i: int, name: str, default: Any = None) -> Any:
+        return self.pos[i] if len(self.pos) > i else self.kw.get(name, default)
 
 
 class _TorchLowering:
@@ -76,8 +108,8 @@ class _TorchLowering:
             return Const(_np(a))
         return a
 
-    def args(self, node: Any) -> tuple[list[Any], dict[str, Any]]:
-        return [self.value(a) for a in node.args], {k: self.value(v) for k, v in node.kwargs.items()}
+    def args(self, node: Any) -> _Args:
+        return _Args([self.value(a) for a in node.args], {k: self.value(v) for k, v in node.kwargs.items()})
 
     def const(self, v: Any, where: str, what: str) -> np.ndarray:
         if isinstance(v, Const):
@@ -152,6 +184,35 @@ class _TorchLowering:
             pairs[s] = out
         return self.low.finish(dict(zip(names, items)), pairs, output_order=names)
 
+    # ------------------------------------------------------------------ dispatch to the handlers
+    def call_module(self, node: Any, m: Any, where: str) -> Any:
+        args = self.args(node)
+        x = args.pos[0] if args.pos else None
+        modules, _ = _tables()
+        for cls in type(m).__mro__:  # isinstance semantics: a subclass is read as the class it extends
+            handler = modules.get(cls)
+            if handler is not None:
+                return handler(self, node, m, x, where)
+        raise self.low.error(where, f"module type {type(m).__name__} is not supported; spidec reads nn.Linear, "
+                             "Conv2d, ConvTranspose2d, AvgPool2d, AdaptiveAvgPool2d, Flatten, Dropout, Identity, "
+                             "BatchNorm1d/2d (eval), Hardtanh(0, 1), ReLU, Hardsigmoid")
+
+    def call_function(self, node: Any, where: str) -> Any:
+        args = self.args(node)
+        _, functions = _tables()
+        handler = functions.get(node.target)
+        if handler is None:
+            raise self.low.error(where, f"function {_target_name(node)} is not supported between populations")
+        return handler(self, node, args, where)
+
+    def call_method(self, node: Any, where: str) -> Any:
+        args = self.args(node)
+        handler = METHODS.get(node.target)
+        if handler is None:
+            raise self.low.error(where, f"method .{node.target}() is not supported between populations")
+        return handler(self, node, args, where)
+
+    # ------------------------------------------------------------------ lowering shared by the handlers
     def population(self, node: Any, v: Value, where: str) -> Affine:
         hint = self.pop_names.get(node) or (node.target if node.op == "call_module" else node.name)
         return self.low.population(v, hint, where)
@@ -175,66 +236,6 @@ class _TorchLowering:
     def hardsigmoid(self, node: Any, v: Value, where: str) -> Affine:
         a = self.low.expect_affine(self.low.scale(v, 1.0 / 6.0, where), where)
         return self.population(node, self.low.add_offset(a, np.array(0.5, np.float32), where), where)
-
-    def refuse(self, where: str, what: str) -> SpidecError:
-        return self.low.error(where, what)
-
-    # ------------------------------------------------------------------ modules
-    def call_module(self, node: Any, m: Any, where: str) -> Any:
-        nn = self.torch.nn
-        args, _ = self.args(node)
-        x = args[0] if args else None
-        label = node.target
-        if isinstance(m, nn.Linear):
-            return self.low.dense(x, _np(m.weight), None if m.bias is None else _np(m.bias), where, label)
-        if isinstance(m, nn.Conv2d):
-            if m.padding_mode != "zeros":
-                raise self.low.error(where, f"pads in mode '{m.padding_mode}'; only zero padding is linear")
-            self.check_conv(m.dilation, m.groups, where)
-            pads = self.conv_pads(m.padding, m.kernel_size, m.stride, where)
-            return self.low.conv2d(x, _np(m.weight), None if m.bias is None else _np(m.bias), _pair(m.stride),
-                                   pads, where, label)
-        if isinstance(m, nn.ConvTranspose2d):
-            self.check_conv(m.dilation, m.groups, where)
-            return self.low.conv_transpose2d(x, _np(m.weight), None if m.bias is None else _np(m.bias),
-                                             _pair(m.stride), _pair(m.padding), _pair(m.output_padding), where,
-                                             label)
-        if isinstance(m, nn.AvgPool2d):
-            return self.avgpool(x, m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad,
-                                m.divisor_override, where)
-        if isinstance(m, nn.AdaptiveAvgPool2d):
-            return self.adaptive_avgpool(x, m.output_size, where)
-        if isinstance(m, nn.Flatten):
-            if m.end_dim not in (-1,):
-                raise self.low.error(where, "flattens only part of the sample (end_dim != -1)")
-            return self.low.flatten(x, m.start_dim, where)
-        if isinstance(m, (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)):
-            return x
-        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            if m.running_mean is None:
-                raise self.low.error(where, "has no running statistics (track_running_stats=False)")
-            scale = _np(m.weight) if m.weight is not None else np.ones(m.num_features, np.float32)
-            bias = _np(m.bias) if m.bias is not None else np.zeros(m.num_features, np.float32)
-            return self.low.batchnorm(x, scale, bias, _np(m.running_mean), _np(m.running_var), m.eps, where)
-        if isinstance(m, nn.Hardtanh):
-            return self.clamp(node, x, m.min_val, m.max_val, where)
-        if isinstance(m, nn.ReLU):
-            return self.relu(node, x, where)
-        if isinstance(m, nn.Hardsigmoid):
-            return self.hardsigmoid(node, x, where)
-        if isinstance(m, (nn.Softmax, nn.LogSoftmax)):
-            return self.low.pending("softmax", x, where)
-        if isinstance(m, (nn.MaxPool2d, nn.MaxPool1d, nn.AdaptiveMaxPool2d)):
-            raise self.refuse(where, "max pooling is not linear; use nn.AvgPool2d instead")
-        if isinstance(m, (nn.Sigmoid, nn.Tanh, nn.GELU, nn.SiLU, nn.ELU, nn.LeakyReLU, nn.Softplus, nn.ReLU6,
-                          nn.Hardswish)):
-            raise self.refuse(where, f"{type(m).__name__} is not a spiking rate; populations are clamp(x, 0, 1): "
-                              "use nn.Hardtanh(0, 1)")
-        if isinstance(m, (nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm2d)):
-            raise self.refuse(where, f"{type(m).__name__} is not linear; use BatchNorm (folded) or none")
-        raise self.refuse(where, f"module type {type(m).__name__} is not supported; spidec reads nn.Linear, "
-                          "Conv2d, ConvTranspose2d, AvgPool2d, AdaptiveAvgPool2d, Flatten, Dropout, Identity, "
-                          "BatchNorm1d/2d (eval), Hardtanh(0, 1), ReLU, Hardsigmoid")
 
     def check_conv(self, dilation: Any, groups: int, where: str) -> None:
         if _pair(dilation) != (1, 1):
@@ -273,143 +274,6 @@ class _TorchLowering:
                                  hint="choose an output size that divides the input")
         return self.low.avgpool2d(a, (h // oh, w // ow), (h // oh, w // ow), (0, 0), True, where)
 
-    # ------------------------------------------------------------------ functions and methods
-    def call_function(self, node: Any, where: str) -> Any:
-        torch = self.torch
-        F = torch.nn.functional
-        fn = node.target
-        args, kw = self.args(node)
-
-        def arg(i: int, name: str, default: Any = None) -> Any:
-            return args[i] if len(args) > i else kw.get(name, default)
-
-        handler = self.functions().get(fn)
-        if handler is not None:
-            return handler(node, arg, where)
-        if fn is getattr:
-            obj, attr = args[0], args[1]
-            if attr == "shape" and isinstance(obj, (Affine, Const)):
-                return (BATCH, *obj.shape) if isinstance(obj, Affine) else tuple(obj.value.shape)
-            if attr in ("T", "mT") and isinstance(obj, Const):
-                return Const(np.ascontiguousarray(obj.value.T))
-            raise self.low.error(where, f"reads attribute '{attr}' of a traced value")
-        if fn is operator.getitem:
-            obj, idx = args[0], args[1]
-            if isinstance(obj, (tuple, list)):
-                return obj[idx]
-            if isinstance(obj, Const):
-                return Const(np.asarray(obj.value[idx]))
-            raise self.low.error(where, "indexes the network's signal; slicing is not a synapse op",
-                                 hint="slice the weights instead")
-        if fn in (F.max_pool2d, F.max_pool1d, F.adaptive_max_pool2d):
-            raise self.refuse(where, "max pooling is not linear; use F.avg_pool2d instead")
-        if fn in (torch.sigmoid, torch.tanh, F.sigmoid, F.tanh, F.gelu, F.silu, F.elu, F.leaky_relu, F.softplus,
-                  torch.exp, torch.log, torch.abs, torch.sqrt, F.relu6, F.hardswish):
-            raise self.refuse(where, f"{getattr(fn, '__name__', fn)} is not linear and not a spiking rate; "
-                              "populations are clamp(x, 0, 1)")
-        if fn in (torch.cat, torch.stack):
-            raise self.refuse(where, "concatenation is not supported: give each part its own synapse and add "
-                              "the currents")
-        raise self.refuse(where, f"function {getattr(fn, '__name__', fn)} is not supported between populations")
-
-    def functions(self) -> dict[Callable, Callable]:
-        torch = self.torch
-        F = torch.nn.functional
-        low = self.low
-
-        def linear(node, arg, where):
-            w, b = arg(1, "weight"), arg(2, "bias")
-            return low.dense(arg(0, "input"), self.const(w, where, "weight"),
-                             None if b is None else self.const(b, where, "bias"), where, node.name)
-
-        def conv2d(node, arg, where):
-            self.check_conv(arg(5, "dilation", 1), arg(6, "groups", 1), where)
-            w, b = self.const(arg(1, "weight"), where, "weight"), arg(2, "bias")
-            pads = self.conv_pads(arg(4, "padding", 0), w.shape[2:], arg(3, "stride", 1), where)
-            return low.conv2d(arg(0, "input"), w, None if b is None else self.const(b, where, "bias"),
-                              _pair(arg(3, "stride", 1)), pads, where, node.name)
-
-        def conv_transpose2d(node, arg, where):
-            self.check_conv(arg(7, "dilation", 1), arg(6, "groups", 1), where)
-            b = arg(2, "bias")
-            return low.conv_transpose2d(arg(0, "input"), self.const(arg(1, "weight"), where, "weight"),
-                                        None if b is None else self.const(b, where, "bias"),
-                                        _pair(arg(3, "stride", 1)), _pair(arg(4, "padding", 0)),
-                                        _pair(arg(5, "output_padding", 0)), where, node.name)
-
-        def avg_pool2d(node, arg, where):
-            return self.avgpool(arg(0, "input"), arg(1, "kernel_size"), arg(2, "stride"), arg(3, "padding", 0),
-                                arg(4, "ceil_mode", False), arg(5, "count_include_pad", True),
-                                arg(6, "divisor_override"), where)
-
-        def adaptive_avg_pool2d(node, arg, where):
-            return self.adaptive_avgpool(arg(0, "input"), arg(1, "output_size"), where)
-
-        def flatten(node, arg, where):
-            if arg(2, "end_dim", -1) != -1:
-                raise low.error(where, "flattens only part of the sample (end_dim != -1)")
-            return low.flatten(arg(0, "input"), arg(1, "start_dim", 0), where)
-
-        def clamp(node, arg, where):
-            return self.clamp(node, arg(0, "input"), arg(1, "min"), arg(2, "max"), where)
-
-        def hardtanh(node, arg, where):
-            return self.clamp(node, arg(0, "input"), arg(1, "min_val", -1.0), arg(2, "max_val", 1.0), where)
-
-        def relu(node, arg, where):
-            return self.relu(node, arg(0, "input"), where)
-
-        def hardsigmoid(node, arg, where):
-            return self.hardsigmoid(node, arg(0, "input"), where)
-
-        def dropout(node, arg, where):
-            return arg(0, "input")
-
-        def add(node, arg, where):
-            a, b = arg(0, "input"), arg(1, "other")
-            alpha = arg(2, "alpha", 1)
-            if alpha != 1:
-                b = low.scale(self.as_value(b), alpha, where)
-            return self.binary(a, b, where, "add")
-
-        def sub(node, arg, where):
-            return self.binary(arg(0, "input"), low.scale(self.as_value(arg(1, "other")), -1.0, where), where,
-                               "add")
-
-        def mul(node, arg, where):
-            return self.binary(arg(0, "input"), arg(1, "other"), where, "mul")
-
-        def div(node, arg, where):
-            a, b = arg(0, "input"), arg(1, "other")
-            if isinstance(b, (int, float)):
-                return low.scale(a, 1.0 / b, where)
-            if isinstance(b, Const):
-                return low.scale(a, 1.0 / b.value.astype(np.float64), where)
-            raise low.error(where, "divides by a signal; only division by constants is linear")
-
-        def neg(node, arg, where):
-            return low.scale(arg(0, "input"), -1.0, where)
-
-        def matmul(node, arg, where):
-            a, w = arg(0, "input"), arg(1, "other")
-            if not isinstance(w, Const):
-                raise low.error(where, "multiplies by a non-constant matrix; synapse weights must be constants")
-            return low.dense(a, w.value.T, None, where, node.name)
-
-        def softmax(node, arg, where):
-            return low.pending("softmax", arg(0, "input"), where)
-
-        return {
-            F.linear: linear, F.conv2d: conv2d, torch.conv2d: conv2d, F.conv_transpose2d: conv_transpose2d,
-            torch.conv_transpose2d: conv_transpose2d, F.avg_pool2d: avg_pool2d,
-            F.adaptive_avg_pool2d: adaptive_avg_pool2d, torch.flatten: flatten, torch.clamp: clamp,
-            torch.clip: clamp, F.hardtanh: hardtanh, F.relu: relu, torch.relu: relu, F.hardsigmoid: hardsigmoid,
-            F.dropout: dropout, F.dropout2d: dropout, operator.add: add, torch.add: add, operator.sub: sub,
-            torch.sub: sub, operator.mul: mul, torch.mul: mul, operator.truediv: div, torch.div: div,
-            operator.neg: neg, torch.neg: neg, operator.matmul: matmul, torch.matmul: matmul,
-            F.softmax: softmax, F.log_softmax: softmax, torch.softmax: softmax,
-        }
-
     def as_value(self, v: Any) -> Any:
         return Const(np.asarray(v, np.float32)) if isinstance(v, (int, float)) else v
 
@@ -419,41 +283,332 @@ class _TorchLowering:
         a, b = self.as_value(a), self.as_value(b)
         return self.low.add(a, b, where) if op == "add" else self.low.mul(a, b, where)
 
-    def call_method(self, node: Any, where: str) -> Any:
-        args, kw = self.args(node)
-        obj, name = args[0], node.target
-        rest = args[1:]
 
-        def arg(i: int, key: str, default: Any = None) -> Any:
-            return rest[i] if len(rest) > i else kw.get(key, default)
+# ================================================================ op handlers
+ModuleHandler = Callable[[_TorchLowering, Any, Any, Any, str], Any]  # (c, node, module, input, where)
+CallHandler = Callable[[_TorchLowering, Any, _Args, str], Any]  # (c, node, arguments, where)
+_H = TypeVar("_H", ModuleHandler, CallHandler)
 
-        low = self.low
-        if name in ("clamp", "clip"):
-            return self.clamp(node, obj, arg(0, "min"), arg(1, "max"), where)
-        if name == "relu":
-            return self.relu(node, obj, where)
-        if name in ("view", "reshape"):
-            target = rest[0] if len(rest) == 1 and isinstance(rest[0], (tuple, list)) else rest
-            return low.reshape(obj, [BATCH if t is BATCH else t for t in target], where)
-        if name == "flatten":
-            return low.flatten(obj, arg(0, "start_dim", 0), where)
-        if name == "size":
-            shape = (BATCH, *obj.shape) if isinstance(obj, Affine) else tuple(obj.value.shape)
-            dim = arg(0, "dim")
-            return shape if dim is None else shape[dim]
-        if name in ("contiguous", "float", "clone", "detach"):
-            return obj
-        if name in ("add", "sub", "mul", "div", "__add__", "__mul__"):
-            fake = {"add": operator.add, "sub": operator.sub, "mul": operator.mul, "div": operator.truediv,
-                    "__add__": operator.add, "__mul__": operator.mul}[name]
-            handler = self.functions()[fake]
-            return handler(node, lambda i, k, d=None: ([obj, *rest][i] if len(rest) + 1 > i else kw.get(k, d)),
-                           where)
-        if name in ("softmax", "log_softmax"):
-            return low.pending("softmax", obj, where)
-        if name in ("sigmoid", "tanh", "exp", "log", "abs", "sqrt"):
-            raise self.refuse(where, f"{name} is not linear and not a spiking rate; populations are clamp(x, 0, 1)")
-        raise self.refuse(where, f"method .{name}() is not supported between populations")
+# Keys name torch objects as "nn.Linear", "F.relu" or "torch.clamp" (resolved by _tables, so that
+# importing this module does not import torch, an optional extra); other callables (operator.add,
+# getattr) are keys as they are. METHODS is keyed by the method's name.
+MODULES: dict[str, ModuleHandler] = {}
+FUNCTIONS: dict[str | Callable[..., Any], CallHandler] = {}
+METHODS: dict[str, CallHandler] = {}
+
+
+@functools.cache
+def _tables() -> tuple[dict[type, ModuleHandler], dict[Any, CallHandler]]:
+    """``MODULES`` and ``FUNCTIONS`` keyed by the torch objects themselves, as fx nodes name them."""
+    import torch
+
+    roots = {"torch": torch, "nn": torch.nn, "F": torch.nn.functional}
+
+    def resolve(key: Any) -> Any:
+        if not isinstance(key, str):
+            return key
+        root, _, attr = key.partition(".")
+        return getattr(roots[root], attr)
+
+    return ({resolve(k): h for k, h in MODULES.items()}, {resolve(k): h for k, h in FUNCTIONS.items()})
+
+
+def _registrar(table: dict[Any, _H]) -> Callable[..., Callable[[_H], _H]]:
+    def handles(*keys: Any) -> Callable[[_H], _H]:
+        def deco(fn: _H) -> _H:
+            for key in keys:
+                table[key] = fn
+            _tables.cache_clear()  # a handler registered after a first from_torch call is seen too
+            return fn
+
+        return deco
+
+    return handles
+
+
+handles_module = _registrar(MODULES)
+handles_function = _registrar(FUNCTIONS)
+handles_method = _registrar(METHODS)
+
+
+# ---------------------------------------------------------------- modules
+@handles_module("nn.Linear")
+def _nn_linear(c: _TorchLowering, node: Any, m: Any, x: Any, where: str) -> Any:
+    return c.low.dense(x, _np(m.weight), None if m.bias is None else _np(m.bias), where, node.target)
+
+
+@handles_module("nn.Conv2d")
+def _nn_conv2d(c: _TorchLowering, node: Any, m: Any, x: Any, where: str) -> Any:
+    if m.padding_mode != "zeros":
+        raise c.low.error(where, f"pads in mode '{m.padding_mode}'; only zero padding is linear")
+    c.check_conv(m.dilation, m.groups, where)
+    pads = c.conv_pads(m.padding, m.kernel_size, m.stride, where)
+    return c.low.conv2d(x, _np(m.weight), None if m.bias is None else _np(m.bias), _pair(m.stride), pads, where,
+                        node.target)
+
+
+@handles_module("nn.ConvTranspose2d")
+def _nn_conv_transpose2d(c: _TorchLowering, node: Any, m: Any, x: Any, where: str) -> Any:
+    c.check_conv(m.dilation, m.groups, where)
+    return c.low.conv_transpose2d(x, _np(m.weight), None if m.bias is None else _np(m.bias), _pair(m.stride),
+                                  _pair(m.padding), _pair(m.output_padding), where, node.target)
+
+
+@handles_module("nn.AvgPool2d")
+def _nn_avgpool2d(c: _TorchLowering, node: Any, m: Any, x: Any, where: str) -> Any:
+    return c.avgpool(x, m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad, m.divisor_override,
+                     where)
+
+
+@handles_module("nn.AdaptiveAvgPool2d")
+def _nn_adaptive_avgpool2d(c: _TorchLowering, node: Any, m: Any, x: Any, where: str) -> Any:
+    return c.adaptive_avgpool(x, m.output_size, where)
+
+
+@handles_module("nn.Flatten")
+def _nn_flatten(c: _TorchLowering, node: Any, m: Any, x: Any, where: str) -> Any:
+    if m.end_dim not in (-1,):
+        raise c.low.error(where, "flattens only part of the sample (end_dim != -1)")
+    return c.low.flatten(x, m.start_dim, where)
+
+
+@handles_module("nn.Dropout", "nn.Dropout1d", "nn.Dropout2d", "nn.Identity")
+def _nn_identity(c: _TorchLowering, node: Any, m: Any, x: Any, where: str) -> Any:
+    return x
+
+
+@handles_module("nn.BatchNorm1d", "nn.BatchNorm2d")
+def _nn_batchnorm(c: _TorchLowering, node: Any, m: Any, x: Any, where: str) -> Any:
+    if m.running_mean is None:
+        raise c.low.error(where, "has no running statistics (track_running_stats=False)")
+    scale = _np(m.weight) if m.weight is not None else np.ones(m.num_features, np.float32)
+    bias = _np(m.bias) if m.bias is not None else np.zeros(m.num_features, np.float32)
+    return c.low.batchnorm(x, scale, bias, _np(m.running_mean), _np(m.running_var), m.eps, where)
+
+
+@handles_module("nn.Hardtanh")  # nn.ReLU6 too: it is a Hardtanh(0, 6), refused for its bounds
+def _nn_hardtanh(c: _TorchLowering, node: Any, m: Any, x: Any, where: str) -> Any:
+    return c.clamp(node, x, m.min_val, m.max_val, where)
+
+
+@handles_module("nn.ReLU")
+def _nn_relu(c: _TorchLowering, node: Any, m: Any, x: Any, where: str) -> Any:
+    return c.relu(node, x, where)
+
+
+@handles_module("nn.Hardsigmoid")
+def _nn_hardsigmoid(c: _TorchLowering, node: Any, m: Any, x: Any, where: str) -> Any:
+    return c.hardsigmoid(node, x, where)
+
+
+@handles_module("nn.Softmax", "nn.LogSoftmax")
+def _nn_softmax(c: _TorchLowering, node: Any, m: Any, x: Any, where: str) -> Any:
+    return c.low.pending("softmax", x, where)
+
+
+# Refusals: modules that look usable but are not linear, with what to write instead.
+@handles_module("nn.MaxPool2d", "nn.MaxPool1d", "nn.AdaptiveMaxPool2d")
+def _nn_max_pool(c: _TorchLowering, node: Any, m: Any, x: Any, where: str) -> Any:
+    raise c.low.error(where, "max pooling is not linear; use nn.AvgPool2d instead")
+
+
+@handles_module("nn.Sigmoid", "nn.Tanh", "nn.GELU", "nn.SiLU", "nn.ELU", "nn.LeakyReLU", "nn.Softplus",
+                "nn.Hardswish")
+def _nn_not_a_rate(c: _TorchLowering, node: Any, m: Any, x: Any, where: str) -> Any:
+    raise c.low.error(where, f"{type(m).__name__} is not a spiking rate; populations are clamp(x, 0, 1): "
+                      "use nn.Hardtanh(0, 1)")
+
+
+@handles_module("nn.LayerNorm", "nn.GroupNorm", "nn.InstanceNorm2d")
+def _nn_norm(c: _TorchLowering, node: Any, m: Any, x: Any, where: str) -> Any:
+    raise c.low.error(where, f"{type(m).__name__} is not linear; use BatchNorm (folded) or none")
+
+
+# ---------------------------------------------------------------- functions (and the methods that mean the same)
+@handles_function("F.linear")
+def _linear(c: _TorchLowering, node: Any, a: _Args, where: str) -> Any:
+    w, b = a(1, "weight"), a(2, "bias")
+    return c.low.dense(a(0, "input"), c.const(w, where, "weight"),
+                       None if b is None else c.const(b, where, "bias"), where, node.name)
+
+
+@handles_function("F.conv2d", "torch.conv2d")
+def _conv2d(c: _TorchLowering, node: Any, a: _Args, where: str) -> Any:
+    c.check_conv(a(5, "dilation", 1), a(6, "groups", 1), where)
+    w, b = c.const(a(1, "weight"), where, "weight"), a(2, "bias")
+    pads = c.conv_pads(a(4, "padding", 0), w.shape[2:], a(3, "stride", 1), where)
+    return c.low.conv2d(a(0, "input"), w, None if b is None else c.const(b, where, "bias"),
+                        _pair(a(3, "stride", 1)), pads, where, node.name)
+
+
+@handles_function("F.conv_transpose2d", "torch.conv_transpose2d")
+def _conv_transpose2d(c: _TorchLowering, node: Any, a: _Args, where: str) -> Any:
+    c.check_conv(a(7, "dilation", 1), a(6, "groups", 1), where)
+    b = a(2, "bias")
+    return c.low.conv_transpose2d(a(0, "input"), c.const(a(1, "weight"), where, "weight"),
+                                  None if b is None else c.const(b, where, "bias"), _pair(a(3, "stride", 1)),
+                                  _pair(a(4, "padding", 0)), _pair(a(5, "output_padding", 0)), where, node.name)
+
+
+@handles_function("F.avg_pool2d")
+def _avg_pool2d(c: _TorchLowering, node: Any, a: _Args, where: str) -> Any:
+    return c.avgpool(a(0, "input"), a(1, "kernel_size"), a(2, "stride"), a(3, "padding", 0),
+                     a(4, "ceil_mode", False), a(5, "count_include_pad", True), a(6, "divisor_override"), where)
+
+
+@handles_function("F.adaptive_avg_pool2d")
+def _adaptive_avg_pool2d(c: _TorchLowering, node: Any, a: _Args, where: str) -> Any:
+    return c.adaptive_avgpool(a(0, "input"), a(1, "output_size"), where)
+
+
+@handles_function("torch.flatten")
+def _flatten(c: _TorchLowering, node: Any, a: _Args, where: str) -> Any:
+    if a(2, "end_dim", -1) != -1:
+        raise c.low.error(where, "flattens only part of the sample (end_dim != -1)")
+    return c.low.flatten(a(0, "input"), a(1, "start_dim", 0), where)
+
+
+@handles_function("torch.clamp", "torch.clip")
+@handles_method("clamp", "clip")
+def _clamp(c: _TorchLowering, node: Any, a: _Args, where: str) -> Any:
+    return c.clamp(node, a(0, "input"), a(1, "min"), a(2, "max"), where)
+
+
+@handles_function("F.hardtanh")
+def _hardtanh(c: _TorchLowering, node: Any, a: _Args, where: str) -> Any:
+    return c.clamp(node, a(0, "input"), a(1, "min_val", -1.0), a(2, "max_val", 1.0), where)
+
+
+@handles_function("F.relu", "torch.relu")
+@handles_method("relu")
+def _relu(c: _TorchLowering, node: Any, a: _Args, where: str) -> Any:
+    return c.relu(node, a(0, "input"), where)
+
+
+@handles_function("F.hardsigmoid")
+def _hardsigmoid(c: _TorchLowering, node: Any, a: _Args, where: str) -> Any:
+    return c.hardsigmoid(node, a(0, "input"), where)
+
+
+@handles_function("F.dropout", "F.dropout2d")
+@handles_method("contiguous", "float", "clone", "detach")
+def _passthrough(c: _TorchLowering, node: Any, a: _Args, where: str) -> Any:
+    return a(0, "input")
+
+
+@handles_function(operator.add, "torch.add")
+@handles_method("add", "__add__")
+def _add(c: _TorchLowering, node: Any, a: _Args, where: str) -> Any:
+    x, y = a(0, "input"), a(1, "other")
+    alpha = a(2, "alpha", 1)
+    if alpha != 1:
+        y = c.low.scale(c.as_value(y), alpha, where)
+    return c.binary(x, y, where, "add")
+
+
+@handles_function(operator.sub, "torch.sub")
+@handles_method("sub")
+def _sub(c: _TorchLowering, node: Any, a: _Args, where: str) -> Any:
+    return c.binary(a(0, "input"), c.low.scale(c.as_value(a(1, "other")), -1.0, where), where, "add")
+
+
+@handles_function(operator.mul, "torch.mul")
+@handles_method("mul", "__mul__")
+def _mul(c: _TorchLowering, node: Any, a: _Args, where: str) -> Any:
+    return c.binary(a(0, "input"), a(1, "other"), where, "mul")
+
+
+@handles_function(operator.truediv, "torch.div")
+@handles_method("div")
+def _div(c: _TorchLowering, node: Any, a: _Args, where: str) -> Any:
+    x, y = a(0, "input"), a(1, "other")
+    if isinstance(y, (int, float)):
+        return c.low.scale(x, 1.0 / y, where)
+    if isinstance(y, Const):
+        return c.low.scale(x, 1.0 / y.value.astype(np.float64), where)
+    raise c.low.error(where, "divides by a signal; only division by constants is linear")
+
+
+@handles_function(operator.neg, "torch.neg")
+def _neg(c: _TorchLowering, node: Any, a: _Args, where: str) -> Any:
+    return c.low.scale(a(0, "input"), -1.0, where)
+
+
+@handles_function(operator.matmul, "torch.matmul")
+def _matmul(c: _TorchLowering, node: Any, a: _Args, where: str) -> Any:
+    x, w = a(0, "input"), a(1, "other")
+    if not isinstance(w, Const):
+        raise c.low.error(where, "multiplies by a non-constant matrix; synapse weights must be constants")
+    return c.low.dense(x, w.value.T, None, where, node.name)
+
+
+@handles_function("F.softmax", "F.log_softmax", "torch.softmax")
+@handles_method("softmax", "log_softmax")
+def _softmax(c: _TorchLowering, node: Any, a: _Args, where: str) -> Any:
+    return c.low.pending("softmax", a(0, "input"), where)
+
+
+@handles_function(getattr)
+def _getattr(c: _TorchLowering, node: Any, a: _Args, where: str) -> Any:
+    obj, attr = a.pos[0], a.pos[1]
+    if attr == "shape" and isinstance(obj, (Affine, Const)):
+        return (BATCH, *obj.shape) if isinstance(obj, Affine) else tuple(obj.value.shape)
+    if attr in ("T", "mT") and isinstance(obj, Const):
+        return Const(np.ascontiguousarray(obj.value.T))
+    raise c.low.error(where, f"reads attribute '{attr}' of a traced value")
+
+
+@handles_function(operator.getitem)
+def _getitem(c: _TorchLowering, node: Any, a: _Args, where: str) -> Any:
+    obj, idx = a.pos[0], a.pos[1]
+    if isinstance(obj, (tuple, list)):
+        return obj[idx]
+    if isinstance(obj, Const):
+        return Const(np.asarray(obj.value[idx]))
+    raise c.low.error(where, "indexes the network's signal; slicing is not a synapse op",
+                      hint="slice the weights instead")
+
+
+# Refusals: functions that look usable but are not linear, with what to write instead.
+@handles_function("F.max_pool2d", "F.max_pool1d", "F.adaptive_max_pool2d")
+def _max_pool(c: _TorchLowering, node: Any, a: _Args, where: str) -> Any:
+    raise c.low.error(where, "max pooling is not linear; use F.avg_pool2d instead")
+
+
+@handles_function("torch.sigmoid", "torch.tanh", "F.sigmoid", "F.tanh", "F.gelu", "F.silu", "F.elu", "F.leaky_relu",
+                  "F.softplus", "torch.exp", "torch.log", "torch.abs", "torch.sqrt", "F.relu6", "F.hardswish")
+@handles_method("sigmoid", "tanh", "exp", "log", "abs", "sqrt")
+def _not_linear(c: _TorchLowering, node: Any, a: _Args, where: str) -> Any:
+    raise c.low.error(where, f"{_target_name(node)} is not linear and not a spiking rate; populations are "
+                      "clamp(x, 0, 1)")
+
+
+@handles_function("torch.cat", "torch.stack")
+def _concat(c: _TorchLowering, node: Any, a: _Args, where: str) -> Any:
+    raise c.low.error(where, "concatenation is not supported: give each part its own synapse and add the currents")
+
+
+# ---------------------------------------------------------------- methods only
+@handles_method("view", "reshape")
+def _view(c: _TorchLowering, node: Any, a: _Args, where: str) -> Any:
+    rest = a.pos[1:]  # x.view(b, -1) or x.view((b, -1)); x.size(0) already reads as BATCH
+    target = rest[0] if len(rest) == 1 and isinstance(rest[0], (tuple, list)) else rest
+    return c.low.reshape(a.pos[0], list(target), where)
+
+
+@handles_method("flatten")
+def _flatten_method(c: _TorchLowering, node: Any, a: _Args, where: str) -> Any:
+    if a(2, "end_dim", -1) != -1:  # x.flatten(1, 2) used to flatten everything silently
+        raise c.low.error(where, "flattens only part of the sample (end_dim != -1)")
+    return c.low.flatten(a.pos[0], a(1, "start_dim", 0), where)
+
+
+@handles_method("size")
+def _size(c: _TorchLowering, node: Any, a: _Args, where: str) -> Any:
+    obj = a.pos[0]
+    shape = (BATCH, *obj.shape) if isinstance(obj, Affine) else tuple(obj.value.shape)
+    dim = a(1, "dim")
+    return shape if dim is None else shape[dim]
 
 
 def from_torch(module: Any, inputs: Mapping[str, Sequence[int]] | None = None,

@@ -469,6 +469,8 @@ class Bad(nn.Module):
             h = h * self.lin(z)
         elif self.kind == "cat":
             h = torch.cat([h, h], 1)[:, :4]
+        elif self.kind == "partial_flatten":
+            h = h.view(h.size(0), 2, 2, 1).flatten(1, 2).flatten(1)
         z_next = h if self.kind == "linear_loop" else torch.clamp(h, 0, 1)
         return z_next, self.lin(z_next)
 
@@ -479,6 +481,7 @@ class Bad(nn.Module):
     ("softmax", ["(Softmax)", "apply softmax outside"]),
     ("product", ["multiplies two signals"]),
     ("cat", ["concatenation is not supported", "own synapse"]),
+    ("partial_flatten", ["flattens only part of the sample"]),  # x.flatten(1, 2): it used to flatten all
     ("linear_loop", ["output 'z_next'", "no population", "clamp(0, 1)"]),
 ])
 def test_torch_refusals_name_the_node_and_the_fix(kind, words):
