@@ -91,6 +91,10 @@ def epoch_line(e: dict[str, Any]) -> str:
             parts.append(f"{word} {e[key]:.4f}")
     if e.get("seconds") is not None:
         parts.append(f"({e['seconds']:.1f}s)")
+    if e.get("samples_per_s") is not None:
+        parts.append(f"{e['samples_per_s']:,.0f} samples/s")
+    if e.get("instructions_per_sample") is not None:  # a board under QEMU counts instructions exactly
+        parts.append(f"{e['instructions_per_sample']:,.0f} instructions/sample")
     return "  ".join(parts)
 
 

@@ -521,7 +521,8 @@ def train_build(out: Path, opts: Any, say: Any) -> dict[str, Any]:
         if f and f[0] == "epoch":
             v = dict(zip(f[2::2], f[3::2]))
             entry = {"epoch": int(f[1]), "lr": float(v["lr"]), "train_loss": float(v["loss"]),
-                     "train_accuracy": float(v["train_accuracy"]), "seconds": float(v.get("seconds", "nan"))}
+                     "train_accuracy": float(v["train_accuracy"]), "seconds": float(v.get("seconds", "nan")),
+                     "samples_per_s": float(v.get("samples_per_s", "nan"))}
             if "test_accuracy" in v:
                 entry["test_accuracy"] = float(v["test_accuracy"])
             epochs.append(entry)
@@ -549,10 +550,12 @@ def _train_board(out: Path, opts: Any, say: Any, train: Path, test: Path) -> dic
         if line.startswith("epoch "):
             f = brd.parse_line(line)
             if f.get("epoch", 0) >= 1:
-                say(epoch_line({"epoch": f["epoch"], "train_loss": f.get("loss"),
-                                "train_accuracy": f.get("train_accuracy"), "test_accuracy": f.get("test_accuracy")}))
+                say(epoch_line({"epoch": f["epoch"], "lr": f.get("lr"), "train_loss": f.get("loss"),
+                                "train_accuracy": f.get("train_accuracy"), "test_accuracy": f.get("test_accuracy"),
+                                "instructions_per_sample": f.get("instructions_per_sample")}))
             else:
-                say(f"before training: test acc {f.get('test_accuracy', float('nan')):.4f}")
+                say(f"before training: test acc {f.get('test_accuracy', float('nan')):.4f}  "
+                    f"{f.get('instructions_per_inference', 0):,.0f} instructions/inference")
 
     result = brd.run_qemu(out, argv, timeout=opts.timeout, echo=echo,
                           progress=not (opts.quiet or opts.json) and sys.stderr.isatty())
@@ -561,7 +564,8 @@ def _train_board(out: Path, opts: Any, say: Any, train: Path, test: Path) -> dic
     result["memory"] = {"check": check, "stack_used": result.get("stack_used"), "heap_used": result.get("heap_used")}
     (out / f"run-{info['board']}.json").write_text(json.dumps(result, indent=1, default=str))
     say(brd.format_report(info["plan"], check, {k: result[k] for k in ("stack_used", "heap_used") if k in result}))
-    epochs = [{"epoch": e["epoch"], "train_loss": e.get("loss"), "train_accuracy": e.get("train_accuracy"),
+    epochs = [{"epoch": e["epoch"], "lr": e.get("lr"), "train_loss": e.get("loss"),
+               "train_accuracy": e.get("train_accuracy"),
                "test_accuracy": e.get("test_accuracy"), **{k: v for k, v in e.items() if k not in (
                    "epoch", "loss", "train_accuracy", "test_accuracy")}} for e in result["epochs"] if e["epoch"] >= 1]
     return {**{k: v for k, v in result.items() if k != "epochs"}, "epochs": epochs}
