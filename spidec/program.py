@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Union
 
 from .errors import SpidecError
-from .ir import Graph, Input, Population, Readout, code_name
+from .ir import Graph, Input, Population, code_name
 from .ops import Scale
 from .training import Optimizer
 

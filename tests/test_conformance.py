@@ -230,6 +230,7 @@ class CFixed(Target):
 
     def compile(self, g: Graph, out: Any) -> Any:
         from spidec.backends.c import emit
+
         from spidec.fixed import quantize
 
         return emit(quantize(g), out)

@@ -46,7 +46,8 @@ static inline void fw_{{ s.c }}(float *restrict dst, const int *restrict idx, in
 static inline void fwv_{{ s.c }}(float *restrict dst, const float *restrict src, float a) {
     for (int i = 0; i < {{ s.n }}; i++) dst[i] -= a * src[i];
 }
-static inline void bw_{{ s.c }}(float *restrict dst, const int *restrict idx, const float *restrict val, int n, float a) {
+static inline void bw_{{ s.c }}(float *restrict dst, const int *restrict idx, const float *restrict val, int n,
+                                float a) {
     for (int e = 0; e < n; e++) dst[idx[e]] -= a * val[e];
     synops[1] += (uint64_t)n;
 }

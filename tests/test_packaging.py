@@ -60,3 +60,15 @@ def test_a_new_backend_folder_needs_no_packaging_edit():
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert meta["tool"]["setuptools"]["package-data"]["spidec.backends"] == ["*/templates/*"]
     assert not re.search(r"backends[./](sim|c|lava)\b", (ROOT / "pyproject.toml").read_text())
+
+
+def test_the_tree_is_ruff_clean():
+    """DESIGN.md's convention, kept by the suite (ruff comes with the test extra)."""
+    import shutil
+    import subprocess
+    import sys
+
+    ruff = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
+    done = subprocess.run([ruff, "check", "spidec", "backends", "frontends", "tests", "bench", "setup.py"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-1000:]

@@ -222,7 +222,8 @@ def test_resuming_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path, capsys
     common = ["--data", "digits", "--limit-train", "256", "--limit-test", "64", "--batch", "32", "--dtype", "float64",
               "--quiet"]
     full, part = tmp_path / "full.npz", tmp_path / "part.npz"
-    assert art.run_cli(*common, "--epochs", "3", "--checkpoint", str(tmp_path / "a.pt"), "--save-weights", str(full)) == 0
+    assert art.run_cli(*common, "--epochs", "3", "--checkpoint", str(tmp_path / "a.pt"),
+                       "--save-weights", str(full)) == 0
     assert art.run_cli(*common, "--epochs", "2", "--checkpoint", str(tmp_path / "b.pt")) == 0
     assert art.run_cli(*common, "--epochs", "3", "--checkpoint", str(tmp_path / "b.pt"), "--resume",
                      "--save-weights", str(part)) == 0

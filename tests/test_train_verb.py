@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 from conftest import EXAMPLES
-
 from spidec.backends.c import board as brd
+
 from spidec.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -30,8 +30,8 @@ from ...errors import SpidecError
 from ...ir import Graph
 from ...program import BiasRule, Chain, ReadoutBiasRule, ReadoutWeightRule, WeightRule, require_program
 from ...runs import write_manifest
-from .. import environment
 from ...text import dumps
+from .. import environment
 
 TEMPLATES = Path(__file__).with_name("templates")
 

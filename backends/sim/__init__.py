@@ -16,9 +16,9 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jinja2
@@ -30,8 +30,8 @@ from ...ir import Graph, code_name
 from ...ops import AvgPool2d, Conv2d, ConvTranspose2d, Dense, Flatten, LinearOp, Pad, Reshape, Scale, Shape, Zero
 from ...program import BiasRule, ReadoutWeightRule, WeightRule, require_program
 from ...runs import write_manifest
-from .. import environment
 from ...text import dumps
+from .. import environment
 
 TEMPLATES = Path(__file__).with_name("templates")
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from ..errors import SpidecError
-from ..ir import Graph, Neuron, Population
 from typing import Annotated
 
+from ..errors import SpidecError
+from ..ir import Graph, Neuron, Population
 from ..options import Opt
 from ..training import ENCODINGS, Simulation
 
