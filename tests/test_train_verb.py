@@ -54,7 +54,7 @@ def test_train_any_build_with_the_same_options_and_output(target, tmp_path, caps
     else:
         args = ["--target", target]
     if target in ("sim", "lava"):
-        extra = ["--limit-train", "120", "--limit-test", "100"]
+        extra = ["--limit-train", "60" if target == "lava" else "120", "--limit-test", "60"]
     assert main(["compile", model, *args, "-o", str(out), "--quiet"]) == 0
     capsys.readouterr()
     text, summary = _train(capsys, out, *extra)
