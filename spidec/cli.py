@@ -16,7 +16,6 @@ import numpy as np
 
 from . import __version__
 from .backends import TARGETS
-from .backends.c.board import BOARDS
 from .errors import SpidecError
 from .ir import Graph, Input, Population, Readout
 from .ops import fmt_shape
@@ -305,17 +304,29 @@ def _quant_options(args: argparse.Namespace) -> dict | None:
     return opts if (opts or args.fixed or args.board) else None
 
 
+def _boards() -> dict[str, str]:
+    """Every board a backend builds for (its BOARDS), with that backend's target."""
+    from .backends import TARGETS, get
+
+    return {b: t for t in TARGETS for b in getattr(get(t), "BOARDS", {})}
+
+
+def _board_target(board: str) -> str:
+    return _boards()[board]
+
+
 def cmd_compile(args: argparse.Namespace) -> int:
     from .compile import compile as compile_graph
 
     g = _load(args)
-    args.target = args.target or ("c" if (args.board or args.fixed) else "sim")
+    if args.target is None:  # fixed point and boards: the target that builds them
+        args.target = _board_target(args.board) if args.board else ("c" if args.fixed else "sim")
     if args.report and not (args.fixed or args.board):
         raise SpidecError("--report plans the memory of a fixed-point build", hint="add --fixed or --board BOARD")
     art = compile_graph(g, target=args.target, out=args.out, board=args.board, quantize=_quant_options(args),
                         **_pass_options(args))
     if args.report:
-        _memory_report(art, quiet=args.quiet or args.json)
+        art.memory_report(quiet=args.quiet or args.json)
     files = ", ".join(sorted(p.name for p in art.out.iterdir() if p.is_file()))
     t = art.graph.training
     if args.json:
@@ -333,24 +344,6 @@ def cmd_compile(args: argparse.Namespace) -> int:
         print(art.graph.quant.describe())
     print(art.next_steps())
     return 0
-
-
-def _memory_report(art: Any, quiet: bool) -> None:
-    from .backends.c import board as brd
-
-    plan = brd.memory_plan(art.graph.program)
-    check = None
-    if art.board is not None and not brd.missing_tools():
-        check = brd.check_plan(plan, brd.build(art.out))
-    report = {"plan": plan, "check": check}
-    (art.out / "memory.json").write_text(json.dumps(report, indent=1, default=str))
-    if quiet:
-        return
-    print(brd.format_report(plan, check))
-    if art.board is None:
-        print("(plan only: add --board to build the image and check it)")
-    elif check is None:
-        print(f"(plan only: {brd.INSTALL_HINT})")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -434,7 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print what was written as JSON")
     fx = p.add_argument_group("fixed point and microcontrollers (target c)")
     fx.add_argument("--fixed", action="store_true", help="integer-only fixed-point runtime (the quantize pass)")
-    fx.add_argument("--board", choices=list(BOARDS),
+    fx.add_argument("--board", choices=list(_boards()),
                     help="also emit a Cortex-M image: mps2-an386 (M4F) or mps2-an385 (M3); implies --fixed")
     from .options import add_arguments
     from .passes import quantize

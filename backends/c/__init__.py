@@ -429,6 +429,25 @@ class CArtifact(Artifact):
         self._rt = CRuntime(self.out / f"lib{_lib_name(self.graph)}.so")
         return self._rt
 
+    def memory_report(self, quiet: bool = False) -> dict[str, Any]:
+        """``spidec compile --report``: the fixed-point build's RAM and flash by part from the buffer
+        plan, checked against the board image when there is one; written to memory.json."""
+        from . import board as brd
+
+        plan = brd.memory_plan(self.graph.program)
+        check = None
+        if self.board is not None and not brd.missing_tools():
+            check = brd.check_plan(plan, brd.build(self.out))
+        report = {"plan": plan, "check": check}
+        (self.out / "memory.json").write_text(json.dumps(report, indent=1, default=str))
+        if not quiet:
+            print(brd.format_report(plan, check))
+            if self.board is None:
+                print("(plan only: add --board to build the image and check it)")
+            elif check is None:
+                print(f"(plan only: {brd.INSTALL_HINT})")
+        return report
+
     def runtime(self) -> CRuntime:
         return self._rt if self._rt is not None else self.build()
 
