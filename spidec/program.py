@@ -451,12 +451,10 @@ def float_buffers(prog: Program) -> tuple[Buffer, ...]:
     """The state of the float arithmetic (what the float C runtime declares)."""
     out: list[Buffer] = []
     add = out.append
-    ni = sum(i.size for i in prog.inputs)
     nc = sum(r.size for r in prog.readouts)
     add(Buffer("logits", "f32", nc, "model", "", "other model state", "the readout's logits of the last sample"))
     add(Buffer("dlogits", "f32", nc, "backward", "", "other model state",
                "sf * dL/dlogits / B: the loss gradient injected into the couples"))
-    del ni
     add(Buffer("events", "u64", 1, "model", "", "other model state", "spikes of the last sample", scalar=True))
     add(Buffer("synops", "u64", 3, "model", "", "other model state",
                "spike-driven synaptic operations of the forward, backward, update stages (energy estimate)"))
@@ -568,6 +566,26 @@ def lower(g: Graph) -> Graph:
     out = g.copy()
     out.program = prog
     return out
+
+
+def check_program(g: Graph) -> None:
+    """The step program read with ``g`` belongs to it: the same training graph (its hash) and the
+    same names. A program left behind by an edit of the graph is refused rather than trusted."""
+    prog = g.program
+    if prog is None:
+        return
+    if g.training is None or g.simulation is None or g.schedule is None:
+        raise SpidecError("the step program ('lower' statements) needs the training graph it was lowered from "
+                          "(simulate, train, couple, ... and schedule statements)")
+    fresh = lower(g.copy())
+    if fresh.program.hash != prog.hash:
+        raise SpidecError(f"the step program was lowered from another training graph (hash {prog.hash}, this graph "
+                          f"{fresh.program.hash})", hint="delete the 'lower' statements or run the lower pass again")
+    structural = ("inputs", "chains", "populations", "couples", "readouts", "rules")
+    for name in structural:
+        if getattr(fresh.program, name) != getattr(prog, name):
+            raise SpidecError(f"the step program's {name} do not match the training graph",
+                              hint="delete the 'lower' statements or run the lower pass again")
 
 
 # ---------------------------------------------------------------------------------------------- text form
@@ -758,6 +776,7 @@ __all__ = [
     "ReadoutWeightRule",
     "Rule",
     "WeightRule",
+    "check_program",
     "float_buffers",
     "float_program",
     "graph_hash",

@@ -28,6 +28,7 @@ from .errors import SpidecError
 from .fileio import atomic_write
 from .ir import Graph, Input, Neuron, Population, Readout
 from .ops import OPS, LinearOp, fmt_shape
+from .program import check_program
 
 VERSION = 1
 DTYPE_TAGS = {"f16": np.float16, "f32": np.float32, "f64": np.float64}
@@ -512,6 +513,7 @@ class _Reader:
         self.pass_stmts(g, stmts)
         try:
             g.validate()
+            check_program(g)
         except SpidecError as e:
             line = self.lines.get(e.node) if e.node else None
             raise SpidecError(e.message, file=self.source, line=line, node=e.node, hint=e.hint) from None

@@ -286,3 +286,18 @@ def test_step_program_field_names_are_no_statement_keywords():
     for cls in {*RECORDS.values(), *CALLS.values()}:
         for f in fields(cls):
             assert TEXT_NAMES.get(f.name, f.name) not in keywords, (cls.__name__, f.name)
+
+
+def test_a_stale_step_program_is_refused(tmp_path):
+    """Editing the training graph of a lowered .spir without lowering again is caught."""
+    g = spidec.passes.run(conv_feedback())
+    path = tmp_path / "m.spir"
+    save(g, path)
+    assert load(path) == g
+    text = path.read_text()
+    path.write_text(text.replace("train T_back=100", "train T_back=50"))
+    with pytest.raises(SpidecError, match="lowered from another training graph"):
+        load(path)
+    path.write_text(text.replace("kernel=conv ", "kernel=dense ", 1))
+    with pytest.raises(SpidecError, match="chains do not match"):
+        load(path)
