@@ -350,15 +350,30 @@ def cmd_train(args: argparse.Namespace) -> int:
     """``spidec train BUILD`` (and its alias ``spidec run``): any target's build, one output shape."""
     from .runs import TrainOptions, train_build
 
-    opts = TrainOptions(**{f: getattr(args, f) for f in TrainOptions.__dataclass_fields__ if hasattr(args, f)
-                           and getattr(args, f) is not None})
-    summary = train_build(args.build, opts, say=print)
+    values = {f: getattr(args, f) for f in TrainOptions.__dataclass_fields__ if hasattr(args, f)
+              and getattr(args, f) is not None}
+    values["extra"] = tuple(getattr(args, "extra", ()))
+    summary = train_build(args.build, TrainOptions(**values), say=print)
     if args.json:
         print(json.dumps(summary, default=str))
     return 0
 
 
-cmd_run = cmd_train
+def cmd_run(args: argparse.Namespace) -> int:
+    """``spidec run``: what it always did on c builds (batch 1 by default; a board build's host
+    executable unless --qemu), through the same trainer as ``spidec train``."""
+    from pathlib import Path
+
+    from .runs import read_manifest
+
+    build = Path(args.build)
+    if build.is_dir():
+        info = read_manifest(build)
+        if info["target"] == "c":
+            args.batch = args.batch or 1
+            if info.get("board") and not args.qemu:
+                args.host = True
+    return cmd_train(args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -449,7 +464,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "prints the summary. An option a target cannot honour is refused.",
                            epilog=EPILOG_TRAIN, formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("build", help="folder written by spidec compile")
-        p.add_argument("--data", default="digits", help="digits, mnist or FILE.npz (default: digits)")
+        p.add_argument("--data", default="digits", help="digits, mnist or FILE.npz with x_train, y_train, x_test, "
+                                                        "y_test (default: digits)")
         p.add_argument("--epochs", type=int, help="epochs (default: the target's: 20 sim, 1 c, board and lava)")
         p.add_argument("--batch", type=int, help="batch size (default: 64 sim and c, 1 board, 8 lava)")
         p.add_argument("--lr", type=float, help="learning rate (default: the model's)")
@@ -465,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--timeout", type=float, help="board builds: stop QEMU after this many seconds")
         p.add_argument("--quiet", action="store_true", help="print nothing but errors")
         p.add_argument("--json", action="store_true", help="print the summary as JSON")
-        p.set_defaults(func=cmd_train)
+        p.set_defaults(func=cmd_train if verb == "train" else cmd_run)
 
     p = sub.add_parser("demo", help="the main job: compile a feedback net to C and train it with spikes here",
                        description="Load a model (default: a built-in feedback MLP for the data), check it against "
@@ -528,7 +544,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # only the trainer takes options it does not know itself (a sim build's train.py does)
+        if getattr(args, "func", None) not in (cmd_train, cmd_run):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.extra = extra
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

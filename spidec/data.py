@@ -174,24 +174,30 @@ def pack(source: str, out_dir: str | os.PathLike) -> list[Path]:
     """``spidec dataset pack``: a named data set or an ``.npz`` (x_train, y_train, x_test, y_test)
     into ``NAME.train.spds`` and ``NAME.test.spds``."""
     out_dir = Path(out_dir)
-    if source.endswith(".npz"):
-        try:
-            with np.load(source, allow_pickle=False) as z:
-                parts = {k: z[k] for k in ("x_train", "y_train", "x_test", "y_test")}
-        except FileNotFoundError:
-            raise SpidecError(f"data file {source!r} not found") from None
-        except KeyError as e:
-            raise SpidecError(f"{source} lacks the array {e} (needs x_train, y_train, x_test, y_test)") from None
-        name = Path(source).stem
-        classes = int(max(parts["y_train"].max(), parts["y_test"].max())) + 1
-        ds = Dataset(name, parts["x_train"], parts["y_train"], parts["x_test"], parts["y_test"], classes)
-    else:
-        ds = load(source)
+    ds = load(source)
     return [write_spds(out_dir / f"{ds.name}.train.spds", ds.x_train, ds.y_train, ds.classes),
             write_spds(out_dir / f"{ds.name}.test.spds", ds.x_test, ds.y_test, ds.classes)]
 
 
+def data_name(source: str) -> str:
+    """The name a data set's files get: ``digits``, or ``mine`` for ``path/mine.npz``."""
+    return Path(source).stem if source.endswith(".npz") else source
+
+
 def load(name: str) -> Dataset:
+    """A named data set (digits, mnist) or an ``.npz`` with x_train, y_train, x_test, y_test."""
+    if name.endswith(".npz"):
+        try:
+            with np.load(name, allow_pickle=False) as z:
+                parts = {k: z[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+        except FileNotFoundError:
+            raise SpidecError(f"data file {name!r} not found") from None
+        except KeyError as e:
+            raise SpidecError(f"{name} lacks the array {e} (needs x_train, y_train, x_test, y_test)") from None
+        except (ValueError, OSError) as e:
+            raise SpidecError(f"{name}: not a readable .npz ({e})") from None
+        classes = int(max(parts["y_train"].max(), parts["y_test"].max())) + 1
+        return Dataset(data_name(name), parts["x_train"], parts["y_train"], parts["x_test"], parts["y_test"], classes)
     try:
         return DATASETS[name]()
     except KeyError:

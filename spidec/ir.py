@@ -270,6 +270,7 @@ class Graph:
             raise SpidecError(f"not a node: {node!r}")
         self._claim(node.name)
         self._g.add_node(node.name, obj=node)
+        self.program = None  # the step program describes the graph as it was lowered
         return node
 
     def add_input(self, name: str, shape: Iterable[int]) -> Input:
@@ -299,6 +300,7 @@ class Graph:
         syn = Synapse(tuple([ops] if isinstance(ops, LinearOp) else ops), delay)
         self._g.add_edge(src, dst, key=name, obj=syn)
         self._synapses[name] = (src, dst)
+        self.program = None
         return name
 
     def replace_node(self, node: Node) -> None:
@@ -308,10 +310,12 @@ class Graph:
             raise SpidecError(f"cannot replace {type(old).__name__} '{node.name}' by a "
                               f"{type(node).__name__}", node=node.name)
         self._g.nodes[node.name]["obj"] = node
+        self.program = None  # (compile lowers a training graph again when it has no program)
 
     def replace_synapse(self, name: str, synapse: Synapse) -> None:
         src, dst = self._endpoints(name)
         self._g.edges[src, dst, name]["obj"] = synapse
+        self.program = None
 
     def copy(self) -> Graph:
         """A new graph sharing the (immutable) nodes and synapses."""

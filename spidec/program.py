@@ -67,7 +67,7 @@ class Chain:
     weight: str | None
     shape_in: tuple[int, ...]
     shape_out: tuple[int, ...]
-    learnable: bool
+    learnable: bool  # the synapse holds a tensor that training updates
 
     @property
     def n_in(self) -> int:
@@ -311,8 +311,11 @@ class Quantization:
     def as_json(self) -> dict[str, Any]:
         """A JSON view (``quantization.json`` beside a fixed-point build)."""
         head = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("populations", "qtensors")}
-        return {**head, "frac": self.frac, "populations": [asdict(p) for p in self.populations],
-                "tensors": {t.name: asdict(t) for t in self.qtensors}}
+        return {**head, "frac": self.frac, "pop_frac": self.pop_frac, "couple_frac": self.couple_frac,
+                "k_max": self.k_max, "g_max": self.g_max, "bounds": self.bounds,
+                "populations": [asdict(p) for p in self.populations],
+                "tensors": {n: asdict(t) for n, t in self.tensors.items()},  # the learnable ones, as before
+                "frozen": [t.name for t in self.qtensors if not t.learnable]}
 
     def describe(self) -> str:
         from .fixed import I32
@@ -439,8 +442,9 @@ def _chain(g: Graph, name: str, learnable: set[str]) -> Chain:
         kernel = e.synapse.ops[kop].step_kernel  # type: ignore[assignment]
         shape_in, shape_out = shapes[kop], shapes[kop + 1]
         weight = slots.get((e.name, kop, "weight"))
+    owned = {n for (owner, _, _), n in slots.items() if owner == e.name}
     return Chain(e.name, e.src, e.dst, e.synapse.delay, factor, tuple(ops), kernel, kop, weight,
-                 tuple(shape_in), tuple(shape_out), bool(weight and weight in learnable))
+                 tuple(shape_in), tuple(shape_out), bool(owned & learnable))
 
 
 def _norm(leak: float, steps: int) -> float:
@@ -581,11 +585,31 @@ def check_program(g: Graph) -> None:
     if fresh.program.hash != prog.hash:
         raise SpidecError(f"the step program was lowered from another training graph (hash {prog.hash}, this graph "
                           f"{fresh.program.hash})", hint="delete the 'lower' statements or run the lower pass again")
-    structural = ("inputs", "chains", "populations", "couples", "readouts", "rules")
-    for name in structural:
+    for name in ("model", "T", "T_back", "sf", "encoding", "optimizer", "inputs", "chains", "populations", "couples",
+                 "readouts", "rules"):
         if getattr(fresh.program, name) != getattr(prog, name):
             raise SpidecError(f"the step program's {name} do not match the training graph",
                               hint="delete the 'lower' statements or run the lower pass again")
+    if prog.quant is None:
+        planned = float_buffers(prog)
+    else:
+        from .fixed import fixed_buffers
+
+        q = prog.quant
+        if [p.name for p in q.populations] != [p.name for p in prog.populations]:
+            raise SpidecError("the fixed-point scales name other populations than the step program",
+                              hint="delete the 'lower quantization/qpopulation/qtensor' statements or quantize again")
+        tensors = set(g.tensor_slots())
+        if {t.name for t in q.qtensors} != tensors or {t.name for t in q.qtensors if t.learnable} != {
+                r.tensor for r in prog.rules}:
+            raise SpidecError("the fixed-point scales do not cover exactly the graph's tensors",
+                              hint="delete the 'lower quantization/qpopulation/qtensor' statements or quantize again")
+        if q.update not in ("momentum", "online"):
+            raise SpidecError(f"unknown fixed-point update rule {q.update!r}")
+        planned = fixed_buffers(prog, q.update)
+    if prog.buffers != planned:
+        raise SpidecError("the step program's buffer plan is not the one its arithmetic keeps",
+                          hint="delete the 'lower state' statements or run the lower pass again")
 
 
 # ---------------------------------------------------------------------------------------------- text form
@@ -743,6 +767,8 @@ def read_program(records: list[tuple[str, dict[str, Any]]]) -> Program | None:
                 raise SpidecError("the step program is given twice (two 'lower program' statements)")
             head = values
         elif cls is Quantization:
+            if qhead is not None:
+                raise SpidecError("the fixed-point scales are given twice (two 'lower quantization' statements)")
             qhead = values
         elif cls in slot[Program]:
             items[slot[Program][cls]].append(make_record(cls, values, f"lower {kind}"))

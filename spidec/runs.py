@@ -41,6 +41,7 @@ class TrainOptions:
     timeout: float | None = None
     quiet: bool = False
     json: bool = False
+    extra: tuple[str, ...] = ()  # sim: further options of its train.py (--dtype, --steps, --save-weights ...)
 
     def given(self) -> set[str]:
         """The options set away from their defaults."""
@@ -110,7 +111,13 @@ def train_build(build: str | Path, opts: TrainOptions, say: Callable[[str], None
     info = read_manifest(out)
     backend = get(info["target"])
     takes = COMMON | set(getattr(backend, "TRAIN_OPTIONS", ()))
-    refused = sorted(opts.given() - takes)
+    if opts.epochs is not None and opts.epochs < 0:
+        raise SpidecError(f"--epochs must be at least 0, got {opts.epochs}")
+    if opts.batch is not None and opts.batch < 1:
+        raise SpidecError(f"--batch must be at least 1, got {opts.batch}")
+    if opts.extra and "extra" not in takes:
+        raise SpidecError(f"the {info['target']} target does not know {' '.join(opts.extra)}")
+    refused = sorted(opts.given() - takes - {"extra"})
     if refused:
         raise SpidecError(f"the {info['target']} target cannot honour --{refused[0].replace('_', '-')}"
                           f" (it takes: {', '.join('--' + o.replace('_', '-') for o in sorted(takes))})")

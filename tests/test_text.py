@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import GRAPHS, conv_feedback
+from conftest import GRAPHS, conv_feedback, dense_feedback
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -301,3 +301,56 @@ def test_a_stale_step_program_is_refused(tmp_path):
     path.write_text(text.replace("kernel=conv ", "kernel=dense ", 1))
     with pytest.raises(SpidecError, match="chains do not match"):
         load(path)
+
+
+def test_training_graphs_saved_before_the_step_program_still_load(tmp_path):
+    """Older .spir files carry 'buffer' statements (the schedule's buffers, now the step program's
+    plan): they are read and ignored, and compile lowers the graph again."""
+    g = spidec.passes.schedule(spidec.passes.spide(spidec.passes.spiking(conv_feedback())))
+    path = tmp_path / "old.spir"
+    save(g, path)
+    text = path.read_text().replace(
+        "schedule forward_order", 'buffer c1_u stage=forward shape=[3, 6, 6] what="membrane potential"\nschedule '
+        "forward_order", 1)
+    assert "buffer c1_u" in text
+    path.write_text(text)
+    old = load(path)
+    assert old == g and old.program is None
+    assert spidec.passes.lower(old).program == spidec.passes.run(conv_feedback()).program
+
+
+def test_edited_program_headers_buffers_and_scales_are_refused(tmp_path):
+    from spidec.fixed import quantize
+
+    g = quantize(spidec.passes.run(dense_feedback()))
+    path = tmp_path / "q.spir"
+    save(g, path)
+    text = path.read_text()
+    assert load(path) == g
+    for old, new, message in (
+            ("lower program model=dense_fb hash=", "lower program model=other hash=", "model do not match"),
+            (" T=30 T_back=100 sf=100.0 encoding=constant", " T=50 T_back=100 sf=100.0 encoding=constant",
+             "T do not match"),
+            ("lower state name=u_h dtype=i32 size=8 ", "lower state name=u_h dtype=i32 size=2 ", "buffer plan"),
+            ("lower quantization", "lower quantization input_bits=8\nlower quantization", "given twice"),
+    ):
+        assert old in text, old
+        path.write_text(text.replace(old, new, 1))
+        with pytest.raises(SpidecError, match=message):
+            load(path)
+    lines = [ln for ln in text.splitlines() if not ln.startswith("lower qtensor name=\"h.bias\"")]
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(SpidecError, match="do not cover exactly the graph's tensors"):
+        load(path)
+
+
+def test_changing_a_lowered_graph_drops_its_program():
+    """A graph edited after lowering has no stale program: compile lowers it again."""
+    from spidec import Neuron, Population
+
+    g = spidec.passes.run(dense_feedback())
+    h = g.copy()
+    old = h.node("h")
+    h.replace_node(Population("h", old.shape, Neuron(vth=0.7), old.bias))
+    assert g.program is not None and h.program is None
+    assert spidec.passes.lower(h).program.population("h").vth == 0.7

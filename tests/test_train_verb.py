@@ -135,3 +135,29 @@ def test_nothing_in_the_core_imports_a_backend():
     for path in core:
         text = path.read_text()
         assert not re.search(r"^\s*(from|import)\s+[.\w]*backends", text, re.M), path
+
+
+def test_run_keeps_its_c_defaults_and_sim_builds_take_their_own_options(tmp_path, capsys):
+    import numpy as np
+
+    model = str(EXAMPLES / "digits_fb.onnx")
+    c, sim = tmp_path / "c", tmp_path / "sim"
+    assert main(["compile", model, "--target", "c", "-o", str(c), "--quiet"]) == 0
+    assert main(["compile", model, "-o", str(sim), "--quiet"]) == 0
+    # spidec run (the alias) trains a c build as spidec train does (its default batch is 1)
+    assert main(["run", str(c), "--epochs", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["target"] == "c"
+    # an .npz data set on a c build
+    rng = np.random.default_rng(0)
+    npz = tmp_path / "mine.npz"
+    np.savez(npz, x_train=rng.random((40, 64), np.float32), y_train=rng.integers(0, 10, 40),
+             x_test=rng.random((12, 64), np.float32), y_test=rng.integers(0, 10, 12))
+    assert main(["train", str(c), "--data", str(npz), "--epochs", "1", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out.splitlines()[-1])["epochs"]) == 1
+    # train.py's own options reach a sim build; another target refuses them in one line
+    assert main(["train", str(sim), "--epochs", "1", "--limit-train", "32", "--steps", "1", "--dtype", "float64",
+                 "--quiet"]) == 0
+    assert main(["train", str(c), "--dtype", "float64"]) == 1
+    assert "does not know --dtype float64" in capsys.readouterr().err
+    assert main(["train", str(c), "--epochs", "-1"]) == 1
+    assert "--epochs must be at least 0" in capsys.readouterr().err

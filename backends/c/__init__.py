@@ -1,12 +1,14 @@
 """The ``c`` backend: a training graph into C99 that trains the network on the device it runs on.
 
-    art = emit(g, "build/")          # model.c + the runtime + a Makefile
+    art = emit(g, "build/")          # model.c, weights.c, the runtime, a Makefile, spidec.json
     rt = art.build()                 # make; a ctypes handle on the shared library
-    rt.train(x, y, epochs=5); rt.evaluate(x_test, y_test)
+    rt.train(x, y, epochs=5); rt.evaluate(x_test, y_test)   # (or the same on art: spidec.artifact)
 
-The folder holds ``model.c`` (sizes as constants, state in static arrays, the schedule unrolled,
-the initial weights as initialised arrays), a copy of ``runtime/`` (``spide.h`` and the shared
-sources: data-set and checkpoint files, the training loop, the command-line program) and a
+Everything is read from the step program (``g.program``). The folder holds ``model.c`` (sizes as
+constants, state in static arrays declared from the buffer plan, the schedule unrolled; the
+synapse kernels from ``C_KERNELS``), ``weights.c`` (the initial tensors), a copy of ``runtime/``
+(``spide.h`` and the shared sources: data-set and checkpoint files, the training loop, the
+command-line program) and a
 ``Makefile`` that builds the host executable ``train`` (``train``/``eval``/``predict``/``info``)
 and the shared library. Same graph, same bytes.
 
@@ -16,8 +18,8 @@ IF/LIF populations of any shape with full or per-channel biases, one data input 
 encoding) and one cross-entropy readout; other ops are refused with a message.
 
 A graph that went through the ``quantize`` pass (``g.quant``) gets the integer-only runtime of
-``templates/fixed.c.j2`` instead (``spidec.fixed`` describes its arithmetic; dense synapses and IF
-neurons), and ``emit(..., board=...)`` adds a Cortex-M image (``board.py``).
+``templates/fixed.c.j2`` instead (both extend ``templates/base.c.j2``; ``spidec.fixed`` describes its
+arithmetic; dense synapses and IF neurons), and ``emit(..., board=...)`` adds a Cortex-M image (``board.py``).
 """
 
 from __future__ import annotations
@@ -497,8 +499,9 @@ def _data_files(out: Path, data: str) -> tuple[Path, Path]:
     from ... import data as data_mod
 
     ddir = out / "data"
-    train, test = ddir / f"{data}.train.spds", ddir / f"{data}.test.spds"
-    if not (train.exists() and test.exists()):
+    name = data_mod.data_name(data)
+    train, test = ddir / f"{name}.train.spds", ddir / f"{name}.test.spds"
+    if data.endswith(".npz") or not (train.exists() and test.exists()):  # a file may have changed
         data_mod.pack(data, ddir)
     return train, test
 
@@ -666,7 +669,9 @@ class CRuntime:
         for fn in ("spide_get_qtensor", "spide_get_qmomentum"):
             getattr(lib, fn).argtypes = [ctypes.c_int, i32p]
         lib.spide_get_counts.argtypes = [f32p]
-        lib.spide_get_rates.argtypes = [f32p]
+        self._has_rates = hasattr(lib, "spide_get_rates")  # (a library built before spidec exported it)
+        if self._has_rates:
+            lib.spide_get_rates.argtypes = [f32p]
         lib.spide_get_back_sums.argtypes = [f32p]
         lib.spide_get_back_counts.argtypes = [f32p]
         lib.spide_take_events.restype = ctypes.c_uint64
@@ -760,6 +765,8 @@ class CRuntime:
     def rates(self, x: Any) -> np.ndarray:
         """Forward rates of every neuron (populations concatenated), per sample: count / T, and for
         LIF the leak-weighted count over its norm (what the local updates read)."""
+        if not self._has_rates:
+            return self.counts(x) / self.T
         x = self._x(x)
         out = np.empty((len(x), self.lib.spide_neurons()), np.float32)
         for k in range(len(x)):

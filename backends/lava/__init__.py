@@ -99,7 +99,7 @@ def config(g: Graph) -> dict[str, Any]:
         "version": __version__, "model": prog.model, "hash": prog.build_hash,
         "T": prog.T, "T_back": prog.T_back, "sf": prog.sf, "input": prog.inputs[0].name,
         "optimizer": {"lr": opt.lr, "momentum": opt.momentum, "weight_decay": opt.weight_decay,
-                      "feedback_norm": opt.feedback_norm},
+                      "feedback_norm": opt.feedback_norm, "milestones": list(opt.milestones), "gamma": opt.gamma},
         "populations": pops, "recurrent": recurrent, "input_synapses": inputs,
         "readout": {"name": ro.name, "n": ro.size, "bias": ro.bias, "synapses": rsyn},
         "updates": updates,
@@ -109,6 +109,8 @@ def config(g: Graph) -> dict[str, Any]:
 
 
 def emit(g: Graph, out: str | Path) -> LavaArtifact:
+    if g.quant is not None:  # fixed-point scales are the c backend's business: a float program here
+        g = g.copy()
     cfg = config(g)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -151,7 +153,7 @@ class LavaArtifact(Artifact):
         rng = np.random.default_rng(seed)
         history = []
         for epoch in range(epochs):
-            r = net.train_epoch(x, np.asarray(y), batch, lr=lr, perm=rng.permutation(len(y)))
+            r = net.train_epoch(x, np.asarray(y), batch, lr=_lr_at(net.cfg, epoch, lr), perm=rng.permutation(len(y)))
             history.append({"epoch": epoch + 1, "train_loss": r["loss"], "train_accuracy": r["accuracy"]})
         return history
 
@@ -191,6 +193,13 @@ class LavaArtifact(Artifact):
         return f"train it: spidec train {self.out} --data digits --epochs 1 (needs Lava, see the README)"
 
 
+def _lr_at(cfg: dict[str, Any], epoch: int, lr: float | None) -> float:
+    """The learning rate of an epoch: the model's (or ``lr``) times gamma at each milestone passed."""
+    opt = cfg["optimizer"]
+    base = opt["lr"] if lr is None else lr
+    return base * opt.get("gamma", 0.1) ** sum(1 for m in opt.get("milestones", ()) if epoch >= m)
+
+
 # what `spidec train` takes for a lava build besides the common options (spidec.runs)
 TRAIN_OPTIONS = ("limit_train", "limit_test")
 
@@ -214,8 +223,9 @@ def train_build(out: Path, opts: Any, say: Any) -> dict[str, Any]:
         for epoch in range(opts.epochs if opts.epochs is not None else 1):
             perm = rng.permutation(len(y))[: opts.limit_train or len(y)]
             t0 = time.monotonic()
-            r = net.train_epoch(x, y, opts.batch or 8, lr=opts.lr, perm=perm)
-            entry = {"epoch": epoch + 1, "lr": opts.lr if opts.lr is not None else net.cfg["optimizer"]["lr"],
+            lr = _lr_at(net.cfg, epoch, opts.lr)
+            r = net.train_epoch(x, y, opts.batch or 8, lr=lr, perm=perm)
+            entry = {"epoch": epoch + 1, "lr": lr,
                      "train_loss": r["loss"], "train_accuracy": r["accuracy"],
                      "test_accuracy": net.evaluate(xt, yt)["accuracy"], "seconds": time.monotonic() - t0}
             epochs.append(entry)

@@ -265,10 +265,12 @@ class SimArtifact(Artifact):
 
     def set_weights(self, values: dict[str, Any]) -> None:
         net = self.build()
-        known = self._module.TENSORS
-        for name in values:
-            if name not in known:
-                raise SpidecError(f"no tensor named '{name}'; the model has: {', '.join(known)}")
+        current = net.tensors()
+        for name, value in values.items():
+            if name not in current:
+                raise SpidecError(f"no tensor named '{name}'; the model has: {', '.join(current)}")
+            if np.shape(value) != current[name].shape:
+                raise SpidecError(f"tensor '{name}' has shape {list(current[name].shape)}, got {list(np.shape(value))}")
         net.set_tensors(values)
 
     def run_cli(self, *args: str) -> int:
@@ -366,6 +368,8 @@ def _env() -> jinja2.Environment:
 
 def emit(g: Graph, out: str | Path) -> SimArtifact:
     """Write the PyTorch training program for training graph ``g`` into folder ``out``."""
+    if g.quant is not None:  # fixed-point scales are the c backend's business: a float program here
+        g = g.copy()
     ctx = context(g)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -383,7 +387,7 @@ def emit(g: Graph, out: str | Path) -> SimArtifact:
 
 
 # what `spidec train` takes for a sim build besides the common options (spidec.runs)
-TRAIN_OPTIONS = ("checkpoint", "resume", "limit_train", "limit_test", "device")
+TRAIN_OPTIONS = ("checkpoint", "resume", "limit_train", "limit_test", "device", "extra")
 
 
 def train_build(out: Path, opts: Any, say: Any) -> dict[str, Any]:
@@ -400,9 +404,13 @@ def train_build(out: Path, opts: Any, say: Any) -> dict[str, Any]:
         args.append("--resume")
     if opts.quiet or opts.json:
         args.append("--quiet")
+    args += list(opts.extra)
     log = out / "history.json"
     before = log.stat().st_mtime_ns if log.exists() else None
-    code = SimArtifact(out, None).run_cli(*args)  # type: ignore[arg-type]
+    try:
+        code = SimArtifact(out, None).run_cli(*args)  # type: ignore[arg-type]
+    except SystemExit:  # train.py's own argument errors (it printed its usage)
+        raise SpidecError(f"the sim build's train.py refused its arguments: {' '.join(args)}") from None
     if code != 0:
         raise SpidecError(f"training the sim build in {out} failed (train.py exited with {code})")
     history = json.loads(log.read_text()) if log.exists() and log.stat().st_mtime_ns != before else []

@@ -1,8 +1,8 @@
 /* spide.h -- the spidec C runtime: on-device SPIDE training.
  *
- * A model compiled by `spidec compile MODEL --target c` is one C file (model.c) that implements
- * the model interface below with every size a compile-time constant and all state in static
- * arrays; this runtime adds what every model shares: the data-set and checkpoint formats (CRC32,
+ * A model compiled by `spidec compile MODEL --target c` is model.c, which implements the model
+ * interface below with every size a compile-time constant and all state in static arrays (the
+ * step program's buffer plan), and weights.c with the initial tensors; this runtime adds what every model shares: the data-set and checkpoint formats (CRC32,
  * atomic saves), the training loop, and the command-line program.
  *
  * Training one sample (SPIDE, Xiao et al. 2023):
