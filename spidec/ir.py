@@ -532,6 +532,7 @@ class Graph:
         """A copy with the named tensors replaced (same shapes required)."""
         slots = self.tensor_slots()
         g = self.copy()
+        program = g.program  # (copy already dropped fixed-point scales chosen for the old values)
         for name, value in values.items():
             slot = slots.get(name)
             if slot is None:
@@ -550,6 +551,7 @@ class Graph:
                 ops = list(syn.ops)
                 ops[slot.op] = ops[slot.op].replace(**{slot.field: new})
                 g.replace_synapse(slot.owner, Synapse(tuple(ops), syn.delay))
+        g.program = program  # new values, the same structure: the step program still describes it
         return g
 
     def astype(self, dtype: Any) -> Graph:

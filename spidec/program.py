@@ -406,6 +406,8 @@ class Program:
 def require_program(g: Graph, who: str) -> Program:
     """``g``'s step program, or an error naming the passes that have not run (``who``: the asker)."""
     prog = getattr(g, "program", None)
+    if prog is None and g.training is not None and g.simulation is not None and g.schedule is not None:
+        return lower(g).program  # a training graph that was edited or read without its program
     if prog is None:
         missing = [n for n, v in (("spiking", g.simulation), ("spide", g.training), ("schedule", g.schedule),
                                   ("lower", None)) if v is None]

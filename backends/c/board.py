@@ -1,5 +1,5 @@
 """Cortex-M boards for the fixed-point C runtime: what ``spidec compile --board`` adds, the memory
-plan ``--report`` prints, and building and running the image under QEMU (``spidec run --qemu``).
+plan ``--report`` prints, and building and running the image under QEMU (``spidec train BUILD``).
 
 The memory plan is computed from the compiled model alone (every state array's element type times
 its length, by part) and checked against the built image: each planned symbol's size in
