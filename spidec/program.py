@@ -416,6 +416,16 @@ def require_program(g: Graph, who: str) -> Program:
     return prog
 
 
+def lowered(g: Graph, who: str) -> Graph:
+    """``g`` with its step program: as it is, or lowered now (a training graph edited or read
+    without one); an error naming the missing passes otherwise."""
+    if getattr(g, "program", None) is not None:
+        return g
+    out = g.copy()
+    out.program = require_program(g, who)
+    return out
+
+
 def graph_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -809,6 +819,7 @@ __all__ = [
     "float_program",
     "graph_hash",
     "lower",
+    "lowered",
     "program_lines",
     "read_program",
     "require_program",

@@ -77,3 +77,17 @@ def test_set_weights_and_train_move_every_target_alike(built):
         assert hist[0]["train_loss"] > 0 and 0 <= hist[0]["train_accuracy"] <= 1
         after = art.get_weights()
         assert any(not np.allclose(after[k], g.tensor(k)) for k in after), f"{target}: training changed nothing"
+
+
+def test_emit_lowers_a_training_graph_that_has_no_program(tmp_path):
+    """A training graph without its step program (read from an older .spir, or edited) is lowered
+    by the backend that emits it, and its artifact carries the program."""
+    import spidec.backends
+
+    p = spidec.passes
+    g = p.schedule(p.spide(p.spiking(spidec.load(EXAMPLES / "digits_fb.onnx"))))
+    assert g.program is None
+    for target in TARGETS:
+        art = spidec.backends.get(target).emit(g, tmp_path / target)
+        assert art.graph.program == p.lower(g).program, target
+        assert (tmp_path / target / "spidec.json").is_file()

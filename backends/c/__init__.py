@@ -42,7 +42,7 @@ from ...artifact import Artifact
 from ...errors import SpidecError
 from ...ir import Graph, code_name
 from ...ops import OPS
-from ...program import BiasRule, Chain, Program, ReadoutWeightRule, WeightRule, require_program
+from ...program import BiasRule, Chain, Program, ReadoutWeightRule, WeightRule, lowered, require_program
 from ...runs import write_manifest
 from ...text import dumps
 from .. import environment
@@ -361,6 +361,7 @@ def emit(g: Graph, out: str | Path, board: str | None = None) -> CArtifact:
     """Write the C sources for training graph ``g`` into ``out`` (fixed point when the quantize
     pass ran: ``g.quant``); ``board`` (one of ``BOARDS``) adds the startup code, linker script and
     Makefile targets of that Cortex-M board (fixed point only)."""
+    g = lowered(g, "the c backend")
     if board is not None:
         if board not in BOARDS:
             raise SpidecError(f"unknown board '{board}'; the boards are: {', '.join(BOARDS)}")

@@ -28,7 +28,7 @@ import numpy as np
 from ...artifact import Artifact
 from ...errors import SpidecError
 from ...ir import Graph
-from ...program import BiasRule, Chain, ReadoutBiasRule, ReadoutWeightRule, WeightRule, require_program
+from ...program import BiasRule, Chain, ReadoutBiasRule, ReadoutWeightRule, WeightRule, lowered, require_program
 from ...runs import write_manifest
 from ...text import dumps
 from .. import environment
@@ -111,6 +111,7 @@ def config(g: Graph) -> dict[str, Any]:
 def emit(g: Graph, out: str | Path) -> LavaArtifact:
     if g.quant is not None:  # fixed-point scales are the c backend's business: a float program here
         g = g.copy()
+    g = lowered(g, "the lava backend")
     cfg = config(g)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ from ...artifact import Artifact
 from ...errors import SpidecError
 from ...ir import Graph, code_name
 from ...ops import AvgPool2d, Conv2d, ConvTranspose2d, Dense, Flatten, LinearOp, Pad, Reshape, Scale, Shape, Zero
-from ...program import BiasRule, ReadoutWeightRule, WeightRule, require_program
+from ...program import BiasRule, ReadoutWeightRule, WeightRule, lowered, require_program
 from ...runs import write_manifest
 from ...text import dumps
 from .. import environment
@@ -370,6 +370,7 @@ def emit(g: Graph, out: str | Path) -> SimArtifact:
     """Write the PyTorch training program for training graph ``g`` into folder ``out``."""
     if g.quant is not None:  # fixed-point scales are the c backend's business: a float program here
         g = g.copy()
+    g = lowered(g, "the sim backend")
     ctx = context(g)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
