@@ -76,6 +76,8 @@ from .program import (
     WeightRule,
     float_program,
     require_program,
+    spike_lists,
+    ternary_lists,
 )
 
 W_MAX = 32767
@@ -141,12 +143,7 @@ def fixed_buffers(prog: Program, update: str) -> tuple[Buffer, ...]:
                    "constant input current (bias + input weights), once per sample"))
         add(Buffer(f"cnt_{c}", "i16", n, "forward", p.name, "rates and counts", "spike count"))
         add(Buffer(f"m_{c}", "u8", n, "forward", p.name, "rates and counts", "mask m = [0 < cnt < T]"))
-        add(Buffer(f"s_{c}", "i16", n, "forward", p.name, "spike buffers", "indices of this step's spikes"))
-        add(Buffer(f"ns_{c}", "i16", 1, "forward", p.name, "spike buffers", "how many of them", scalar=True))
-        if p.keep_prev:
-            add(Buffer(f"ps_{c}", "i16", n, "forward", p.name, "spike buffers",
-                       "indices of last step's spikes (delayed synapses read them)"))
-            add(Buffer(f"nps_{c}", "i16", 1, "forward", p.name, "spike buffers", "how many of them", scalar=True))
+        out += spike_lists(p, "i16")
     for cp in prog.couples:
         c, n = code_name(cp.of), cp.size
         add(Buffer(f"ub_{c}", "i32", n, "backward", cp.name, "membranes", "couple potential * 2^B"))
@@ -155,15 +152,7 @@ def fixed_buffers(prog: Program, update: str) -> tuple[Buffer, ...]:
         add(Buffer(f"sb_{c}", "i16", n, "backward", cp.name, "rates and counts", "ternary spike sum"))
         add(Buffer(f"nb_{c}", "i16", n, "backward", cp.name, "rates and counts",
                    "ternary spikes fired (either sign)"))
-        add(Buffer(f"ts_{c}", "i16", n, "backward", cp.name, "spike buffers",
-                   "indices of this step's gated ternary spikes"))
-        add(Buffer(f"nts_{c}", "i16", 1, "backward", cp.name, "spike buffers", "how many of them", scalar=True))
-        add(Buffer(f"tv_{c}", "i8", n, "backward", cp.name, "spike buffers", "their signs (+1 / -1), by index"))
-        if cp.keep_prev:
-            add(Buffer(f"pts_{c}", "i16", n, "backward", cp.name, "spike buffers",
-                       "last step's gated ternary spikes (delayed transposes read them)"))
-            add(Buffer(f"npts_{c}", "i16", 1, "backward", cp.name, "spike buffers", "how many of them", scalar=True))
-            add(Buffer(f"ptv_{c}", "i8", n, "backward", cp.name, "spike buffers", "their signs"))
+        out += ternary_lists(cp, "i16", "i8")
     for name, dtype, size, what in (
             ("xq", "i16", ni, "the quantised input x * 2^F_X"), ("nzi", "i16", ni, "indices of its non-zero values"),
             ("Lq", "i64", nc, "integer logits, scale 2^F_C * T"),

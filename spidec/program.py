@@ -463,6 +463,34 @@ def _norm(leak: float, steps: int) -> float:
     return float(steps) if leak == 1.0 else (1 - leak**steps) / (1 - leak)
 
 
+def spike_lists(p: PopulationStep, index: str) -> list[Buffer]:
+    """A population's event lists (the same in both arithmetics but for the index type): this
+    step's spikes and, when a delayed synapse reads them, last step's."""
+    c, n = code_name(p.name), p.size
+    out = [Buffer(f"s_{c}", index, n, "forward", p.name, "spike buffers", "indices of this step's spikes"),
+           Buffer(f"ns_{c}", index, 1, "forward", p.name, "spike buffers", "how many of them", scalar=True)]
+    if p.keep_prev:
+        out += [Buffer(f"ps_{c}", index, n, "forward", p.name, "spike buffers",
+                       "indices of last step's spikes (delayed synapses read them)"),
+                Buffer(f"nps_{c}", index, 1, "forward", p.name, "spike buffers", "how many of them", scalar=True)]
+    return out
+
+
+def ternary_lists(cp: CoupleStep, index: str, sign: str) -> list[Buffer]:
+    """A couple's gated ternary event lists with their signs, this step's and (delayed) last step's."""
+    c, n = code_name(cp.of), cp.size
+    out = [Buffer(f"ts_{c}", index, n, "backward", cp.name, "spike buffers",
+                  "indices of this step's gated ternary spikes"),
+           Buffer(f"nts_{c}", index, 1, "backward", cp.name, "spike buffers", "how many of them", scalar=True),
+           Buffer(f"tv_{c}", sign, n, "backward", cp.name, "spike buffers", "their signs (+1 / -1), by index")]
+    if cp.keep_prev:
+        out += [Buffer(f"pts_{c}", index, n, "backward", cp.name, "spike buffers",
+                       "last step's gated ternary spikes (delayed transposes read them)"),
+                Buffer(f"npts_{c}", index, 1, "backward", cp.name, "spike buffers", "how many of them", scalar=True),
+                Buffer(f"ptv_{c}", sign, n, "backward", cp.name, "spike buffers", "their signs")]
+    return out
+
+
 def float_buffers(prog: Program) -> tuple[Buffer, ...]:
     """The state of the float arithmetic (what the float C runtime declares)."""
     out: list[Buffer] = []
@@ -484,12 +512,7 @@ def float_buffers(prog: Program) -> tuple[Buffer, ...]:
                    "spike count (leak-weighted for LIF)"))
         add(Buffer(f"a_{c}", "f32", n, "forward", p.name, "rates and counts", "forward rate: count / norm"))
         add(Buffer(f"m_{c}", "u8", n, "forward", p.name, "rates and counts", "mask m = [0 < a < 1]"))
-        add(Buffer(f"s_{c}", "idx", n, "forward", p.name, "spike buffers", "indices of this step's spikes"))
-        add(Buffer(f"ns_{c}", "idx", 1, "forward", p.name, "spike buffers", "how many of them", scalar=True))
-        if p.keep_prev:
-            add(Buffer(f"ps_{c}", "idx", n, "forward", p.name, "spike buffers",
-                       "indices of last step's spikes (delayed synapses read them)"))
-            add(Buffer(f"nps_{c}", "idx", 1, "forward", p.name, "spike buffers", "how many of them", scalar=True))
+        out += spike_lists(p, "idx")
     for cp in prog.couples:
         c, n = code_name(cp.of), cp.size
         add(Buffer(f"ub_{c}", "f32", n, "backward", cp.name, "membranes", "couple potential"))
@@ -500,15 +523,7 @@ def float_buffers(prog: Program) -> tuple[Buffer, ...]:
         add(Buffer(f"post_{c}", "f32", n, "backward", cp.name, "rates and counts",
                    "m * beta: what the local updates read"))
         add(Buffer(f"nb_{c}", "f32", n, "backward", cp.name, "rates and counts", "ternary spikes fired (either sign)"))
-        add(Buffer(f"ts_{c}", "idx", n, "backward", cp.name, "spike buffers",
-                   "indices of this step's gated ternary spikes"))
-        add(Buffer(f"nts_{c}", "idx", 1, "backward", cp.name, "spike buffers", "how many of them", scalar=True))
-        add(Buffer(f"tv_{c}", "f32", n, "backward", cp.name, "spike buffers", "their signs (+1 / -1), by index"))
-        if cp.keep_prev:
-            add(Buffer(f"pts_{c}", "idx", n, "backward", cp.name, "spike buffers",
-                       "last step's gated ternary spikes (delayed transposes read them)"))
-            add(Buffer(f"npts_{c}", "idx", 1, "backward", cp.name, "spike buffers", "how many of them", scalar=True))
-            add(Buffer(f"ptv_{c}", "f32", n, "backward", cp.name, "spike buffers", "their signs"))
+        out += ternary_lists(cp, "idx", "f32")
     return tuple(out)
 
 
@@ -823,4 +838,6 @@ __all__ = [
     "program_lines",
     "read_program",
     "require_program",
+    "spike_lists",
+    "ternary_lists",
 ]
