@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from spidec.backends.c.board import parse_line
 
 from spidec.data import digits, mnist, write_spds
 
@@ -69,13 +70,8 @@ def rate(exe: Path, data: Path, batch: int, epochs: int) -> float:
     """Samples per second over ``epochs`` epochs (a small data set is repeated so that a measurement
     lasts long enough to mean something)."""
     out = run([str(exe), "train", "--train", str(data), "--epochs", str(epochs), "--batch", str(batch), "--quiet"])
-    samples = seconds = 0.0
-    for line in out.splitlines():
-        if line.startswith("epoch "):
-            f = dict(zip(line.split()[2::2], line.split()[3::2]))
-            seconds += float(f["seconds"])
-            samples += float(f["samples_per_s"]) * float(f["seconds"])
-    return samples / seconds
+    lines = [parse_line(ln) for ln in out.splitlines() if ln.startswith("epoch ")]
+    return sum(f["samples_per_s"] * f["seconds"] for f in lines) / sum(f["seconds"] for f in lines)
 
 
 def instructions(out: Path, data: Path, batch: int) -> int:

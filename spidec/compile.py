@@ -22,10 +22,8 @@ def compile(g: Graph, target: str = "sim", out: str | os.PathLike = "build", *, 
     from .errors import SpidecError
 
     backend = get(target)
-    if options or g.schedule is None:
+    if options or g.schedule is None:  # (a training graph without its step program: the backend lowers it)
         g = passes.run(g, **options)
-    elif g.program is None:  # a training graph (e.g. from .spir) that was never lowered
-        g = passes.lower(g)
     fixed = fixed or board is not None or quantize is not None
     if fixed:  # a backend that builds fixed point (and boards) says so: FIXED_POINT = True
         if not getattr(backend, "FIXED_POINT", False):

@@ -75,6 +75,7 @@ from .program import (
     ReadoutWeightRule,
     WeightRule,
     float_program,
+    lowered,
     require_program,
     spike_lists,
     ternary_lists,
@@ -206,10 +207,7 @@ def quantize(g: Graph, *,
     every scale covers at least ``+-weight_range`` (weights grow several times over in training);
     ``update`` is ``momentum`` (the model's optimiser, default when it has momentum) or ``online``;
     ``seed`` salts the stochastic rounding."""
-    if getattr(g, "program", None) is None and g.training is not None and g.schedule is not None:
-        from .program import lower
-
-        g = lower(g)  # a training graph from before the lower pass existed
+    g = lowered(g, "quantize")  # (a training graph read or edited without its step program)
     prog = _structure(g)
     prog = float_program(prog)
     T, T_back, sf, opt = prog.T, prog.T_back, prog.sf, prog.optimizer

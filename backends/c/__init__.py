@@ -511,6 +511,7 @@ def train_build(out: Path, opts: Any, say: Any) -> dict[str, Any]:
     """``spidec train`` of a c build: the board image under QEMU (board builds, unless ``host``),
     else the host executable; the epoch lines as on every target."""
     from ...runs import epoch_line, read_manifest
+    from . import board as brd
 
     board = read_manifest(out).get("board")
     if opts.qemu and opts.host:
@@ -526,11 +527,7 @@ def train_build(out: Path, opts: Any, say: Any) -> dict[str, Any]:
     done = subprocess.run(["make", "-C", str(out), "train"], capture_output=True, text=True)
     if done.returncode != 0:
         raise SpidecError(f"building the host program failed:\n{done.stderr[-3000:]}")
-    cmd = [str(out / "train"), "train", "--train", str(train), "--test", str(test),
-           "--epochs", str(opts.epochs if opts.epochs is not None else 1), "--batch", str(opts.batch or 64),
-           "--seed", str(opts.seed)]
-    if opts.lr is not None:
-        cmd += ["--lr", repr(opts.lr)]
+    cmd = [str(out / "train"), "train", "--train", str(train), "--test", str(test), *_trainer_args(opts, 64)]
     if opts.checkpoint:
         cmd += ["--checkpoint", opts.checkpoint]
     if opts.resume:
@@ -541,19 +538,28 @@ def train_build(out: Path, opts: Any, say: Any) -> dict[str, Any]:
     epochs = []
     assert proc.stdout is not None
     for line in proc.stdout:
-        f = line.split()
-        if f and f[0] == "epoch":
-            v = dict(zip(f[2::2], f[3::2]))
-            entry = {"epoch": int(f[1]), "lr": float(v["lr"]), "train_loss": float(v["loss"]),
-                     "train_accuracy": float(v["train_accuracy"]), "seconds": float(v.get("seconds", "nan")),
-                     "samples_per_s": float(v.get("samples_per_s", "nan"))}
-            if "test_accuracy" in v:
-                entry["test_accuracy"] = float(v["test_accuracy"])
+        if line.startswith("epoch "):
+            entry = _epoch_entry(brd.parse_line(line))
             epochs.append(entry)
             say(epoch_line(entry))
     if proc.wait() != 0:
         raise SpidecError(f"the host trainer of {out} exited with {proc.returncode}")
     return {"epochs": epochs}
+
+
+def _trainer_args(opts: Any, batch: int) -> list[str]:
+    """The options the host trainer and the board program share (``batch``: the default)."""
+    args = ["--epochs", str(opts.epochs if opts.epochs is not None else 1), "--batch", str(opts.batch or batch),
+            "--seed", str(opts.seed)]
+    return args + (["--lr", repr(opts.lr)] if opts.lr is not None else [])
+
+
+def _epoch_entry(f: dict[str, Any]) -> dict[str, Any]:
+    """An epoch line of the host trainer or the board program (board.parse_line) as an entry of
+    spidec train's history: the common keys, and what else the line measured."""
+    entry = {"epoch": f["epoch"], "lr": f.get("lr"), "train_loss": f.get("loss"),
+             "train_accuracy": f.get("train_accuracy"), "test_accuracy": f.get("test_accuracy")}
+    return {**entry, **{k: v for k, v in f.items() if k not in (*entry, "loss")}}
 
 
 def _train_board(out: Path, opts: Any, say: Any, train: Path, test: Path) -> dict[str, Any]:
@@ -562,11 +568,7 @@ def _train_board(out: Path, opts: Any, say: Any, train: Path, test: Path) -> dic
 
     if opts.checkpoint or opts.resume:
         raise SpidecError("a board build keeps no checkpoint (use --out to write the trained weights)")
-    argv = ["train", str(train.relative_to(out)), str(test.relative_to(out)),
-            "--epochs", str(opts.epochs if opts.epochs is not None else 1), "--batch", str(opts.batch or 1),
-            "--seed", str(opts.seed)]
-    if opts.lr is not None:
-        argv += ["--lr", repr(opts.lr)]
+    argv = ["train", str(train.relative_to(out)), str(test.relative_to(out)), *_trainer_args(opts, 1)]
     if opts.out:
         argv += ["--out", opts.out]
 
@@ -574,9 +576,7 @@ def _train_board(out: Path, opts: Any, say: Any, train: Path, test: Path) -> dic
         if line.startswith("epoch "):
             f = brd.parse_line(line)
             if f.get("epoch", 0) >= 1:
-                say(epoch_line({"epoch": f["epoch"], "lr": f.get("lr"), "train_loss": f.get("loss"),
-                                "train_accuracy": f.get("train_accuracy"), "test_accuracy": f.get("test_accuracy"),
-                                "instructions_per_sample": f.get("instructions_per_sample")}))
+                say(epoch_line(_epoch_entry(f)))
             else:
                 say(f"before training: test acc {f.get('test_accuracy', float('nan')):.4f}  "
                     f"{f.get('instructions_per_inference', 0):,.0f} instructions/inference")
@@ -588,10 +588,7 @@ def _train_board(out: Path, opts: Any, say: Any, train: Path, test: Path) -> dic
     result["memory"] = {"check": check, "stack_used": result.get("stack_used"), "heap_used": result.get("heap_used")}
     (out / f"run-{info['board']}.json").write_text(json.dumps(result, indent=1, default=str))
     say(brd.format_report(info["plan"], check, {k: result[k] for k in ("stack_used", "heap_used") if k in result}))
-    epochs = [{"epoch": e["epoch"], "lr": e.get("lr"), "train_loss": e.get("loss"),
-               "train_accuracy": e.get("train_accuracy"),
-               "test_accuracy": e.get("test_accuracy"), **{k: v for k, v in e.items() if k not in (
-                   "epoch", "loss", "train_accuracy", "test_accuracy")}} for e in result["epochs"] if e["epoch"] >= 1]
+    epochs = [_epoch_entry(e) for e in result["epochs"] if e["epoch"] >= 1]
     return {**{k: v for k, v in result.items() if k != "epochs"}, "epochs": epochs}
 
 
