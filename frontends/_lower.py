@@ -34,6 +34,8 @@ class Term:
     src: str
     ops: tuple[LinearOp, ...]
     label: str | None = None  # name hint for the synapse (the weight's name in the model)
+    dropout: float = 0.0  # a variational dropout mask on the synapse's output
+    dropout_bias: bool = False  # the mask also scales the destination's bias (dropout over W x + b)
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class Affine:
     terms: tuple[Term, ...]
     offset: np.ndarray | None = None  # full per-sample shape
     channel_offset: bool = False  # the offset is one value per channel (a conv bias), keep it so
+    offset_dropout: bool = False  # the offset sits under a term's dropout mask
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,10 @@ class Lowering:
 
     def linear(self, v: Value, op: LinearOp, where: str, label: str | None = None) -> Affine:
         a = self.expect_affine(v, where)
+        if any(t.dropout for t in a.terms):
+            raise self.error(where, f"applies {op.kind} after a Dropout; spidec's dropout masks a synapse's output, so "
+                             "it must come after the synapse's last linear op", hint="move the Dropout after "
+                             "this op (directly before the sum or the clamp)")
         try:
             shape = tuple(op.shape_out(a.shape))
         except SpidecError as e:
@@ -158,6 +165,10 @@ class Lowering:
         if isinstance(b, Const):
             return self.add_offset(a, b.value, where)
         b = self.expect_affine(b, where)
+        if (a.offset_dropout and b.offset is not None) or (b.offset_dropout and a.offset is not None):
+            raise self.error(where, "adds a bias to a dropped-out biased term; spidec can mask a population's "
+                             "bias only when all of it sits under one Dropout", hint="give only one of the "
+                             "summed layers a bias")
         if a.shape != b.shape:
             raise self.error(where, f"adds shapes {fmt_shape(a.shape)} and {fmt_shape(b.shape)}; spidec adds "
                              f"currents of equal shape only")
@@ -167,7 +178,25 @@ class Lowering:
             offset, channel = a.offset, a.channel_offset
         else:
             offset, channel = a.offset + b.offset, a.channel_offset and b.channel_offset
-        return Affine(a.shape, a.terms + b.terms, offset, channel)
+        return Affine(a.shape, a.terms + b.terms, offset, channel, a.offset_dropout or b.offset_dropout)
+
+    def dropout(self, v: Value, p: float, where: str) -> Value:
+        """Variational dropout (training mode) on a synapse's output: the SPIDE authors' dropout on
+        a layer's output (``W x + b``: the mask scales the bias too)."""
+        if not 0.0 <= p < 1.0:
+            raise self.error(where, f"dropout probability {p} is outside [0, 1)")
+        if p == 0.0 or isinstance(v, Const):
+            return v
+        a = self.expect_affine(v, where)
+        if len(a.terms) != 1:
+            raise self.error(where, f"drops out a sum of {len(a.terms)} synapses; spidec masks one synapse's output "
+                             "(as the SPIDE authors' dropout masks one layer's output)",
+                             hint="apply a Dropout to each linear map before summing")
+        t = a.terms[0]
+        if t.dropout:
+            raise self.error(where, "applies a second Dropout to the same synapse", hint="use one Dropout")
+        term = Term(t.src, t.ops, t.label, p, a.offset is not None)
+        return Affine(a.shape, (term,), a.offset, a.channel_offset, a.offset is not None)
 
     def per_sample(self, c: np.ndarray, shape: Shape, where: str, what: str) -> np.ndarray:
         """A constant operand broadcast against ``[B, *shape]``, without its batch axis."""
@@ -186,6 +215,9 @@ class Lowering:
         return c
 
     def add_offset(self, a: Affine, c: np.ndarray, where: str) -> Affine:
+        if a.offset_dropout:
+            raise self.error(where, "adds a constant to a dropped-out biased term; spidec can mask a population's "
+                             "bias only when all of it sits under one Dropout")
         c = self.per_sample(c, a.shape, where, "addend")
         full = np.broadcast_to(c.astype(self.dtype), a.shape)
         channel = len(a.shape) == 3 and c.ndim == 3 and c.shape[1:] == (1, 1)
@@ -402,11 +434,16 @@ class Lowering:
 
     def _synapses(self, dst: str, a: Affine, resolve: Any) -> None:
         for t in a.terms:
+            if t.dropout and dst not in self._pops:
+                raise self.error(f"output '{dst}'", "reads a dropped-out term; spidec trains dropout on synapses "
+                                 "into populations, not on the readout", hint="remove the Dropout before the "
+                                 "classifier, or put it before a population")
             src, delay = resolve(t)
             ops = simplify(t.ops) or (Scale(1.0),)
             label = t.label if t.label else f"{src}_{dst}"
             name = self.unique(label, "s")
-            self.graph.add_synapse(src, dst, ops, delay=delay, name=name)
+            self.graph.add_synapse(src, dst, ops, delay=delay, name=name, dropout=t.dropout,
+                                   dropout_bias=t.dropout_bias)
 
 
 def simplify(ops: tuple[LinearOp, ...]) -> tuple[LinearOp, ...]:

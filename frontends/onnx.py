@@ -280,9 +280,20 @@ def _identity(c, node, ins, attrs, where):
 
 @handles("Dropout")
 def _dropout(c, node, ins, attrs, where):
+    """Identity in inference mode; with ``training_mode`` true (opset 12+), variational dropout of
+    ratio ``ratio`` (attribute before opset 12) on the synapse it follows."""
+    training = len(ins) > 2 and isinstance(ins[2], Const) and bool(np.asarray(ins[2].value).reshape(()))
+    if len(ins) > 2 and ins[2] is not None and not isinstance(ins[2], Const):
+        raise c.low.error(where, "training_mode must be a constant")
+    if training:
+        ratio = float(np.asarray(ins[1].value).reshape(())) if len(ins) > 1 and isinstance(ins[1], Const) else \
+            float(attrs.get("ratio", 0.5))
+        out = c.low.dropout(ins[0], float(f"{ratio:.7g}"), where)  # (a float32 constant: 0.3, not 0.30000001)
+    else:
+        out = ins[0]
     if len(node.output) > 1 and node.output[1]:
-        return [ins[0], Const(np.ones(1, dtype=bool))]
-    return ins[0]
+        return [out, Const(np.ones(1, dtype=bool))]
+    return out
 
 
 @handles("Cast")

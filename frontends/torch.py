@@ -372,8 +372,24 @@ def _nn_flatten(c: _TorchLowering, node: Any, m: Any, x: Any, where: str) -> Any
     return c.low.flatten(x, m.start_dim, where)
 
 
-@handles_module("nn.Dropout", "nn.Dropout1d", "nn.Dropout2d", "nn.Identity")
+@handles_module("nn.Identity")
 def _nn_identity(c: _TorchLowering, node: Any, m: Any, x: Any, where: str) -> Any:
+    return x
+
+
+@handles_module("nn.Dropout")
+def _nn_dropout(c: _TorchLowering, node: Any, m: Any, x: Any, where: str) -> Any:
+    """In training mode: variational dropout on the synapse it follows (one mask per sample for
+    both stages); in eval mode: nothing."""
+    return c.low.dropout(x, float(m.p), where) if m.training else x
+
+
+@handles_module("nn.Dropout1d", "nn.Dropout2d")
+def _nn_channel_dropout(c: _TorchLowering, node: Any, m: Any, x: Any, where: str) -> Any:
+    if m.training and m.p > 0:
+        raise c.low.error(where, f"{type(m).__name__} drops whole channels; spidec's dropout masks elements "
+                          "(the SPIDE authors' VariationalHidDropout2d(spatial=False))", hint="use nn.Dropout, or "
+                          "call .eval() on this module")
     return x
 
 
@@ -490,7 +506,21 @@ def _hardsigmoid(c: _TorchLowering, node: Any, a: _Args, where: str) -> Any:
     return c.hardsigmoid(node, a(0, "input"), where)
 
 
-@handles_function("F.dropout", "F.dropout2d")
+@handles_function("F.dropout")
+def _f_dropout(c: _TorchLowering, node: Any, a: _Args, where: str) -> Any:
+    x = a(0, "input")
+    p, training = a(1, "p", 0.5), a(2, "training", True)
+    return c.low.dropout(x, float(p), where) if training else x
+
+
+@handles_function("F.dropout2d")
+def _f_dropout2d(c: _TorchLowering, node: Any, a: _Args, where: str) -> Any:
+    if a(2, "training", True) and a(1, "p", 0.5):
+        raise c.low.error(where, "dropout2d drops whole channels; spidec's dropout masks elements", hint="use "
+                          "F.dropout")
+    return a(0, "input")
+
+
 @handles_method("contiguous", "float", "clone", "detach")
 def _passthrough(c: _TorchLowering, node: Any, a: _Args, where: str) -> Any:
     return a(0, "input")

@@ -36,7 +36,9 @@ class Artifact(ABC):
 
     @abstractmethod
     def train(self, x: Any, y: Any, *, epochs: int = 1, batch: int = 64, lr: float | None = None,
-              seed: int = 0) -> list[dict]: ...
+              seed: int = 0, **opts: Any) -> list[dict]:
+        """Train in place; ``opts`` (sim and c): ``lr_schedule`` (spidec.schedule), ``warmup``
+        (batches), ``augment`` and ``normalize`` (spidec.augment)."""
 
     @abstractmethod
     def evaluate(self, x: Any, y: Any) -> dict: ...

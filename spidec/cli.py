@@ -67,7 +67,7 @@ def _pairs_arg(text: str) -> dict[str, str]:
     return pairs
 
 
-def _load_torch_class(spec: str) -> object:
+def _load_torch_class(spec: str, dropout: bool = False) -> object:
     """``path/to/module.py:ClassName`` -> an instance (constructed without arguments, in eval mode)."""
     import importlib.util
     from pathlib import Path
@@ -97,7 +97,15 @@ def _load_torch_class(spec: str) -> object:
     except Exception as e:
         raise SpidecError(f"{cls_name}() failed: {type(e).__name__}: {e}",
                           hint="the class must be constructible without arguments") from None
-    return instance.eval() if hasattr(instance, "eval") else instance
+    if hasattr(instance, "eval"):
+        instance.eval()  # BatchNorm folds its running statistics
+        if dropout:  # ... while Dropout layers stay in training mode: spidec trains with them
+            import torch
+
+            for m in instance.modules():
+                if isinstance(m, torch.nn.Dropout):
+                    m.train()
+    return instance
 
 
 def _load(args: argparse.Namespace) -> Graph:
@@ -109,7 +117,7 @@ def _load(args: argparse.Namespace) -> Graph:
 
         inputs = dict(args.input) if args.input else None
         outputs = args.outputs.split(",") if args.outputs else None
-        return from_torch(_load_torch_class(args.torch), inputs, state, outputs)
+        return from_torch(_load_torch_class(args.torch, getattr(args, "dropout", False)), inputs, state, outputs)
     if not args.file:
         raise SpidecError("no model given: pass a .spir/.onnx file or --torch FILE.py:ClassName")
     if args.input or args.outputs:
@@ -127,6 +135,8 @@ def _model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", nargs="?", help="model file (.spir or .onnx)")
     p.add_argument("--torch", metavar="FILE.py:CLASS", help="a PyTorch module class (constructed without "
                    "arguments) instead of a file")
+    p.add_argument("--dropout", action="store_true", help="--torch: read its nn.Dropout layers in training mode "
+                   "(variational dropout on the synapse each follows; default: eval mode, no dropout)")
     p.add_argument("--input", action="append", type=_shape_arg, metavar="NAME:SHAPE",
                    help="--torch: per-sample shape of a forward argument, e.g. x:1x28x28 (repeatable; default: "
                    "the class's spidec_inputs)")
@@ -340,6 +350,16 @@ def cmd_compile(args: argparse.Namespace) -> int:
         print(f"T={art.graph.simulation.T} T_back={t.T_back} sf={t.sf:g} lr={t.optimizer.lr:g} "
               f"momentum={t.optimizer.momentum:g} weight_decay={t.optimizer.weight_decay:g}; "
               f"{len(t.couples)} couples, {len(t.backward)} backward synapses, {len(t.updates)} update rules")
+        prog = art.graph.program
+        bounded = prog.restricted(t.optimizer.feedback_norm_mode) if prog is not None else {}
+        if bounded:
+            how = ("by the authors' reparametrisation (the stages read it scaled down)"
+                   if t.optimizer.feedback_norm_mode == "reparam" else "by projection after every step")
+            print(f"feedback norm: {', '.join(bounded)} bounded to Frobenius norm {t.optimizer.feedback_norm:g} "
+                  f"(authors' units) {how}")
+        dropped = [f"{e.name} p={e.synapse.dropout:g}" for e in art.graph.synapses() if e.synapse.dropout]
+        if dropped:
+            print(f"dropout (training only, one mask per sample for both stages): {', '.join(dropped)}")
     if getattr(art.graph, "quant", None) is not None:
         print(art.graph.quant.describe())
     print(art.next_steps())
@@ -464,7 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "prints the summary. An option a target cannot honour is refused.",
                            epilog=EPILOG_TRAIN, formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("build", help="folder written by spidec compile")
-        p.add_argument("--data", default="digits", help="digits, mnist or FILE.npz with x_train, y_train, x_test, "
+        p.add_argument("--data", default="digits", help="digits, mnist, cifar10, cifar100, cifar10-dvs (these three "
+                                                        "with --data-dir) or FILE.npz with x_train, y_train, x_test, "
                                                         "y_test (default: digits)")
         p.add_argument("--epochs", type=int, help="epochs (default: the target's: 20 sim, 1 c, board and lava)")
         p.add_argument("--batch", type=int, help="batch size (default: 64 sim and c, 1 board, 8 lava)")
@@ -479,6 +500,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--host", action="store_true", help="board builds: the host executable instead of QEMU")
         p.add_argument("--out", help="board builds: write the trained weights to this file (relative to BUILD)")
         p.add_argument("--timeout", type=float, help="board builds: stop QEMU after this many seconds")
+        p.add_argument("--lr-schedule", dest="lr_schedule", help="sim, c host: multistep:E1,E2:GAMMA, cosine or "
+                       "constant (default: the model's milestones)")
+        p.add_argument("--warmup", type=int, default=0, help="sim, c host: ramp the learning rate over N batches")
+        p.add_argument("--augment", default="", help="sim, c host: crop4,flip (random 4-pixel-padded crops, "
+                       "horizontal flips)")
+        p.add_argument("--normalize", help="sim, c host: per-channel input normalisation MEAN,..;STD,.. or "
+                       "cifar10 / cifar100")
+        p.add_argument("--data-dir", dest="data_dir", help="the folder of the cifar10, cifar100 or cifar10-dvs "
+                       "files (nothing is downloaded)")
         p.add_argument("--quiet", action="store_true", help="print nothing but errors")
         p.add_argument("--json", action="store_true", help="print the summary as JSON")
         p.set_defaults(func=cmd_train if verb == "train" else cmd_run)

@@ -44,8 +44,11 @@ Updates (``update``):
   ``sr`` is stochastic rounding ``(v + r) >> s`` with ``r`` the top ``s`` bits of a 32-bit hash of
   (tensor, index, W, M or G): a generator seeded by the state itself, so a resumed run continues
   identically. ``lr_mult = floor(lr * c + 0.5)`` with ``c = unit * 2**(F + lr_shift) / sf`` a double.
-  Feedback weights are then projected to Frobenius norm ``R = round(feedback_norm * 2**F)`` in
-  integers: if ``sum W**2 > R**2``, ``W = (W * ((R << 16) // isqrt(sum W**2))) >> 16``.
+  Feedback weights are bounded to Frobenius norm ``R = round(bound * 2**F)`` (the rule's rate-unit
+  bound ``feedback_norm / V``) with ``k = (R << 16) // isqrt(sum W**2)`` when ``sum W**2 > R**2``
+  (else ``k = 2**16``): ``project`` sets ``W = (W * k) >> 16`` after each step; ``reparam`` (the
+  authors') keeps ``W`` and lets both stages read ``E = (W * k) >> 16``, and each sample's gradient
+  of ``W`` is ``round_shift(G * k, 16)``.
 
 Overflow: int32 membranes cannot overflow because ``k_max`` and ``g_max`` are chosen from the
 int16 weight range, the layer sizes and ``T`` so that the worst case fits (``bounds``); buffers
@@ -113,6 +116,10 @@ def _structure(g: Graph) -> Program:
         if c.S <= 0 or 2.0 ** round(math.log2(c.S)) != c.S:
             raise SpidecError(f"couple of '{p.name}': fixed point needs S = 2 vth_b to be a power of two, got {c.S}")
     for ch in prog.chains:
+        if ch.dropout:
+            raise SpidecError(f"synapse '{ch.name}': fixed point does not run dropout yet (p = {ch.dropout})",
+                              hint="train with dropout on the float C or sim target, or export the model "
+                              "with its Dropout in eval mode")
         if ch.kernel != "dense":
             raise SpidecError(f"synapse '{ch.name}': fixed point supports dense synapses only, not {ch.kernel}",
                               hint="use the float C backend (drop --fixed) for conv, pooling and identity synapses")
@@ -134,6 +141,9 @@ def fixed_buffers(prog: Program, update: str) -> tuple[Buffer, ...]:
         size = prog_tensor_size(prog, name)
         c = "t_" + code_name(name)
         add(Buffer(c, "i16", size, "update", name, "weights", "weights W * 2^F (initial values in flash)"))
+        if name in prog.restricted("reparam"):
+            add(Buffer(c + "_E", "i16", size, "update", name, "weights",
+                       "the feedback weight scaled to its norm bound, as both stages read it"))
         if update == "momentum" and name in {r.tensor for r in prog.rules}:
             add(Buffer(c + "_M", "i32", size, "update", name, "momentum",
                        "momentum buffer: the batch's gradients accumulate here"))
@@ -282,16 +292,18 @@ def quantize(g: Graph, *,
     if ro.bias:
         frac_of[ro.bias] = readout_frac
     rules = {r.tensor: (k, r) for k, r in enumerate(prog.rules)}
+    restricted = prog.restricted(opt.feedback_norm_mode)
     qtensors = []
     for name, f in frac_of.items():
         if name not in rules:
             qtensors.append(QTensor(name, f, False))
             continue
         k, r = rules[name]
+        # one unit of the integer gradient in rate units, with the rule's 1/V^2 (the authors' step)
         if isinstance(r, WeightRule):
-            unit = S[r.gate] / (T_back * (T if r.pre in pops else 2**fx))
+            unit = S[r.gate] / (T_back * (T if r.pre in pops else 2**fx)) * r.scale
         elif isinstance(r, BiasRule):
-            unit = S[r.gate] / T_back
+            unit = S[r.gate] / T_back * r.scale
         elif isinstance(r, ReadoutWeightRule):
             unit = 1.0 / (2**Q * T)
         else:
@@ -305,7 +317,7 @@ def quantize(g: Graph, *,
             wd_mult=math.floor(wd * 2**wd_shift + 0.5) if wd > 0 else 0, wd_shift=wd_shift,
             wdl_c=opt.weight_decay / sf * 2.0**32,
             salt=(0x9E3779B1 * (k + 1) + 0x85EBCA77 * int(seed)) & 0xFFFFFFFF,
-            feedback=isinstance(r, WeightRule) and r.feedback and opt.feedback_norm > 0))
+            feedback=name in restricted))
     # online updates: weight decay touches every weight; apply it every P steps (P times as strong,
     # P a power of two <= 64 keeping one application below 2^-8 of a weight), restarted each epoch
     period = 1
@@ -422,6 +434,20 @@ class FixedModel:
     def frac(self, name: str) -> int:
         return self.q.frac[name]
 
+    def _restrict(self) -> None:
+        """The weights the stages read (``.e``): a reparametrised feedback weight scaled to its
+        bound ``R``, ``E = (W * k) >> 16`` with ``k = (R << 16) // isqrt(sum W**2)`` (``.k``; 2^16
+        when within the bound), recomputed whenever the weights may have changed."""
+        self.e, self.k = dict(self.w), {}
+        if self.opt.feedback_norm_mode != "reparam":
+            return
+        for name, qt in self.q.tensors.items():
+            if qt.feedback:
+                k = restriction_factor(self.w[name], feedback_bound(self.prog, name, qt.frac))
+                self.k[name] = k
+                if k != 1 << 16:
+                    self.e[name] = (self.w[name].astype(np.int64) * k) >> 16
+
     def weights(self) -> dict[str, np.ndarray]:
         """The weights as floats (exact: int16 / 2**frac)."""
         return {n: (w / 2.0 ** self.frac(n)).astype(np.float32) for n, w in self.w.items()}
@@ -434,6 +460,7 @@ class FixedModel:
     # -- forward
     def forward(self, x: np.ndarray) -> np.ndarray:
         q, T = self.q, self.T
+        self._restrict()
         xq = self.quantize_input(x)
         self.xq = xq
         K, u, cnt, spikes, prev = {}, {}, {}, {}, {}
@@ -442,7 +469,7 @@ class FixedModel:
             k = self.w[p.bias].copy() if p.bias else np.zeros(p.size, np.int64)
             for f in p.feeds:
                 if f.kind == "input":
-                    k += round_shift(self.w[self.syn_w[f.syn]] @ xq, q.input_frac)
+                    k += round_shift(self.e[self.syn_w[f.syn]] @ xq, q.input_frac)
             K[name] = np.clip(k, -q.k_max[name], q.k_max[name])
             u[name] = np.zeros(p.size, np.int64)
             cnt[name] = np.zeros(p.size, np.int64)
@@ -455,7 +482,7 @@ class FixedModel:
                     if f.kind == "input":
                         continue
                     s = prev[f.src] if f.kind == "delayed" else spikes[f.src]
-                    u[name] += self.w[self.syn_w[f.syn]][:, s].sum(axis=1)
+                    u[name] += self.e[self.syn_w[f.syn]][:, s].sum(axis=1)
                 s = u[name] >= threshold(p, q)
                 u[name] -= s.astype(np.int64) << q.pop_frac[name]
                 cnt[name] += s
@@ -468,7 +495,7 @@ class FixedModel:
         if self.ro.bias is not None:
             L += T * self.w[self.ro.bias]
         for f in self.ro.feeds:
-            L += self.w[self.syn_w[f.syn]] @ cnt[f.src]
+            L += self.e[self.syn_w[f.syn]] @ cnt[f.src]
         self.logits_q = L
         return L / (T * 2.0**q.readout_frac)
 
@@ -497,7 +524,7 @@ class FixedModel:
             name = c.of  # state by population name
             acc = np.zeros(c.size, np.int64)
             for syn in c.injections:
-                acc += self.w[self.syn_w[syn]].T @ dls
+                acc += self.e[self.syn_w[syn]].T @ dls
             g[name] = np.clip(round_shift(acc, q.readout_frac + Q - q.couple_frac[name]), -q.g_max[name],
                               q.g_max[name])
             ub[name] = np.zeros(c.size, np.int64)
@@ -511,7 +538,7 @@ class FixedModel:
                 for f in c.feeds:
                     v = pts[f.gate] if f.delayed else ts[f.gate]
                     sh = bp - q.pop_frac[f.gate] + round(math.log2(self.S[f.gate]))
-                    ub[name] += (v @ self.w[self.syn_w[f.syn]]) << sh
+                    ub[name] += (v @ self.e[self.syn_w[f.syn]]) << sh
                 sh = round(math.log2(c.S))
                 th = couple_threshold(c, q)
                 v = (ub[name] >= th).astype(np.int64) - (ub[name] <= -th).astype(np.int64)
@@ -540,6 +567,8 @@ class FixedModel:
     def _accumulate(self, dls: np.ndarray) -> None:
         grads = self._grads(dls)
         for name, G in grads.items():
+            if self.k.get(name, 1 << 16) != 1 << 16:  # a reparametrised weight: its gradient times k / 2^16
+                G = round_shift(G * self.k[name], 16)
             if self.q.update == "momentum":
                 self.m[name] = np.clip(self.m[name] + G, -I32, I32)
             else:
@@ -575,8 +604,8 @@ class FixedModel:
                 d = stochastic_shift(w, lr_mult(lr, qt.wdl_c * q.wd_period), 32, qt.salt ^ 0x5BD1E995, w,
                                      np.zeros_like(w))
                 w = np.clip(w - d, -W_MAX, W_MAX)
-            if qt.feedback:
-                w = project(w, math.floor(self.opt.feedback_norm * 2**qt.frac + 0.5))
+            if qt.feedback and self.opt.feedback_norm_mode == "project":
+                w = project(w, feedback_bound(self.prog, name, qt.frac))
             self.w[name] = w
 
     def train_epoch(self, x: np.ndarray, y: np.ndarray, order: np.ndarray, batch: int, lr: float) -> tuple[float, int]:
@@ -599,12 +628,20 @@ class FixedModel:
         return ok / max(1, len(y))
 
 
-def project(w: np.ndarray, R: int) -> np.ndarray:
+def feedback_bound(prog: Program, tensor: str, frac: int) -> int:
+    """The Frobenius bound of feedback weight ``tensor`` in integers at scale 2^frac."""
+    return math.floor(prog.restricted(prog.optimizer.feedback_norm_mode)[tensor] * 2**frac + 0.5)
+
+
+def restriction_factor(w: np.ndarray, R: int) -> int:
+    """Q16 factor bringing integer weights ``w`` to Frobenius norm <= R: 2^16 when they are within."""
     s = int((w.astype(np.int64) ** 2).sum())
-    if s <= R * R:
-        return w
-    k = (R << 16) // math.isqrt(s)
-    return (w * k) >> 16
+    return (R << 16) // math.isqrt(s) if s > R * R else 1 << 16
+
+
+def project(w: np.ndarray, R: int) -> np.ndarray:
+    k = restriction_factor(w, R)
+    return w if k == 1 << 16 else (w * k) >> 16
 
 
 __all__ = [

@@ -161,11 +161,18 @@ Node = Input | Population | Readout
 class Synapse(ValueEq):
     """A chain of linear ops from a node's output to another node's input current.
 
-    ``delay=1`` makes the synapse read the previous time step (feedback edges).
+    ``delay=1`` makes the synapse read the previous time step (feedback edges). ``dropout=p``
+    (training only) multiplies the synapse's output by a variational mask: one Bernoulli(1-p)/(1-p)
+    value per output element and sample, drawn before the forward stage and used in every forward
+    step and, on the transposed path, every backward step (not in the local update), as the SPIDE
+    authors' ``VariationalHidDropout2d(spatial=False)`` on a layer's output; ``dropout_bias`` says
+    the destination population's bias sits under the same mask (the authors' ``drop(W x + b)``).
     """
 
     ops: tuple[LinearOp, ...]
     delay: int = 0
+    dropout: float = 0.0
+    dropout_bias: bool = False  # the mask also scales the destination population's bias
 
     def __post_init__(self) -> None:
         ops = tuple(self.ops)
@@ -176,8 +183,13 @@ class Synapse(ValueEq):
                 raise SpidecError(f"synapse ops must be LinearOps, got {op!r}")
         if self.delay not in (0, 1) or isinstance(self.delay, bool):
             raise SpidecError(f"synapse delay must be 0 or 1, got {self.delay!r}")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) \
+                or not 0.0 <= float(self.dropout) < 1.0:
+            raise SpidecError(f"synapse dropout must be a probability in [0, 1), got {self.dropout!r}")
         object.__setattr__(self, "ops", ops)
         object.__setattr__(self, "delay", int(self.delay))
+        object.__setattr__(self, "dropout", float(self.dropout))
+        object.__setattr__(self, "dropout_bias", bool(self.dropout_bias) and self.dropout > 0)
 
     def shapes(self, shape_in: Shape) -> list[Shape]:
         """Shapes between the ops: ``[shape_in, after op 0, ..., after op n-1]``."""
@@ -285,7 +297,7 @@ class Graph:
         return self.add(Readout(name, tuple(shape), bias, loss))  # type: ignore[return-value]
 
     def add_synapse(self, src: str, dst: str, ops: LinearOp | Iterable[LinearOp], *, delay: int = 0,
-                    name: str | None = None) -> str:
+                    name: str | None = None, dropout: float = 0.0, dropout_bias: bool = False) -> str:
         """Add a synapse ``src -> dst``; returns its name (``src_dst`` unless given)."""
         for end in (src, dst):
             if end not in self._g:
@@ -297,7 +309,7 @@ class Graph:
                 name = f"{src}_{dst}_{k}"
         _check_name(name, "synapse")
         self._claim(name)
-        syn = Synapse(tuple([ops] if isinstance(ops, LinearOp) else ops), delay)
+        syn = Synapse(tuple([ops] if isinstance(ops, LinearOp) else ops), delay, dropout, dropout_bias)
         self._g.add_edge(src, dst, key=name, obj=syn)
         self._synapses[name] = (src, dst)
         self.program = None
@@ -412,6 +424,16 @@ class Graph:
             if shapes[-1] != dst.shape:
                 raise SpidecError(f"synapse '{e.name}' delivers shape {fmt_shape(shapes[-1])} to "
                                   f"'{e.dst}' of shape {fmt_shape(dst.shape)}", node=e.name)
+            if e.synapse.dropout and not isinstance(dst, Population):
+                raise SpidecError(f"synapse '{e.name}' has dropout but ends at readout '{e.dst}': dropout masks "
+                                  "synapses into populations", node=e.name)
+            if e.synapse.dropout_bias:
+                if dst.bias is None:  # type: ignore[union-attr]
+                    raise SpidecError(f"synapse '{e.name}': dropout_bias, but population '{e.dst}' has no bias",
+                                      node=e.name)
+                if sum(1 for f in self.synapses() if f.dst == e.dst and f.synapse.dropout_bias) > 1:
+                    raise SpidecError(f"population '{e.dst}': more than one synapse's dropout mask scales its "
+                                      "bias", node=e.dst)
             for i, op in enumerate(e.synapse.ops):
                 for tname, t in op.tensors().items():
                     if not np.all(np.isfinite(t)):
@@ -550,7 +572,7 @@ class Graph:
                 syn = g.synapse(slot.owner).synapse
                 ops = list(syn.ops)
                 ops[slot.op] = ops[slot.op].replace(**{slot.field: new})
-                g.replace_synapse(slot.owner, Synapse(tuple(ops), syn.delay))
+                g.replace_synapse(slot.owner, Synapse(tuple(ops), syn.delay, syn.dropout, syn.dropout_bias))
         g.program = program  # new values, the same structure: the step program still describes it
         return g
 
@@ -582,7 +604,8 @@ class Graph:
             values["name"] = names[node.name]
             g.add(type(node)(**values))
         for e in edges:
-            g.add_synapse(names[e.src], names[e.dst], e.synapse.ops, delay=e.synapse.delay, name=names[e.name])
+            g.add_synapse(names[e.src], names[e.dst], e.synapse.ops, delay=e.synapse.delay, name=names[e.name],
+                          dropout=e.synapse.dropout, dropout_bias=e.synapse.dropout_bias)
         return g
 
     # ----------------------------------------------------------------- comparison and printing

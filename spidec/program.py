@@ -68,6 +68,8 @@ class Chain:
     shape_in: tuple[int, ...]
     shape_out: tuple[int, ...]
     learnable: bool  # the synapse holds a tensor that training updates
+    dropout: float = 0.0  # variational dropout on its output (training; see spidec.ir.Synapse)
+    dropout_bias: bool = False  # the mask scales the destination's bias too
 
     @property
     def n_in(self) -> int:
@@ -162,9 +164,12 @@ class ReadoutStep:
 
 @dataclass(frozen=True)
 class WeightRule:
-    """Local rule of a weight of ``syn`` into population ``gate``: ``G += (m_gate * beta_post) (x)
-    rate(pre)`` through the synapse's weight gradient; ``feedback`` marks a delayed synapse (the
-    norm restriction applies)."""
+    """Local rule of a weight of ``syn`` into population ``gate``: ``G += scale * (m_gate *
+    beta_post) (x) rate(pre)`` through the synapse's weight gradient. ``scale`` is ``1 / V**2``
+    of the gate population: the tensor is kept in rate units (``W_r = W / V``) and the step must
+    move it as the authors' step moves ``W`` (see :class:`spidec.training.Optimizer`).
+    ``feedback`` marks a delayed synapse; ``bound`` is the Frobenius bound of the feedback norm
+    restriction in rate units (``r / V``; 0: none), applied as the optimiser's mode says."""
 
     tensor: str
     syn: str
@@ -172,14 +177,20 @@ class WeightRule:
     post: str  # the couple whose rate drives it
     gate: str
     feedback: bool
+    scale: float = 1.0
+    bound: float = 0.0
 
 
 @dataclass(frozen=True)
 class BiasRule:
+    """``G += scale * (m_gate * beta_post)`` (summed per channel), ``scale = 1 / V**2`` as for
+    weights."""
+
     tensor: str
     gate: str
     post: str
     channels: int  # per-channel bias of a [C, H, W] population: C; else 0
+    scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -390,6 +401,13 @@ class Program:
     def feedback_tensors(self) -> tuple[str, ...]:
         return tuple(r.tensor for r in self.rules if isinstance(r, WeightRule) and r.feedback)
 
+    def restricted(self, mode: str) -> dict[str, float]:
+        """Feedback tensors whose norm restriction acts in ``mode`` (reparam, project): their
+        Frobenius bound in rate units."""
+        if self.optimizer.feedback_norm_mode != mode:
+            return {}
+        return {r.tensor: r.bound for r in self.rules if isinstance(r, WeightRule) and r.bound > 0}
+
     @property
     def fixed(self) -> bool:
         return self.quant is not None
@@ -456,7 +474,8 @@ def _chain(g: Graph, name: str, learnable: set[str]) -> Chain:
         weight = slots.get((e.name, kop, "weight"))
     owned = {n for (owner, _, _), n in slots.items() if owner == e.name}
     return Chain(e.name, e.src, e.dst, e.synapse.delay, factor, tuple(ops), kernel, kop, weight,
-                 tuple(shape_in), tuple(shape_out), bool(owned & learnable))
+                 tuple(shape_in), tuple(shape_out), bool(owned & learnable), e.synapse.dropout,
+                 e.synapse.dropout_bias)
 
 
 def _norm(leak: float, steps: int) -> float:
@@ -579,11 +598,16 @@ def lower(g: Graph) -> Graph:
     for u in t.updates:
         if u.kind == "local":
             e = syn[u.synapse]  # type: ignore[index]
-            rules.append(WeightRule(u.tensor, e.name, e.src, u.post, u.gate, bool(e.synapse.delay)))  # type: ignore[arg-type]
+            V = g.node(u.gate).neuron.V  # type: ignore[arg-type, union-attr]
+            fb = bool(e.synapse.delay)
+            bound = t.optimizer.feedback_norm / V if fb and t.optimizer.feedback_norm > 0 else 0.0
+            rules.append(WeightRule(u.tensor, e.name, e.src, u.post, u.gate, fb,  # type: ignore[arg-type]
+                                    1.0 / (V * V), bound))
         elif u.kind == "bias":
             node = g.node(u.gate)  # type: ignore[arg-type]
             channels = node.shape[0] if g.tensor(u.tensor).shape != node.shape else 0
-            rules.append(BiasRule(u.tensor, u.gate, u.post, int(channels)))  # type: ignore[arg-type]
+            V = node.neuron.V  # type: ignore[union-attr]
+            rules.append(BiasRule(u.tensor, u.gate, u.post, int(channels), 1.0 / (V * V)))  # type: ignore[arg-type]
         elif u.kind == "delta":
             e = syn[u.synapse]  # type: ignore[index]
             rules.append(ReadoutWeightRule(u.tensor, e.name, e.src, e.dst))

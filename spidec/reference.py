@@ -9,7 +9,9 @@ Backward: the exact implicit gradient. With ``m = 1[0 < a* < 1]`` and ``g = dL/d
 readouts' loss), ``delta`` solves ``delta = g + W^T (m * delta)`` — by a direct dense solve for
 small networks, by GMRES on the matrix-free operator (the synapses' adjoint chains) for large
 ones — and every parameter's gradient follows from its synapse's ``grad(post=m*delta, pre=a)``.
-Everything runs in float64 whatever the graph's dtype.
+Everything runs in float64 whatever the graph's dtype. A training graph whose feedback weights are
+norm-restricted by reparametrisation is evaluated with their effective (restricted) values, as the
+programs run it (:func:`effective`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,25 @@ from .ops import Shape, fmt_shape
 
 DENSE_MAX_NEURONS = 3000  # above this, method="auto" solves the backward system matrix-free (GMRES)
 DENSE_BATCH_BYTES = 256 << 20  # memory for the stacked per-sample matrices of one dense solve
+
+
+def effective(g: Graph) -> Graph:
+    """The graph as the compiled programs compute with it: under the authors' feedback-norm
+    reparametrisation (``feedback_norm_mode=reparam``) every feedback weight above its bound
+    ``feedback_norm / V`` (rate units) is scaled down to it; otherwise ``g`` itself. Gradients of
+    such a weight are then those of its effective value, as the programs' local rules compute."""
+    t = g.training
+    if t is None or t.optimizer.feedback_norm <= 0 or t.optimizer.feedback_norm_mode != "reparam":
+        return g
+    new = {}
+    for u in t.updates:
+        if u.kind == "local" and u.synapse and g.synapse(u.synapse).synapse.delay:
+            bound = t.optimizer.feedback_norm / g.node(u.gate).neuron.V  # type: ignore[arg-type, union-attr]
+            w = np.asarray(g.tensor(u.tensor), dtype=np.float64)
+            norm = float(np.linalg.norm(w))
+            if norm > bound:
+                new[u.tensor] = (w * (bound / norm)).astype(g.tensor(u.tensor).dtype)
+    return g.with_tensors(new) if new else g
 
 
 @dataclass
@@ -177,6 +198,7 @@ def equilibrium(g: Graph, inputs: Any, *, tol: float = 1e-10, max_iter: int = 10
     """
     if not 0 < damping <= 1:
         raise SpidecError(f"damping must lie in (0, 1], got {damping}")
+    g = effective(g)
     net = _Net(g)
     x = _batch_inputs(g, inputs)
     values = net.start(x, init, "initial rates")
@@ -366,6 +388,7 @@ def implicit_backward(g: Graph, eq: Equilibrium, dL_dy: Mapping[str, np.ndarray]
     direct gradients ``dL_da`` (by population). ``method``: ``dense``, ``gmres`` or ``auto``."""
     if method not in ("auto", "dense", "gmres"):
         raise SpidecError(f"unknown method {method!r}; use auto, dense or gmres")
+    g = effective(g)
     net = _Net(g)
     dL_dy = {k: np.asarray(v, dtype=np.float64) for k, v in (dL_dy or {}).items()}
     dL_da = {k: np.asarray(v, dtype=np.float64) for k, v in (dL_da or {}).items()}

@@ -11,6 +11,7 @@ cannot honour is refused in one line (its backend's ``TRAIN_OPTIONS`` lists what
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -41,6 +42,11 @@ class TrainOptions:
     timeout: float | None = None
     quiet: bool = False
     json: bool = False
+    lr_schedule: str | None = None  # sim, c host: spidec.schedule spec (default: the model's milestones)
+    warmup: int = 0  # sim, c host: linear warm-up batches
+    augment: str = ""  # sim, c host: spidec.augment spec (crop4,flip)
+    normalize: str | None = None  # sim, c host: MEAN,..;STD,.. (or cifar10, cifar100)
+    data_dir: str | None = None  # cifar10, cifar100, cifar10-dvs: the folder of their files
     extra: tuple[str, ...] = ()  # sim: further options of its train.py (--dtype, --steps, --save-weights ...)
 
     def given(self) -> set[str]:
@@ -115,6 +121,20 @@ def train_build(build: str | Path, opts: TrainOptions, say: Callable[[str], None
         raise SpidecError(f"--epochs must be at least 0, got {opts.epochs}")
     if opts.batch is not None and opts.batch < 1:
         raise SpidecError(f"--batch must be at least 1, got {opts.batch}")
+    if opts.warmup < 0:
+        raise SpidecError(f"--warmup must be at least 0, got {opts.warmup}")
+    if opts.lr is not None and not (math.isfinite(opts.lr) and opts.lr > 0):
+        raise SpidecError(f"--lr must be a positive number, got {opts.lr}")
+    if opts.lr_schedule is not None:
+        from .schedule import parse_schedule
+
+        parse_schedule(opts.lr_schedule)
+    if opts.augment or opts.normalize:
+        from .augment import parse_augment, parse_normalize
+
+        parse_augment(opts.augment)
+        if opts.normalize:
+            parse_normalize(opts.normalize)
     if opts.extra and "extra" not in takes:
         raise SpidecError(f"the {info['target']} target does not know {' '.join(opts.extra)}")
     refused = sorted(opts.given() - takes - {"extra"})

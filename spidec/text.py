@@ -150,6 +150,8 @@ def dumps(g: Graph, *, inline_max: int = 8, tensors_file: str | None = None) -> 
     for e in g.synapses():
         chain = " |> ".join(p.op(e.name, i, op) for i, op in enumerate(e.synapse.ops))
         delay = " delay=1" if e.synapse.delay else ""
+        if e.synapse.dropout:
+            delay += f" dropout={_num(e.synapse.dropout)}" + (" dropout_bias=1" if e.synapse.dropout_bias else "")
         line = f"synapse {e.name}: {e.src} -> {e.dst}{delay} = {chain}"
         shapes = e.synapse.shapes(g.node(e.src).shape)
         comment = f"{fmt_shape(shapes[0])} -> {fmt_shape(shapes[-1])}"
@@ -184,7 +186,7 @@ def _pass_lines(g: Graph) -> list[str]:
         out += ["", f"train T_back={t.T_back} sf={_num(t.sf)} optimizer=sgd(lr={_num(opt.lr)}, "
                 f"momentum={_num(opt.momentum)}, weight_decay={_num(opt.weight_decay)}, "
                 f"milestones=[{', '.join(map(str, opt.milestones))}], gamma={_num(opt.gamma)}, "
-                f"feedback_norm={_num(opt.feedback_norm)})"]
+                f"feedback_norm={_num(opt.feedback_norm)}, feedback_norm_mode={opt.feedback_norm_mode})"]
         for c in t.couples:
             line = f"couple {c.name}: {c.of} vth={_num(c.vth)} u_rest={_num(c.u_rest)}"  # type: ignore[arg-type]
             out.append(_pad_comment(line + (f" leak={_num(c.leak)}" if c.leak != 1.0 else ""),
@@ -610,7 +612,8 @@ class _Reader:
                 if opt is not None:
                     if opt.name != "sgd" or opt.args:
                         raise SpidecError("optimizer must be sgd(lr=..., momentum=..., ...)")
-                    optimizer = Optimizer(**{k: (v if not isinstance(v, list) else tuple(v)) for k, v, _ in opt.kwargs})
+                    optimizer = Optimizer(**{k: (tuple(v) if isinstance(v, list) else v.name if isinstance(v, _Ident)
+                                                 else v) for k, v, _ in opt.kwargs})
                 g.training = Training(couples=tuple(couples), backward=tuple(backward), injections=tuple(injections),
                                       updates=tuple(updates), optimizer=optimizer, **train)
             if sched is not None:
@@ -662,17 +665,28 @@ class _Reader:
         for end, tok in ((src, s.children[1]), (dst, s.children[2])):
             if not g.nx.has_node(end):
                 raise self.error(tok, f"synapse '{name}' refers to '{end}', which is not a declared node")
-        opts = self.options([c for c in s.children[3:] if c.data == "option"], ("delay",), "synapse")
-        delay = 0
+        opts = self.options([c for c in s.children[3:] if c.data == "option"], ("delay", "dropout", "dropout_bias"),
+                            "synapse")
+        delay, dropout, dropout_bias = 0, 0.0, False
+        if "dropout_bias" in opts:
+            v, where = opts["dropout_bias"]
+            if v not in (0, 1) or isinstance(v, float):
+                raise self.error(where, "dropout_bias must be 0 or 1")
+            dropout_bias = bool(v)
         if "delay" in opts:
             v, where = opts["delay"]
             if v not in (0, 1) or isinstance(v, float):
                 raise self.error(where, "delay must be 0 or 1")
             delay = int(v)
+        if "dropout" in opts:
+            v, where = opts["dropout"]
+            if not isinstance(v, (int, float)) or not 0 <= v < 1:
+                raise self.error(where, "dropout must be a probability in [0, 1)")
+            dropout = float(v)
         chain = next(c for c in s.children[3:] if c.data == "chain")
         ops = [self.op(o) for o in chain.children]
         try:
-            g.add_synapse(src, dst, ops, delay=delay, name=name)
+            g.add_synapse(src, dst, ops, delay=delay, name=name, dropout=dropout, dropout_bias=dropout_bias)
         except SpidecError as e:
             raise self.error(s, e.message, e.hint) from None
 

@@ -107,19 +107,37 @@ class Update:
             raise SpidecError(f"update of {self.tensor}: unknown rule '{self.kind}' (one of {', '.join(UPDATE_KINDS)})")
 
 
+FEEDBACK_NORM_MODES = ("reparam", "project")
+
+
 @dataclass(frozen=True)
 class Optimizer:
-    """SGD on the ``sf``-scaled loss with ``lr/sf``: ``d = G + wd W; buf = momentum buf + d;
-    W -= lr/sf * buf`` (``G``: the spike estimate of ``sf dL/dW``), the learning rate multiplied by
-    ``gamma`` at each epoch of ``milestones``; after each step every feedback (delayed) weight is
-    projected to Frobenius norm <= ``feedback_norm`` (0: off)."""
+    """SGD on the ``sf``-scaled loss with ``lr/sf``, exactly the SPIDE authors' step in their units
+    (weights acting on spikes): ``d = grad + wd W; buf = momentum buf + d; W -= lr/sf * buf``,
+    the learning rate multiplied by ``gamma`` at each epoch of ``milestones``.
+
+    spidec keeps population tensors in rate units (``W_r = W / V``), so the lowering scales their
+    local gradient by ``1 / V**2`` (the rule's ``scale``); the step above, taken on ``W_r``, then
+    moves ``V W_r`` exactly as the authors' step moves ``W``.
+
+    ``feedback_norm`` (``r``, in the authors' units: 2 in their MNIST/CIFAR models, 10 for DVS, 0:
+    off) bounds the Frobenius norm of every feedback (delayed) weight:
+
+    * ``reparam`` (the authors' ``weight_frob_norm_restriction``): the stored weight is a raw
+      parameter; each forward stage uses ``W_raw * min(1, r / ||V W_raw||)`` in both stages, and
+      the raw weight's gradient is that factor times the effective weight's (decay and momentum act
+      on the raw weight). spidec computes the exact norm where the authors estimate it from 64
+      random projections.
+    * ``project``: after every step the stored weight itself is scaled down to norm ``r`` (the
+      integer-friendly variant the fixed-point runtime uses: no second copy of the weight)."""
 
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
     milestones: tuple[int, ...] = ()
     gamma: float = 0.1
-    feedback_norm: float = 1.0
+    feedback_norm: float = 2.0
+    feedback_norm_mode: str = "reparam"
 
     def __post_init__(self) -> None:
         for name in ("lr", "momentum", "weight_decay", "gamma", "feedback_norm"):
@@ -127,6 +145,9 @@ class Optimizer:
         object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
         if self.lr <= 0 or not 0 <= self.momentum < 1 or self.weight_decay < 0 or self.feedback_norm < 0:
             raise SpidecError(f"optimiser settings out of range: {self}")
+        if self.feedback_norm_mode not in FEEDBACK_NORM_MODES:
+            raise SpidecError(f"feedback_norm_mode must be one of {', '.join(FEEDBACK_NORM_MODES)}, "
+                              f"got {self.feedback_norm_mode!r}")
 
     def lr_at(self, epoch: int) -> float:
         return self.lr * self.gamma ** sum(1 for m in self.milestones if epoch >= m)

@@ -91,8 +91,13 @@ GRAPHS: dict[str, GraphCase] = {
     "two_pop": GraphCase(_deep_dense, what="x -> a[12] -> b[9] same step, b -> a delayed, readout of both "
                                            "(test_fixed.deep_dense)"),
     "conv": GraphCase(conv_pool_feedback, what="conv + avgpool + conv_transpose feedback, C-compatible"),
-    "conv_if": GraphCase(_conv_if, what="test_sim.conv_if_graph: pad, per-channel scale and biases, zero "
-                                        "synapse, conv_transpose and dense feedback"),
+    # conv_if's two feedback weights lie above the default bound (r = 2): restricted (factors 0.80
+    # and 0.41) the spiking forward's masks miss the equilibrium's more often, and the gradient
+    # cosine of c1.bias / fb_conv.weight falls to 0.83 at T = 30 (its backward still converges to
+    # the reference like 1 / T_back: test_sim). The graph is kept as measured, unrestricted.
+    "conv_if": GraphCase(_conv_if, {"feedback_norm": 0.0},
+                         what="test_sim.conv_if_graph: pad, per-channel scale and biases, zero synapse, "
+                              "conv_transpose and dense feedback (no norm bound)"),
     "lif": GraphCase(dense_feedback, {"neuron": "LIF", "leak": 0.9}, what="dense_fb with LIF neurons, leak 0.9"),
 }
 

@@ -70,7 +70,7 @@ def conv_if_graph(seed=0) -> Graph:
 
 def test_emitted_ops_equal_the_ir_ops(tmp_path):
     g = conv_if_graph()
-    art = spidec.compile(g, out=tmp_path / "b")
+    art = spidec.compile(g, out=tmp_path / "b", feedback_norm=0)  # the raw weights, unrestricted
     net = art.load(dtype=torch.float64)
     rng = np.random.default_rng(1)
     for e in g.synapses():
@@ -105,6 +105,8 @@ def test_conv_net_local_updates_match_the_exact_gradient_of_the_spiking_forward(
     y = np.array([0, 1, 2, 0, 1, 2])
     errors = []
     for tb in (30, 300, 3000):
+        # (both feedback weights lie above the default bound: the stages and the reference read
+        # them restricted, factors 0.80 and 0.41)
         art = spidec.compile(g0, out=tmp_path / f"tb{tb}", T=100, T_back=tb, sf=2.0)
         net, m = art.load(dtype=torch.float64), art.module()
         fwd = net.forward_stage({"img": torch.from_numpy(x)})
@@ -159,8 +161,9 @@ def test_spike_updates_follow_the_exact_implicit_gradient(name, tmp_path, digits
 
 
 def test_one_training_step_is_the_spide_formula(tmp_path, digits_data):
-    """d = G + wd W, buf = momentum buf + d, W -= lr/sf buf, with G from the two stages' rates;
-    two steps, so momentum is exercised; then the feedback norm bound."""
+    """d = G/V^2 + wd W (population tensors; readout: G + wd W), buf = momentum buf + d,
+    W -= lr/sf buf, with G from the two stages' rates; two steps, so momentum is exercised; then
+    the feedback norm bound, both modes."""
     art = compile_example("digits_fb", tmp_path, lr=0.5, momentum=0.9, weight_decay=1e-2, sf=50.0, feedback_norm=0)
     net, m = art.load(dtype=torch.float64), art.module()
     W = {k: v.astype(np.float64) for k, v in net.tensors().items()}
@@ -179,18 +182,33 @@ def test_one_training_step_is_the_spide_formula(tmp_path, digits_data):
         dy[np.arange(len(yb)), yb] -= 1
         dy *= 50.0 / len(yb)
         post = mask * beta
-        G = {"fc_in.weight": post.T @ xb, "fb.weight": post.T @ a,
-             "z.bias": post.sum(0), "readout.weight": dy.T @ a, "logits.bias": dy.sum(0)}
+        V = 2.0  # vth 1, u_rest -1: the population tensors' gradients enter the step times 1/V^2
+        G = {"fc_in.weight": post.T @ xb / V**2, "fb.weight": post.T @ a / V**2,
+             "z.bias": post.sum(0) / V**2, "readout.weight": dy.T @ a, "logits.bias": dy.sum(0)}
         np.testing.assert_allclose(beta, np.round(beta * 100) / 100, atol=1e-12)  # quantised in S / T_back
         for k in W:
             buf[k] = 0.9 * buf[k] + G[k] + 1e-2 * W[k]
             W[k] = W[k] - 0.5 / 50.0 * buf[k]
         for k, v in net.tensors().items():
             np.testing.assert_allclose(v, W[k], rtol=1e-10, atol=1e-13, err_msg=k)
-    art2 = compile_example("digits_fb", tmp_path / "fbn", feedback_norm=0.5)
+    # project: the stored weight is scaled to r / V after the step (r in the authors' units)
+    art2 = compile_example("digits_fb", tmp_path / "fbn", feedback_norm=0.5, feedback_norm_mode="project")
     net2, m2 = art2.load(dtype=torch.float64), art2.module()
     m2.train_step(net2, {"x": torch.from_numpy(x[:12])}, torch.from_numpy(y[:12]), 0.1)
-    assert abs(np.linalg.norm(net2.tensors()["fb.weight"]) - 0.5) < 1e-12
+    assert abs(np.linalg.norm(net2.tensors()["fb.weight"]) - 0.25) < 1e-12
+    # reparam (the authors'): the raw weight keeps its norm, both stages read it scaled to r / V, and
+    # its gradient enters the step times that factor
+    art3 = compile_example("digits_fb", tmp_path / "fbr", feedback_norm=0.5, lr=0.5, momentum=0.0,
+                           weight_decay=0.0, sf=50.0)
+    net3, m3 = art3.load(dtype=torch.float64), art3.module()
+    raw = net3.tensors()["fb.weight"]
+    c = 0.25 / np.linalg.norm(raw)
+    assert c < 1
+    assert abs(np.linalg.norm(net3.e_p_fb_weight.numpy()) - 0.25) < 1e-12
+    r = m3.train_step(net3, {"x": torch.from_numpy(x[:12])}, torch.from_numpy(y[:12]), 0.5)
+    G = (r["fwd"]["m_z"] * r["bwd"]["beta_z"]).numpy().T @ r["fwd"]["a_z"].numpy()
+    np.testing.assert_allclose(net3.tensors()["fb.weight"], raw - 0.5 / 50.0 * c * G / 4.0, rtol=1e-10, atol=1e-13)
+    assert abs(net3.factor["p_fb_weight"] - min(1.0, 0.25 / np.linalg.norm(net3.tensors()["fb.weight"]))) < 1e-12
 
 
 def test_temporal_encoding_of_a_constant_input_equals_constant_encoding(tmp_path, digits_data):

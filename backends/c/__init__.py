@@ -41,6 +41,7 @@ import numpy as np
 from ...artifact import Artifact
 from ...errors import SpidecError
 from ...ir import Graph, code_name
+from ...masks import dropout_threshold
 from ...ops import OPS
 from ...program import BiasRule, Chain, Program, ReadoutWeightRule, WeightRule, lowered, require_program
 from ...runs import write_manifest
@@ -130,10 +131,16 @@ def kernel(g: Graph, ch: Chain, env: jinja2.Environment | None = None) -> dict[s
     if entry.geometry is not None:
         op = g.synapse(ch.name).synapse.ops[ch.kernel_op]  # type: ignore[index]
         s.update(entry.geometry(g, ch, op))
+    s["code"] = kernel_code(s, env)
+    return s
+
+
+def kernel_code(s: dict[str, Any], env: jinja2.Environment | None = None) -> str:
+    """The C code of one synapse's kernel from its description ``s`` (see :func:`kernel`)."""
+    entry = C_KERNELS[s["kind"]]
     env = env or _env()
     module = env.from_string(entry.source).module if entry.source else env.get_template("kernels.c.j2").module
-    s["code"] = str(getattr(module, entry.macro)(s))
-    return s
+    return str(getattr(module, entry.macro)(s))
 
 
 def _check(prog: Program, fixed: bool = False) -> None:
@@ -171,29 +178,39 @@ def context(g: Graph) -> dict[str, Any]:
     # permuted copies, see kernels.c.j2)
     transposed = {ch.weight for ch in prog.chains if kernels[ch.name]["transposed"]}
     feedback = set(prog.feedback_tensors)
+    reparam, project = prog.restricted("reparam"), prog.restricted("project")
+    scale = {r.tensor: r.scale for r in prog.rules if isinstance(r, (WeightRule, BiasRule))}
+    for s in kernels.values():  # the stages read a norm-restricted weight through its effective copy
+        if s["w"] and any(_cname(t) == s["w"] for t in reparam):
+            s.update(w=s["w"] + "_E")
+            s["code"] = kernel_code(s, env)
     tensors = []
     for name, slot in g.tensor_slots().items():
         arr = g.tensor(name).astype(np.float32)
-        tensors.append({"name": name, "c": _cname(name), "size": int(arr.size), "learnable": slot.learnable,
+        c = _cname(name)
+        tensors.append({"name": name, "c": c, "size": int(arr.size), "learnable": slot.learnable,
                         "shape": list(arr.shape) if arr.ndim == 2 else [int(arr.size)],
                         "transposed": name in transposed, "feedback": name in feedback and slot.learnable,
+                        "e": c + "_E" if name in reparam else c, "reparam": reparam.get(name, 0.0),
+                        "project": project.get(name, 0.0), "gscale": scale.get(name, 1.0),
                         "init": _tensor_lines(list(np.char.mod("%.9g", arr.ravel())), 8)})
     pops = []
     for p in prog.populations:
         c = prog.couple_of(p.name)
         feeds = [{"kind": f.kind, "syn": f.syn, "s": kernels[f.syn]["c"], "factor": chains[f.syn].factor,
-                  "src_c": cvar.get(f.src)} for f in p.feeds]
+                  "src_c": cvar.get(f.src), "drop": chains[f.syn].dropout > 0} for f in p.feeds]
+        bias_drop = next((kernels[f.syn]["c"] for f in p.feeds if chains[f.syn].dropout_bias), None)
         pops.append({"name": p.name, "c": cvar[p.name], "n": p.size, "V": p.V, "vth": p.vth, "leak": p.leak,
                      "norm": p.norm, "bias": _cname(p.bias) if p.bias else None, "feeds": feeds,
                      # a per-channel bias of a [C, H, W] population: (C, H*W)
                      "bias_pc": (p.bias_channels, p.size // p.bias_channels) if p.bias_channels else None,
                      "delayed": p.keep_prev, "couple": c.name, "cvth": c.vth, "S": c.S, "cleak": c.leak,
-                     "norm_b": c.norm, "bdelayed": c.keep_prev})
+                     "norm_b": c.norm, "bdelayed": c.keep_prev, "bias_drop": bias_drop})
     by = {p["name"]: p for p in pops}
     back = []
     for c in prog.couples:
         bfeeds = [{"syn": f.syn, "s": kernels[f.syn]["c"], "factor": chains[f.syn].factor, "src_c": cvar[f.gate],
-                   "delayed": f.delayed} for f in c.feeds]
+                   "delayed": f.delayed, "drop": chains[f.syn].dropout > 0} for f in c.feeds]
         injections = [{"s": kernels[syn]["c"], "factor": chains[syn].factor} for syn in c.injections]
         back.append({**by[c.of], "bfeeds": bfeeds, "injections": injections})
     readout = prog.readouts[0]
@@ -224,10 +241,15 @@ def context(g: Graph) -> dict[str, Any]:
     return {
         "version": __version__, "model": prog.model, "hash": prog.build_hash,
         "T": prog.T, "T_back": prog.T_back, "sf": prog.sf, "opt": prog.optimizer,
-        "n_inputs": prog.inputs[0].size, "n_classes": readout.size, "tensors": tensors, "pops": pops,
+        "n_inputs": prog.inputs[0].size, "n_classes": readout.size, "input_shape": list(prog.inputs[0].shape),
+        "tensors": tensors, "pops": pops,
         "back": back, "updates": updates, "synapses": list(kernels.values()),
         "readout": {"name": readout.name, "bias": _cname(readout.bias) if readout.bias else None, "feeds": rfeeds},
         "buffers": _declared(prog),
+        "dropout": [{"name": ch.name, "s": kernels[ch.name]["c"], "id": k, "p": ch.dropout, "n": n[ch.dst],
+                     "threshold": dropout_threshold(ch.dropout), "scale": float(np.float32(1.0 / (1.0 - ch.dropout))),
+                     "back": any(f.syn == ch.name for cp in prog.couples for f in cp.feeds)}
+                    for k, ch in enumerate(prog.chains) if ch.dropout > 0],
     }
 
 
@@ -271,17 +293,24 @@ def fixed_context(g: Graph) -> dict[str, Any]:
                         "wd_mult": qt.wd_mult if qt else 0, "wd_shift": qt.wd_shift if qt else 0,
                         "salt": qt.salt if qt else 0, "salt_wd": (qt.salt ^ 0x5BD1E995) if qt else 0,
                         "feedback": bool(qt and qt.feedback),
-                        "R": math.floor(prog.optimizer.feedback_norm * 2 ** qt_all[t["name"]].frac + 0.5)})
+                        "reparam": bool(qt and qt.feedback) and prog.optimizer.feedback_norm_mode == "reparam",
+                        "project": bool(qt and qt.feedback) and prog.optimizer.feedback_norm_mode == "project",
+                        "R": fx.feedback_bound(prog, t["name"], qt_all[t["name"]].frac) if qt and qt.feedback
+                        else 0})
     cname = {p.name: code_name(p.name) for p in prog.populations}
     n_of = prog.size
+    reparam = {t["name"] for t in tensors if t["reparam"]}
+
+    def _read(name: str) -> str:  # what the stages read: a reparametrised weight's effective copy
+        return _cname(name) + ("_E" if name in reparam else "")
     S = {c.of: c.S for c in prog.couples}
     steps = {p.name: p for p in prog.populations}
     pops = []
     for p in ctx["pops"]:
         name = p["name"]
         step, couple = steps[name], prog.couple_of(name)
-        ifeeds = [{"w": _cname(chains[f.syn].weight), "n": ctx["n_inputs"]} for f in step.feeds if f.kind == "input"]
-        pfeeds = [{"w": _cname(chains[f.syn].weight), "n": n_of[f.src], "src_c": cname[f.src], "syn": f.syn,
+        ifeeds = [{"w": _read(chains[f.syn].weight), "n": ctx["n_inputs"]} for f in step.feeds if f.kind == "input"]
+        pfeeds = [{"w": _read(chains[f.syn].weight), "n": n_of[f.src], "src_c": cname[f.src], "syn": f.syn,
                    "delayed": f.kind == "delayed"} for f in step.feeds if f.kind != "input"]
         pops.append({**p, "frac": q.pop_frac[name], "bp": q.couple_frac[name], "th": fx.threshold(step, q),
                      "cth": fx.couple_threshold(couple, q), "kmax": q.k_max[name], "gmax": q.g_max[name],
@@ -291,12 +320,12 @@ def fixed_context(g: Graph) -> dict[str, Any]:
     back = []
     for c in prog.couples:
         p = by[c.of]
-        bfeeds = [{"w": _cname(chains[f.syn].weight), "syn": f.syn, "src_c": cname[f.gate], "delayed": f.delayed,
+        bfeeds = [{"w": _read(chains[f.syn].weight), "syn": f.syn, "src_c": cname[f.gate], "delayed": f.delayed,
                    "shift": p["bp"] - q.pop_frac[f.gate] + round(math.log2(S[f.gate]))} for f in c.feeds]
-        injections = [{"w": _cname(chains[syn].weight)} for syn in c.injections]
+        injections = [{"w": _read(chains[syn].weight)} for syn in c.injections]
         back.append({**p, "bfeeds": bfeeds, "injections": injections, "ishift": q.readout_frac + fx.Q - p["bp"]})
     ro = prog.readouts[0]
-    rfeeds = [{"w": _cname(chains[f.syn].weight), "n": n_of[f.src], "src_c": cname[f.src]} for f in ro.feeds]
+    rfeeds = [{"w": _read(chains[f.syn].weight), "n": n_of[f.src], "src_c": cname[f.src]} for f in ro.feeds]
     updates = []
     for r in prog.rules:
         c = _cname(r.tensor)
@@ -455,8 +484,8 @@ class CArtifact(Artifact):
         return self._rt if self._rt is not None else self.build()
 
     def train(self, x: Any, y: Any, *, epochs: int = 1, batch: int = 64, lr: float | None = None,
-              seed: int = 0) -> list[dict]:
-        history = self.runtime().train(x, y, epochs=epochs, batch=batch, lr=lr, seed=seed)
+              seed: int = 0, **opts: Any) -> list[dict]:
+        history = self.runtime().train(x, y, epochs=epochs, batch=batch, lr=lr, seed=seed, **opts)
         return [{"epoch": h["epoch"], "train_loss": h["loss"], "train_accuracy": h["train_accuracy"]}
                 for h in history]
 
@@ -493,17 +522,18 @@ class CArtifact(Artifact):
 FIXED_POINT = True
 
 # what `spidec train` takes for a c build besides the common options (spidec.runs)
-TRAIN_OPTIONS = ("checkpoint", "resume", "qemu", "host", "out", "timeout")
+TRAIN_OPTIONS = ("checkpoint", "resume", "qemu", "host", "out", "timeout", "lr_schedule", "warmup", "augment",
+                 "normalize", "data_dir")
 
 
-def _data_files(out: Path, data: str) -> tuple[Path, Path]:
+def _data_files(out: Path, data: str, data_dir: str | None = None) -> tuple[Path, Path]:
     from ... import data as data_mod
 
     ddir = out / "data"
     name = data_mod.data_name(data)
     train, test = ddir / f"{name}.train.spds", ddir / f"{name}.test.spds"
     if data.endswith(".npz") or not (train.exists() and test.exists()):  # a file may have changed
-        data_mod.pack(data, ddir)
+        data_mod.pack(data, ddir, data_dir)
     return train, test
 
 
@@ -518,8 +548,14 @@ def train_build(out: Path, opts: Any, say: Any) -> dict[str, Any]:
         raise SpidecError("--qemu and --host exclude each other")
     if opts.qemu and board is None:
         raise SpidecError(f"{str(out)!r} is no board build", hint="compile with --board mps2-an386")
-    train, test = _data_files(out, opts.data)
+    train, test = _data_files(out, opts.data, opts.data_dir)
     if board is not None and not opts.host:
+        for o in ("lr_schedule", "augment", "normalize"):
+            if getattr(opts, o):
+                raise SpidecError(f"--{o.replace('_', '-')} is for the host trainer; the board program runs the "
+                                  "compiled schedule on the data as packed", hint="add --host")
+        if opts.warmup:
+            raise SpidecError("--warmup is for the host trainer", hint="add --host")
         return _train_board(out, opts, say, train, test)
     for o in ("out", "timeout"):
         if getattr(opts, o) is not None:
@@ -551,7 +587,22 @@ def _trainer_args(opts: Any, batch: int) -> list[str]:
     """The options the host trainer and the board program share (``batch``: the default)."""
     args = ["--epochs", str(opts.epochs if opts.epochs is not None else 1), "--batch", str(opts.batch or batch),
             "--seed", str(opts.seed)]
+    for flag, v in (("--lr-schedule", getattr(opts, "lr_schedule", None)), ("--warmup", getattr(opts, "warmup", 0)),
+                    ("--augment", getattr(opts, "augment", "")), ("--normalize", _normalize_text(opts))):
+        if v:
+            args += [flag, str(v)]
     return args + (["--lr", repr(opts.lr)] if opts.lr is not None else [])
+
+
+def _normalize_text(opts: Any) -> str | None:
+    """--normalize as the C trainer reads it (MEAN,..;STD,..; presets resolved here)."""
+    spec = getattr(opts, "normalize", None)
+    if not spec:
+        return None
+    from ...augment import parse_normalize
+
+    mean, std = parse_normalize(spec)
+    return ",".join(repr(float(m)) for m in mean) + ";" + ",".join(repr(float(s)) for s in std)
 
 
 def _epoch_entry(f: dict[str, Any]) -> dict[str, Any]:
@@ -644,6 +695,17 @@ class _Info(ctypes.Structure):
                 ("fixed", ctypes.c_int)]
 
 
+class TrainOpts(ctypes.Structure):
+    """spide_train_opts_t (runtime/include/spide.h)."""
+
+    _fields_ = [("lr", ctypes.c_float), ("schedule", ctypes.c_int), ("milestones", ctypes.POINTER(ctypes.c_int)),
+                ("n_milestones", ctypes.c_int), ("gamma", ctypes.c_float), ("epoch", ctypes.c_int),
+                ("epochs", ctypes.c_int), ("iteration", ctypes.c_long), ("warmup", ctypes.c_int),
+                ("seed", ctypes.c_uint64), ("crop", ctypes.c_int), ("flip", ctypes.c_int),
+                ("mean", ctypes.POINTER(ctypes.c_float)), ("std", ctypes.POINTER(ctypes.c_float)),
+                ("n_stats", ctypes.c_int)]
+
+
 class CRuntime:
     """A loaded model library: numpy in, numpy out."""
 
@@ -679,6 +741,9 @@ class CRuntime:
         lib.spide_train_epoch.argtypes = [f32p, i32p, ctypes.c_int, i32p, ctypes.c_int, ctypes.c_float,
                                           ctypes.POINTER(ctypes.c_int), ctypes.c_void_p]
         lib.spide_train_epoch.restype = ctypes.c_double
+        lib.spide_train.argtypes = [f32p, i32p, ctypes.c_int, i32p, ctypes.c_int, ctypes.POINTER(TrainOpts),
+                                    ctypes.POINTER(ctypes.c_int), ctypes.c_void_p]
+        lib.spide_train.restype = ctypes.c_double
         lib.spide_evaluate.argtypes = [f32p, i32p, ctypes.c_int, ctypes.POINTER(ctypes.c_double)]
         lib.spide_evaluate.restype = ctypes.c_double
         info = lib.spide_info().contents
@@ -799,18 +864,46 @@ class CRuntime:
         self.lib.spide_step(ctypes.c_float(self.lr if lr is None else lr))
 
     def train(self, x: Any, y: Any, *, epochs: int = 1, batch: int = 64, lr: float | None = None,
-              seed: int = 0) -> list[dict]:
+              seed: int = 0, lr_schedule: str | None = None, warmup: int = 0, augment: str = "",
+              normalize: str | None = None) -> list[dict]:
+        """``epochs`` over (x, y) in seeded orders, as the host trainer runs them (see
+        spide_train in spide.h): ``lr_schedule`` (spidec.schedule; default the model's own),
+        ``warmup`` batches, ``augment`` and ``normalize`` (spidec.augment; the model's test data
+        must then be normalised by the caller)."""
+        from ...augment import parse_augment, parse_normalize
+        from ...schedule import parse_schedule
+
         x = self._x(x)
         y = np.ascontiguousarray(np.asarray(y, np.int32))
+        opts = TrainOpts(lr=self.lr if lr is None else lr, seed=seed, epochs=epochs, warmup=warmup)
+        keep: list[Any] = []  # arrays the struct points into
+        if lr_schedule is not None:
+            kind, milestones, gamma = parse_schedule(lr_schedule)
+            opts.schedule = {"constant": 1, "multistep": 2, "cosine": 3}[kind]
+            ms = (ctypes.c_int * max(1, len(milestones)))(*milestones)
+            keep.append(ms)
+            opts.milestones, opts.n_milestones, opts.gamma = ctypes.cast(ms, ctypes.POINTER(ctypes.c_int)), \
+                len(milestones), gamma
+        if augment:
+            aug = parse_augment(augment)
+            opts.crop, opts.flip = aug.pad, int(aug.flip)
+        if normalize:
+            mean, std = parse_normalize(normalize)
+            m, sd = (ctypes.c_float * len(mean))(*mean), (ctypes.c_float * len(std))(*std)
+            keep += [m, sd]
+            opts.mean, opts.std, opts.n_stats = ctypes.cast(m, ctypes.POINTER(ctypes.c_float)), \
+                ctypes.cast(sd, ctypes.POINTER(ctypes.c_float)), len(mean)
         rng = np.random.default_rng(seed)
+        per_epoch = -(-len(y) // batch)
         history = []
         for epoch in range(epochs):
             perm = np.ascontiguousarray(rng.permutation(len(y)).astype(np.int32))
             correct = ctypes.c_int(0)
-            lr_e = self.lib.spide_lr_at(epoch, ctypes.c_float(self.lr if lr is None else lr))
+            opts.epoch, opts.iteration = epoch, epoch * per_epoch
             self.lib.spide_begin_epoch()
-            loss = self.lib.spide_train_epoch(x, y, len(y), perm, batch, ctypes.c_float(lr_e),
-                                              ctypes.byref(correct), None)
+            loss = self.lib.spide_train(x, y, len(y), perm, batch, ctypes.byref(opts), ctypes.byref(correct), None)
+            if loss < 0:
+                raise SpidecError("the C trainer could not augment these samples (an image-shaped input is needed)")
             history.append({"epoch": epoch + 1, "loss": loss / len(y), "train_accuracy": correct.value / len(y)})
         return history
 

@@ -65,6 +65,9 @@ def config(g: Graph) -> dict[str, Any]:
         pops.append({"name": p.name, "n": p.size, "V": p.V, "vth": p.vth, "bias": p.bias, "couple": c.name,
                      "S": c.S, "vth_back": c.vth})
     for ch in prog.chains:
+        if ch.dropout:
+            raise SpidecError(f"synapse '{ch.name}' has dropout (p = {ch.dropout}); the lava backend does not run "
+                              "dropout yet", hint="use --target sim or c, or export the model in eval mode")
         if ch.dst not in names:
             continue
         weight, factor = _weight(ch)
@@ -92,14 +95,15 @@ def config(g: Graph) -> dict[str, Any]:
     updates = []
     for r in prog.rules:
         u = {"tensor": r.tensor, "kind": kinds[type(r)], "synapse": getattr(r, "syn", None), "post": None,
-             "gate": getattr(r, "gate", None)}
+             "gate": getattr(r, "gate", None), "scale": getattr(r, "scale", 1.0)}
         u["post"] = r.post if isinstance(r, (WeightRule, BiasRule)) else r.node  # type: ignore[union-attr]
         updates.append(u)
     return {
         "version": __version__, "model": prog.model, "hash": prog.build_hash,
         "T": prog.T, "T_back": prog.T_back, "sf": prog.sf, "input": prog.inputs[0].name,
         "optimizer": {"lr": opt.lr, "momentum": opt.momentum, "weight_decay": opt.weight_decay,
-                      "feedback_norm": opt.feedback_norm, "milestones": list(opt.milestones), "gamma": opt.gamma},
+                      "milestones": list(opt.milestones), "gamma": opt.gamma,
+                      "reparam": prog.restricted("reparam"), "project": prog.restricted("project")},
         "populations": pops, "recurrent": recurrent, "input_synapses": inputs,
         "readout": {"name": ro.name, "n": ro.size, "bias": ro.bias, "synapses": rsyn},
         "updates": updates,
@@ -148,7 +152,11 @@ class LavaArtifact(Artifact):
             self._net = None
 
     def train(self, x: Any, y: Any, *, epochs: int = 1, batch: int = 8, lr: float | None = None,
-              seed: int = 0) -> list[dict]:
+              seed: int = 0, **opts: Any) -> list[dict]:
+        given = [k for k, v in opts.items() if v]
+        if given:
+            raise SpidecError(f"the lava target does not take {given[0]} yet (the compiled milestones and the data "
+                              "as given)", hint="train with the sim or c target")
         net = self.build()
         x = np.asarray(x, np.float64).reshape(len(y), -1)
         rng = np.random.default_rng(seed)

@@ -27,9 +27,11 @@ import numpy as np
 from ...artifact import Artifact
 from ...errors import SpidecError
 from ...ir import Graph, code_name
+from ...masks import dropout_threshold
 from ...ops import AvgPool2d, Conv2d, ConvTranspose2d, Dense, Flatten, LinearOp, Pad, Reshape, Scale, Shape, Zero
 from ...program import BiasRule, ReadoutWeightRule, WeightRule, lowered, require_program
 from ...runs import write_manifest
+from ...schedule import default_schedule
 from ...text import dumps
 from .. import environment
 
@@ -41,14 +43,16 @@ TEMPLATES = Path(__file__).with_name("templates")
 class _Codegen:
     """Python/torch expressions for every op of the graph; constant tensors become buffers."""
 
-    def __init__(self, g: Graph) -> None:
+    def __init__(self, g: Graph, effective: set[str] = frozenset()) -> None:  # type: ignore[assignment]
         self.g = g
         self.buffers: dict[str, np.ndarray] = {}  # buffer name -> value (constants that are no parameter)
         self.tensor_attr = {name: "p_" + code_name(name) for name in g.parameters(learnable_only=False)}
         self.slot_names = {(s.owner, s.op, s.field): n for n, s in g.tensor_slots().items()}
+        self.effective = effective  # tensors the stages read through their norm-restricted copy
 
     def tensor(self, syn: str, i: int, field: str) -> str:
-        return "self." + self.tensor_attr[self.slot_names[(syn, i, field)]]
+        name = self.slot_names[(syn, i, field)]
+        return ("self.e_" if name in self.effective else "self.") + self.tensor_attr[name]
 
     def const(self, base: str, value: np.ndarray) -> str:
         name = "c_" + code_name(base)
@@ -230,18 +234,37 @@ class SimArtifact(Artifact):
         return {name: torch.as_tensor(x, dtype=net.dtype_)}
 
     def train(self, x: Any, y: Any, *, epochs: int = 1, batch: int = 64, lr: float | None = None,
-              seed: int = 0) -> list[dict]:
+              seed: int = 0, lr_schedule: str | None = None, warmup: int = 0, augment: str = "",
+              normalize: str | None = None) -> list[dict]:
+        """As train.py trains: ``lr_schedule`` (spidec.schedule; default the model's own),
+        ``warmup`` batches, ``augment`` and ``normalize`` (spidec.augment; test data must then be
+        normalised by the caller), dropout keys of (seed, epoch, sample index)."""
         import torch
 
         from ...artifact import epochs_of
+        from ...augment import apply, parse_augment, parse_normalize
+        from ...schedule import lr_at, parse_schedule
 
         net = self.build()
         m = self._module
-        xs = self._input(x)
+        name = next(iter(m.INPUTS))
+        x_all = np.asarray(x, np.float32).reshape(-1, *m.INPUTS[name])
         yt = torch.as_tensor(np.asarray(y), dtype=torch.long)
+        sched = parse_schedule(lr_schedule or m.DEFAULT_SCHEDULE)
+        aug = parse_augment(augment)
+        norm = parse_normalize(normalize) if normalize else None
+        per_epoch = -(-len(yt) // batch)
+        count = [0]
 
         def step(idx: Any, total: int, epoch: int) -> tuple[float, int]:
-            r = m.train_step(net, {k: v[idx] for k, v in xs.items()}, yt[idx], m.lr_at(epoch, lr or m.LR), total)
+            xb = x_all[idx]
+            if aug.enabled or norm is not None:
+                xb = apply(xb, idx, epoch, seed, aug, norm)
+            it = epoch * per_epoch + count[0] % per_epoch
+            count[0] += 1
+            rate = lr_at(sched, lr or m.LR, epoch, epochs, it, warmup)
+            keys = m.sample_keys(seed, epoch, idx) if m.DROPOUT else None
+            r = m.train_step(net, self._input(xb), yt[idx], rate, total, keys=keys)
             return float(r["loss"]), int(r["correct"])
 
         return epochs_of(x, y, epochs, batch, seed, step)
@@ -285,12 +308,28 @@ class SimArtifact(Artifact):
         return f"train it: spidec train {self.out} --data digits"
 
 
+def _masks_source() -> str:
+    """spidec.masks' functions, copied into the emitted program (it runs without spidec)."""
+    import inspect
+
+    from ... import masks
+
+    return "\n\n".join([f"DROPOUT_SALT = {masks.DROPOUT_SALT:#x}"] + [
+        inspect.getsource(f) for f in (masks.mix64, masks.sample_keys, masks.dropout_mask)])
+
+
+def _f32(v: float) -> str:
+    """``v`` rounded to float32, as the shortest literal that reads back to it."""
+    return repr(float(np.float32(v)))
+
+
 def context(g: Graph) -> dict[str, Any]:
     """Everything the templates need, as plain values and code lines, read from the step program."""
     from ... import __version__
 
     prog = require_program(g, "the sim backend")
-    cg = _Codegen(g)
+    reparam = prog.restricted("reparam")
+    cg = _Codegen(g, set(reparam))
     chains = {ch.name: ch for ch in prog.chains}
     needs_adjoint = {f.syn for c in prog.couples for f in c.feeds} | {s for c in prog.couples for s in c.injections}
     synapses = [{"name": ch.name, "var": code_name(ch.name), "src": ch.src, "dst": ch.dst,
@@ -305,16 +344,18 @@ def context(g: Graph) -> dict[str, Any]:
             bias = "self." + cg.tensor_attr[p.bias]
             if p.bias_channels:
                 bias += f".view({p.bias_channels}, *{(1,) * (len(p.shape) - 1)})"
-        feeds = [{"syn": code_name(f.syn), "src": code_name(f.src), "kind": f.kind} for f in p.feeds]
+        feeds = [{"syn": code_name(f.syn), "src": code_name(f.src), "kind": f.kind,
+                  "drop": chains[f.syn].dropout > 0} for f in p.feeds]
+        bias_drop = next((code_name(f.syn) for f in p.feeds if chains[f.syn].dropout_bias), None)
         pops.append({"name": p.name, "var": code_name(p.name), "shape": list(p.shape), "vth": p.vth, "V": p.V,
                      "leak": p.leak, "norm": p.norm, "bias": bias, "feeds": feeds, "delayed": p.keep_prev,
                      "couple": c.name, "cvar": code_name(c.name), "cvth": c.vth, "S": c.S, "cleak": c.leak,
-                     "norm_b": c.norm})
+                     "norm_b": c.norm, "bias_drop": bias_drop})
     by_name = {p["name"]: p for p in pops}
     back_order = []
     for c in prog.couples:
         feeds = [{"syn": code_name(f.syn), "gate": by_name[f.gate]["var"], "src": by_name[f.gate]["cvar"],
-                  "delayed": f.delayed} for f in c.feeds]
+                  "delayed": f.delayed, "drop": chains[f.syn].dropout > 0} for f in c.feeds]
         injections = [{"rvar": code_name(chains[s].dst), "syn": code_name(s)} for s in c.injections]
         back_order.append({**by_name[c.of], "bfeeds": feeds, "injections": injections, "bdelayed": c.keep_prev})
     pop_names = set(by_name)
@@ -335,7 +376,8 @@ def context(g: Graph) -> dict[str, Any]:
             post = f"post_{code_name(ch.dst)}" if kind == "local" else f"dy_{code_name(ch.dst)}"
             for tname, lines in cg.grads(ch.name, post, rate(ch.src)):
                 if tname == r.tensor:
-                    updates.append({"tensor": r.tensor, "attr": attr, "kind": kind, "lines": lines,
+                    scale = r.scale if isinstance(r, WeightRule) else 1.0
+                    updates.append({"tensor": r.tensor, "attr": attr, "kind": kind, "lines": lines, "scale": scale,
                                     "what": f"{kind} rule through synapse {ch.name} ({ch.src} -> {ch.dst})"})
         else:
             local = isinstance(r, BiasRule)
@@ -345,9 +387,8 @@ def context(g: Graph) -> dict[str, Any]:
                                                                               if x.name == node).shape)
             dims = [0] + list(range(2, 1 + ndim)) if local and r.channels else [0]  # type: ignore[union-attr]
             kind = "bias" if local else "delta_bias"
-            updates.append({"tensor": r.tensor, "attr": attr, "kind": kind,
+            updates.append({"tensor": r.tensor, "attr": attr, "kind": kind, "scale": r.scale if local else 1.0,  # type: ignore[union-attr]
                             "lines": [f"gw = {src}.sum(dim={tuple(dims)})"], "what": f"{kind} rule of {node}"})
-    feedback = sorted(prog.feedback_tensors)
     params = [{"name": n, "attr": cg.tensor_attr[n], "learnable": n in g.parameters()}
               for n in g.parameters(learnable_only=False)]
     return {
@@ -356,7 +397,15 @@ def context(g: Graph) -> dict[str, Any]:
         "inputs": [{"name": i.name, "var": code_name(i.name), "shape": list(i.shape)} for i in prog.inputs],
         "synapses": synapses, "pops": pops, "back": back_order, "readouts": readouts, "updates": updates,
         "params": params,
-        "buffers": sorted(cg.buffers), "feedback": [cg.tensor_attr[n] for n in feedback],
+        "buffers": sorted(cg.buffers),
+        "masks_source": _masks_source(),
+        "default_schedule": default_schedule(prog.optimizer.milestones, prog.optimizer.gamma),
+        "dropout": [{"var": code_name(ch.name), "name": ch.name, "id": k, "p": ch.dropout,
+                     "threshold": dropout_threshold(ch.dropout), "scale": _f32(1.0 / (1.0 - ch.dropout)),
+                     "shape": list(g.node(ch.dst).shape)}
+                    for k, ch in enumerate(prog.chains) if ch.dropout > 0],
+        "reparam": [{"attr": cg.tensor_attr[n], "bound": b} for n, b in sorted(reparam.items())],
+        "project": [{"attr": cg.tensor_attr[n], "bound": b} for n, b in sorted(prog.restricted("project").items())],
         "classes": prog.readouts[0].shape[0] if prog.readouts and prog.readouts[0].loss == "cross_entropy" else None,
         "_buffers": cg.buffers,
     }
@@ -388,7 +437,8 @@ def emit(g: Graph, out: str | Path) -> SimArtifact:
 
 
 # what `spidec train` takes for a sim build besides the common options (spidec.runs)
-TRAIN_OPTIONS = ("checkpoint", "resume", "limit_train", "limit_test", "device", "extra")
+TRAIN_OPTIONS = ("checkpoint", "resume", "limit_train", "limit_test", "device", "extra", "lr_schedule", "warmup",
+                 "augment", "normalize", "data_dir")
 
 
 def train_build(out: Path, opts: Any, say: Any) -> dict[str, Any]:
@@ -398,7 +448,10 @@ def train_build(out: Path, opts: Any, say: Any) -> dict[str, Any]:
     args = ["--data", opts.data, "--seed", str(opts.seed)]
     for flag, v in (("--epochs", opts.epochs), ("--batch", opts.batch), ("--lr", opts.lr),
                     ("--checkpoint", opts.checkpoint), ("--limit-train", opts.limit_train),
-                    ("--limit-test", opts.limit_test), ("--device", opts.device)):
+                    ("--limit-test", opts.limit_test), ("--device", opts.device),
+                    ("--lr-schedule", opts.lr_schedule), ("--warmup", opts.warmup or None),
+                    ("--augment", opts.augment or None), ("--normalize", opts.normalize),
+                    ("--data-dir", opts.data_dir)):
         if v is not None:
             args += [flag, str(v)]
     if opts.resume:

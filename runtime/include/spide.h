@@ -64,6 +64,54 @@ float spide_lr_at(int epoch, float lr);
 /** Forward + backward + local-gradient accumulation of one sample with label y; the loss
  *  gradient is scaled by sf / batch. Returns the sample's cross-entropy loss. */
 float spide_learn(const float *x, int y, int batch);
+/** The key of the next spide_learn's sample: its dropout masks are a pure function of it (see
+ *  spidec/masks.py; spide_sample_key gives it). Models without dropout ignore it. */
+void spide_set_sample_key(uint64_t key);
+
+/** splitmix64: one step (spidec/masks.py mix64). */
+static inline uint64_t spide_mix64(uint64_t z) {
+    z += 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+/** The dropout key of training sample `index` (its position in the training set) in `epoch`. */
+static inline uint64_t spide_sample_key(uint64_t seed, uint32_t epoch, uint32_t index) {
+    return spide_mix64(spide_mix64(seed ^ 0xD1B54A32D192ED03ull) ^ (((uint64_t)epoch << 32) | index));
+}
+
+/** The per-sample input shape: writes up to 8 dimensions into dims, returns how many. */
+int spide_input_shape(int *dims);
+
+/** How spide_train trains: the learning-rate schedule (spidec/schedule.py), dropout keys and
+ *  augmentation (spidec/augment.py, runtime/include/spide_augment.h). Zero-initialise, then set. */
+typedef struct {
+    float lr;                 /* base learning rate */
+    int schedule;             /* SPIDE_LR_MODEL (the compiled milestones), _CONSTANT, _MULTISTEP, _COSINE */
+    const int *milestones;    /* SPIDE_LR_MULTISTEP: epochs where lr is multiplied by gamma */
+    int n_milestones;
+    float gamma;
+    int epoch, epochs;        /* this epoch (from 0) and the run's total (cosine) */
+    long iteration;           /* batches trained before this call since the start of training */
+    int warmup;               /* linear warm-up over the first `warmup` batches (0: none) */
+    uint64_t seed;            /* dropout keys and augmentation draws */
+    int crop;                 /* random-crop padding (0: none) */
+    int flip;                 /* random horizontal flips */
+    const float *mean, *std;  /* normalisation after augmentation (NULL: none) */
+    int n_stats;              /* 1: one mean/std for every channel; else one per channel */
+} spide_train_opts_t;
+enum { SPIDE_LR_MODEL = 0, SPIDE_LR_CONSTANT = 1, SPIDE_LR_MULTISTEP = 2, SPIDE_LR_COSINE = 3 };
+
+/** The learning rate of batch `iteration` (counted from the start of training) in `epoch`. */
+float spide_schedule_lr(const spide_train_opts_t *o, int epoch, long iteration);
+/** Train one pass over perm[0..n) (dataset indices) in batches: each sample augmented and
+ *  normalised as `o` says, its dropout key set, one SGD step per batch at the scheduled rate.
+ *  Returns the summed loss; *correct counts right predictions. -1 when a scratch buffer cannot be
+ *  allocated or augmentation does not fit the input shape. */
+double spide_train(const float *x, const int32_t *y, int n, const int32_t *perm, int batch,
+                   const spide_train_opts_t *o, int *correct,
+                   void (*progress)(int done, int total, double loss, int correct));
+
 /** The learning rate of the samples that follow (fixed point, online updates apply each sample's
  *  update at once; spide_train_epoch sets it). */
 void spide_set_lr(float lr);

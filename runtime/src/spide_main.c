@@ -2,6 +2,7 @@
  * Exit codes: 0 ok, 1 bad input (data or checkpoint file), 2 bad usage. */
 #define _POSIX_C_SOURCE 200809L
 #include "spide.h"
+#include "spide_augment.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +14,8 @@ static const char *USAGE =
     "usage: %s COMMAND [options]\n"
     "  train   --train FILE.spds [--test FILE.spds] [--epochs N] [--batch B] [--lr LR] [--seed S]\n"
     "          [--checkpoint FILE] [--resume] [--save-every BATCHES] [--quiet]\n"
+    "          [--lr-schedule multistep:E1,E2:GAMMA|cosine|constant] [--warmup BATCHES]\n"
+    "          [--augment crop4,flip] [--normalize MEAN,..;STD,..]\n"
     "  eval    --test FILE.spds [--checkpoint FILE]\n"
     "  predict --data FILE.spds [--checkpoint FILE]      one predicted class per line\n"
     "  info                                              the model's facts\n"
@@ -62,6 +65,77 @@ static void shuffle(int32_t *perm, int n) {
     }
 }
 
+/* --lr-schedule: multistep:E1,E2[:GAMMA], cosine, constant (spidec/schedule.py) */
+static int parse_schedule(const char *v, spide_train_opts_t *o, int *ms, int max) {
+    if (!strcmp(v, "constant")) { o->schedule = SPIDE_LR_CONSTANT; return 0; }
+    if (!strcmp(v, "cosine")) { o->schedule = SPIDE_LR_COSINE; return 0; }
+    if (strncmp(v, "multistep:", 10) != 0) return -1;
+    const char *p = v + 10;
+    int n = 0;
+    o->gamma = 0.1f;
+    while (*p && *p != ':') {
+        char *end;
+        long m = strtol(p, &end, 10);
+        if (end == p || m < 0 || n >= max || (n && m < ms[n - 1])) return -1;
+        ms[n++] = (int)m;
+        p = end;
+        if (*p == ',') p++;
+    }
+    if (*p == ':') {
+        char *end;
+        double g = strtod(p + 1, &end);
+        if (end == p + 1 || *end || !(g > 0.0) || g > 1e30) return -1;
+        o->gamma = (float)g;
+    }
+    o->schedule = SPIDE_LR_MULTISTEP;
+    o->milestones = ms;
+    o->n_milestones = n;
+    return 0;
+}
+
+/* --augment: crop<PAD>, flip, none (comma-separated) */
+static int parse_augment(const char *v, spide_train_opts_t *o) {
+    char buf[64];
+    if (strlen(v) >= sizeof buf) return -1;
+    strcpy(buf, v);
+    for (char *t = strtok(buf, ","); t; t = strtok(NULL, ",")) {
+        if (!strcmp(t, "flip")) o->flip = 1;
+        else if (!strcmp(t, "none")) continue;
+        else if (!strncmp(t, "crop", 4)) {
+            char *end;
+            long pad = strtol(t + 4, &end, 10);
+            if (end == t + 4 || *end || pad < 1 || pad > 255) return -1;
+            o->crop = (int)pad;
+        } else return -1;
+    }
+    return 0;
+}
+
+/* --normalize MEAN[,MEAN..];STD[,STD..]: one pair for every channel or one per channel */
+static int parse_normalize(const char *v, float *mean, float *std, int max, int *n) {
+    const char *semi = strchr(v, ';');
+    if (!semi) return -1;
+    int k[2] = {0, 0};
+    const char *p = v;
+    for (int part = 0; part < 2; part++) {
+        float *dst = part ? std : mean;
+        const char *stop = part ? v + strlen(v) : semi;
+        while (p < stop) {
+            char *end;
+            double d = strtod(p, &end);
+            if (end == p || k[part] >= max || d != d || d > 1e30 || d < -1e30 || (part && !(d > 0.0))) return -1;
+            dst[k[part]++] = (float)d;
+            p = end;
+            if (*p == ',') p++;
+            else if (p != stop) return -1;
+        }
+        p = semi + 1;
+    }
+    if (k[0] != k[1] || k[0] == 0) return -1;
+    *n = k[0];
+    return 0;
+}
+
 static int load(const char *path, spide_dataset_t *d) {
     char err[512];
     if (spide_dataset_load(path, spide_info()->n_inputs, d, err, sizeof err) != 0) {
@@ -86,6 +160,10 @@ int main(int argc, char **argv) {
     int epochs = 20, batch = 64, resume = 0, save_every = 0;
     float lr = info->lr;
     unsigned long long seed = 0;
+    spide_train_opts_t opts;
+    memset(&opts, 0, sizeof opts);
+    int milestones[64], n_stats = 0;
+    float mean[64], stdv[64];
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -100,10 +178,48 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--lr")) lr = (float)atof(v);
         else if (!strcmp(a, "--seed")) seed = strtoull(v, NULL, 10);
         else if (!strcmp(a, "--save-every")) save_every = atoi(v);
+        else if (!strcmp(a, "--warmup")) opts.warmup = atoi(v);
+        else if (!strcmp(a, "--lr-schedule")) {
+            if (parse_schedule(v, &opts, milestones, 64) != 0) {
+                fprintf(stderr, "error: --lr-schedule %s: use multistep:E1,E2:GAMMA, cosine or constant\n", v);
+                return 2;
+            }
+        } else if (!strcmp(a, "--augment")) {
+            if (parse_augment(v, &opts) != 0) {
+                fprintf(stderr, "error: --augment %s: use crop<PAD>, flip or none, comma-separated\n", v);
+                return 2;
+            }
+        } else if (!strcmp(a, "--normalize")) {
+            if (parse_normalize(v, mean, stdv, 64, &n_stats) != 0) {
+                fprintf(stderr, "error: --normalize %s: use MEAN,..;STD,.. (std > 0)\n", v);
+                return 2;
+            }
+        }
         else { fprintf(stderr, "error: unknown option %s\n", a); fprintf(stderr, USAGE, argv[0]); return 2; }
         i++;
     }
-    if (batch < 1 || epochs < 0 || lr <= 0) { fprintf(stderr, "error: --batch >= 1, --epochs >= 0, --lr > 0\n"); return 2; }
+    if (batch < 1 || epochs < 0 || !(lr > 0) || lr > 1e30f || opts.warmup < 0) {
+        fprintf(stderr, "error: --batch >= 1, --epochs >= 0, --lr > 0 (finite), --warmup >= 0\n");
+        return 2;
+    }
+    if (n_stats) {
+        int d[8], nd = spide_input_shape(d);
+        int channels = nd == 3 ? d[0] : 1;
+        if (n_stats != 1 && n_stats != channels) {
+            fprintf(stderr, "error: --normalize gives %d values, the input has %d channels\n", n_stats, channels);
+            return 2;
+        }
+        opts.mean = mean;
+        opts.std = stdv;
+        opts.n_stats = n_stats;
+    }
+    if (opts.crop || opts.flip) {
+        int d[8];
+        if (spide_input_shape(d) < 2) {
+            fprintf(stderr, "error: --augment needs image-shaped input ([C, H, W] or [H, W])\n");
+            return 2;
+        }
+    }
     rng_state ^= seed * 0x9E3779B97F4A7C15ull;
     if (!rng_state) rng_state = 1;
     char err[512];
@@ -152,6 +268,17 @@ int main(int argc, char **argv) {
     memset(&te, 0, sizeof te);
     if (load(train_path, &tr) != 0) return 1;
     if (test_path && load(test_path, &te) != 0) { spide_dataset_free(&tr); return 1; }
+    if (te.count && n_stats) { /* the test set is normalised once; training samples after augmentation */
+        int d[8], nd = spide_input_shape(d);
+        uint32_t channels = nd == 3 ? (uint32_t)d[0] : 1u;
+        for (int i = 0; i < te.count; i++)
+            spide_aug_normalize(te.x + (size_t)i * (size_t)te.size, 1u, channels, (size_t)te.size / channels,
+                                mean, stdv, (uint32_t)n_stats);
+    }
+    opts.lr = lr;
+    opts.seed = seed;
+    opts.epochs = epochs;
+    long per_epoch = (tr.count + batch - 1) / batch;
     int32_t *perm = (int32_t *)malloc((size_t)tr.count * sizeof(int32_t));
     if (!perm) { fprintf(stderr, "error: out of memory\n"); return 1; }
     for (int e = 0; e < start_epoch; e++) shuffle(perm, tr.count); /* the same order as an uninterrupted run */
@@ -161,7 +288,7 @@ int main(int argc, char **argv) {
     for (int e = start_epoch; e < epochs; e++) {
         epoch_shown = e + 1;
         shuffle(perm, tr.count);
-        float lr_e = spide_lr_at(e, lr);
+        float lr_e = spide_schedule_lr(&opts, e, (long)e * per_epoch);
         double t0 = now();
         (void)spide_take_events();
         int correct = 0;
@@ -173,7 +300,15 @@ int main(int argc, char **argv) {
         while (done < tr.count) {
             int n = tr.count - done < chunk ? tr.count - done : chunk;
             int c = 0;
-            loss += spide_train_epoch(tr.x, tr.y, n, perm + done, batch, lr_e, &c, progress);
+            opts.epoch = e;
+            opts.iteration = (long)e * per_epoch + done / batch;
+            double part = spide_train(tr.x, tr.y, n, perm + done, batch, &opts, &c, progress);
+            if (part < 0) {
+                fprintf(stderr, "error: out of memory for the augmentation buffer\n");
+                rc = 1;
+                break;
+            }
+            loss += part;
             correct += c;
             done += n;
             if (ckpt && save_every > 0 && done < tr.count && spide_checkpoint_save(ckpt, e, err, sizeof err) != 0) {

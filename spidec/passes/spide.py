@@ -8,7 +8,7 @@ from typing import Annotated
 from ..errors import SpidecError
 from ..ir import Graph, Population, Readout
 from ..options import Opt
-from ..training import BackwardSynapse, Couple, Injection, Optimizer, Training, Update
+from ..training import FEEDBACK_NORM_MODES, BackwardSynapse, Couple, Injection, Optimizer, Training, Update
 
 
 def spide(g: Graph,
@@ -21,7 +21,13 @@ def spide(g: Graph,
           milestones: Annotated[Sequence[int], Opt("epochs where the learning rate is multiplied by --gamma, "
                                                    "e.g. 20,40")] = (),
           gamma: Annotated[float, Opt("learning-rate decay at each milestone")] = 0.1,
-          feedback_norm: Annotated[float, Opt("Frobenius-norm bound of feedback weights, 0 for none")] = 1.0) -> Graph:
+          feedback_norm: Annotated[float, Opt("Frobenius-norm bound r of feedback weights in the authors' units "
+                                              "(weights acting on spikes: 2 in SPIDE's MNIST/CIFAR models, 10 for "
+                                              "DVS), 0 for none")] = 2.0,
+          feedback_norm_mode: Annotated[str, Opt("how the bound acts: reparam (the authors' reparametrisation: a raw "
+                                                 "weight, scaled to norm <= r at each forward stage) or project (the "
+                                                 "stored weight is scaled down after each step; what fixed point "
+                                                 "runs)", choices=FEEDBACK_NORM_MODES)] = "reparam") -> Graph:
     """Add the SPIDE training structure (see :mod:`spidec.training`): per population a ternary
     couple (threshold ``vth_back``, ``T_back`` steps, the population's leak), the transposed
     synapses between couples gated by the post population's mask, the readouts' scaled loss
@@ -72,7 +78,7 @@ def spide(g: Graph,
             updates.append(Update(tname, "delta", synapse=e.name, post=e.dst))
     out.training = Training(int(T_back), float(sf), tuple(couples.values()), tuple(backward), tuple(injections),
                             tuple(updates), Optimizer(lr, momentum, weight_decay, tuple(milestones), gamma,
-                                                      feedback_norm))
+                                                      feedback_norm, feedback_norm_mode))
     out.schedule = None
     out.program = None
     return out.validate()

@@ -1,0 +1,63 @@
+"""Learning-rate schedules of every trainer (sim program, C host executable, Python API).
+
+``--lr-schedule`` takes:
+
+* ``multistep:E1,E2,...:GAMMA`` the rate times ``GAMMA`` at each epoch ``Ei`` passed (the SPIDE
+  authors' ``adjust_learning_rate``; ``:GAMMA`` may be left out: 0.1); a model compiled with
+  ``--milestones`` uses that schedule unless told otherwise;
+* ``cosine`` ``lr * (1 + cos(pi * epoch / epochs)) / 2`` per epoch (``CosineAnnealingLR`` with
+  ``T_max = epochs``, ``eta_min = 0``);
+* ``constant``.
+
+``--warmup N`` then ramps the first ``N`` batches of the run linearly, ``lr * (i + 1) / N`` for
+batch ``i`` counted from the start of training (the authors' ``adjust_warmup_lr``). The rate is a
+pure function of (epoch, batch), so a resumed run continues exactly. The C runtime implements the
+same formulas (runtime/src/spide_main.c); the sim backend copies :func:`lr_at` into its programs.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .errors import SpidecError
+
+
+def parse_schedule(spec: str) -> tuple[str, tuple[int, ...], float]:
+    """``(kind, milestones, gamma)`` of a schedule spec (see the module docstring)."""
+    parts = spec.strip().split(":")
+    kind = parts[0].strip().lower()
+    if kind in ("constant", "cosine") and len(parts) == 1:
+        return kind, (), 1.0
+    if kind == "multistep" and len(parts) in (2, 3):
+        try:
+            milestones = tuple(int(m) for m in parts[1].split(",") if m.strip())
+            gamma = float(parts[2]) if len(parts) == 3 else 0.1
+        except ValueError:
+            raise SpidecError(f"--lr-schedule {spec!r}: milestones are epochs (integers) and gamma a number") from None
+        if any(m < 0 for m in milestones) or list(milestones) != sorted(milestones):
+            raise SpidecError(f"--lr-schedule {spec!r}: milestones must be increasing epochs >= 0")
+        if not (math.isfinite(gamma) and gamma > 0):
+            raise SpidecError(f"--lr-schedule {spec!r}: gamma must be a positive number")
+        return kind, milestones, gamma
+    raise SpidecError(f"unknown --lr-schedule {spec!r}", hint="multistep:20,40:0.1, cosine or constant")
+
+
+def lr_at(schedule: tuple[str, tuple[int, ...], float], lr: float, epoch: int, epochs: int, iteration: int = 0,
+          warmup: int = 0) -> float:
+    """The learning rate of batch ``iteration`` (counted from the start of training) in ``epoch``
+    (from 0) of ``epochs``."""
+    kind, milestones, gamma = schedule
+    if kind == "multistep":
+        rate = lr * gamma ** sum(1 for m in milestones if epoch >= m)
+    elif kind == "cosine":
+        rate = lr * 0.5 * (1.0 + math.cos(math.pi * epoch / max(epochs, 1)))
+    else:
+        rate = lr
+    if warmup > 0 and iteration < warmup:
+        rate = rate * (iteration + 1) / warmup
+    return rate
+
+
+def default_schedule(milestones: tuple[int, ...], gamma: float) -> str:
+    """The spec of a compiled model's own schedule."""
+    return f"multistep:{','.join(map(str, milestones))}:{gamma!r}" if milestones else "constant"
