@@ -595,7 +595,12 @@ def lower(g: Graph) -> Graph:
                                  f"{r.name}.bias" if r.bias is not None else None, feeds_of(r.name))
                      for r in g.readouts)
     rules: list[Rule] = []
-    for u in t.updates:
+    pop_names = {p.name for p in g.populations}
+    for u in t.updates:  # (a training graph read from text may name anything: refuse, never crash)
+        if u.kind in ("local", "delta") and u.synapse not in syn:
+            raise SpidecError(f"update of {u.tensor}: the graph has no synapse '{u.synapse}'")
+        if u.kind in ("local", "bias") and u.gate not in pop_names:
+            raise SpidecError(f"update of {u.tensor}: gate '{u.gate}' is not a population of the graph")
         if u.kind == "local":
             e = syn[u.synapse]  # type: ignore[index]
             V = g.node(u.gate).neuron.V  # type: ignore[arg-type, union-attr]

@@ -138,3 +138,8 @@ def test_console_script_is_installed():
         pytest.skip(f"no console script beside {sys.executable} (package not installed into this environment)")
     out = subprocess.run([str(exe), "--version"], capture_output=True, text=True, env={**os.environ}, check=True)
     assert out.stdout.strip().startswith("spidec ")
+
+
+def test_python_dash_m_runs_the_cli():
+    out = subprocess.run([sys.executable, "-m", "spidec", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and spidec.__version__ in out.stdout + out.stderr

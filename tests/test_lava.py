@@ -67,6 +67,36 @@ def test_one_training_step_equals_the_sim_backend(programs):
         lava_net.close()
 
 
+def test_restricted_feedback_and_the_authors_step_as_in_sim(tmp_path):
+    """A feedback weight 1.5x over its bound (the authors' reparametrisation: both stages read it
+    scaled by c = 2/3, its raw gradient is c times the effective one's) and the 1/V^2 step of every
+    population tensor: two steps in Lava equal the sim program's."""
+    g = spidec.passes.run(spidec.load(EXAMPLES / "digits_fb.spir"), sf=20.0)
+    w = g.tensor("fb.weight")
+    g = g.with_tensors({"fb.weight": w * (1.5 / np.linalg.norm(w))})
+    net = lava_backend.emit(g, tmp_path / "lava").load()
+    sim = spidec.compile(g, target="sim", out=tmp_path / "sim")
+    snet, prog = sim.load(dtype=torch.float64), sim.module()
+    ds = digits()
+    try:
+        for b in range(2):
+            x, y = ds.x_train[4 * b: 4 * b + 4].astype(np.float64), ds.y_train[4 * b: 4 * b + 4]
+            for k in range(len(x)):
+                net.learn(x[k], y[k], len(x))
+            net.step(0.1)
+            prog.train_step(snet, {"x": torch.from_numpy(x)}, torch.from_numpy(y), 0.1)
+        assert abs(net.c["fb.weight"] - 1.0 / np.linalg.norm(net.tensors()["fb.weight"])) < 1e-12
+        after_sim, after_lava = snet.tensors(), net.tensors()
+        for name in after_sim:
+            np.testing.assert_allclose(after_lava[name], after_sim[name], rtol=1e-9, atol=1e-12, err_msg=name)
+    finally:
+        net.close()
+    with pytest.raises(SpidecError, match="does not run dropout"):
+        from test_training import DropNet
+
+        lava_backend.emit(spidec.passes.run(spidec.from_torch(DropNet())), tmp_path / "drop")
+
+
 def test_short_training_run_beats_chance_by_far(programs):
     _, net, _, _ = programs
     ds = digits()
