@@ -304,3 +304,51 @@ def test_fixed_point_step_is_the_float_step(tmp_path):
         ratio = float(np.linalg.norm(dx) / np.linalg.norm(df))
         # measured: cosine >= 0.988, size ratio 0.992 .. 1.011; a factor 4 would read 0.25 or 4
         assert cos > 0.95 and 0.9 < ratio < 1.1, (k, cos, ratio)
+
+
+def test_resume_is_exact_with_dropout_schedules_and_augmentation(tmp_path):
+    """Masks, crops, flips and the learning rate are functions of (seed, epoch, sample, batch): an
+    interrupted run resumed from its checkpoint ends with the uninterrupted run's weights, in the
+    sim program and in the C host trainer."""
+    from spidec.data import write_spds
+
+    torch.manual_seed(0)
+
+    class DropConv(ConvNet):
+        def __init__(self):
+            super().__init__()
+            self.drop = nn.Dropout(0.25)
+
+        def forward(self, x, z):
+            z_next = torch.clamp(self.drop(self.conv(x)) + self.fb(z), 0, 1)
+            return z_next, self.ro(torch.flatten(z_next, 1))
+
+    g = spidec.from_torch(DropConv())
+    rng = np.random.default_rng(3)
+    x = rng.random((20, 1, 8, 8)).astype(np.float32)
+    y = rng.integers(0, 3, 20)
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=y, x_test=x[:6], y_test=y[:6])
+    opts = ["--augment", "crop2,flip", "--lr-schedule", "multistep:1:0.5", "--warmup", "2", "--batch", "5",
+            "--seed", "4"]
+    # sim: train.py
+    sim = spidec.compile(g, "sim", tmp_path / "sim", T=15, T_back=30)
+    base = ["--data", str(tmp_path / "d.npz"), "--quiet", *opts]
+    assert sim.run_cli(*base, "--epochs", "3", "--checkpoint", str(tmp_path / "a.pt"),
+                       "--save-weights", str(tmp_path / "a.npz")) == 0
+    assert sim.run_cli(*base, "--epochs", "1", "--checkpoint", str(tmp_path / "b.pt")) == 0
+    assert sim.run_cli(*base, "--epochs", "3", "--checkpoint", str(tmp_path / "b.pt"), "--resume",
+                       "--save-weights", str(tmp_path / "b.npz")) == 0
+    with np.load(tmp_path / "a.npz") as a, np.load(tmp_path / "b.npz") as b:
+        for k in a.files:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    # C host trainer: checkpoints compared byte for byte
+    c = spidec.compile(g, "c", tmp_path / "c", T=15, T_back=30)
+    subprocess.run(["make", "-C", str(c.out), "train"], check=True, capture_output=True)
+    write_spds(tmp_path / "d.spds", x, y, 3)
+    run = [str(c.out / "train"), "train", "--train", str(tmp_path / "d.spds"), "--quiet", *opts]
+    for args in (["--epochs", "3", "--checkpoint", str(tmp_path / "a.bin")],
+                 ["--epochs", "1", "--checkpoint", str(tmp_path / "b.bin")],
+                 ["--epochs", "3", "--checkpoint", str(tmp_path / "b.bin"), "--resume"]):
+        r = subprocess.run(run + args, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+    assert (tmp_path / "a.bin").read_bytes() == (tmp_path / "b.bin").read_bytes()
