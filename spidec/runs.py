@@ -121,6 +121,11 @@ def train_build(build: str | Path, opts: TrainOptions, say: Callable[[str], None
         raise SpidecError(f"--epochs must be at least 0, got {opts.epochs}")
     if opts.batch is not None and opts.batch < 1:
         raise SpidecError(f"--batch must be at least 1, got {opts.batch}")
+    from .data import DIR_DATASETS
+
+    if opts.data in DIR_DATASETS and not opts.data_dir:
+        raise SpidecError(f"--data {opts.data} is read from your copy: add --data-dir DIR, a folder holding "
+                          f"{DIR_DATASETS[opts.data][1]} (nothing is downloaded)")
     if opts.warmup < 0:
         raise SpidecError(f"--warmup must be at least 0, got {opts.warmup}")
     if opts.lr is not None and not (math.isfinite(opts.lr) and opts.lr > 0):

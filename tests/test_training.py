@@ -352,3 +352,41 @@ def test_resume_is_exact_with_dropout_schedules_and_augmentation(tmp_path):
         r = subprocess.run(run + args, capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
     assert (tmp_path / "a.bin").read_bytes() == (tmp_path / "b.bin").read_bytes()
+
+
+def test_spidec_train_reads_cifar_from_data_dir(tmp_path, monkeypatch):
+    """`spidec train BUILD --data cifar10 --data-dir DIR` on a synthetic archive in the exact format,
+    with the paper's CIFAR augmentation and normalisation, for a sim and a c build."""
+    from test_data_cifar import make_cifar10
+
+    from spidec import data
+    from spidec.runs import TrainOptions, train_build
+
+    _, sums, _ = make_cifar10(tmp_path / "cifar", per_batch=4)
+    monkeypatch.setattr(data, "CIFAR_MD5", sums)
+
+    class Tiny(nn.Module):
+        spidec_inputs = {"x": (3, 32, 32), "z": (4, 8, 8)}
+        spidec_state = {"z": "z_next"}
+        spidec_outputs = ("z_next", "logits")
+
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 4, stride=4)
+            self.fb = nn.Conv2d(4, 4, 3, padding=1, bias=False)
+            self.ro = nn.Linear(256, 10)
+
+        def forward(self, x, z):
+            z_next = torch.clamp(self.conv(x) + self.fb(z), 0, 1)
+            return z_next, self.ro(torch.flatten(z_next, 1))
+
+    torch.manual_seed(0)
+    g = spidec.from_torch(Tiny())
+    for target in ("sim", "c"):
+        spidec.compile(g, target, tmp_path / target, T=8, T_back=16)
+        opts = TrainOptions(data="cifar10", data_dir=str(tmp_path / "cifar"), epochs=1, batch=5, quiet=True,
+                            augment="crop4,flip", normalize="cifar10", lr_schedule="cosine")
+        summary = train_build(tmp_path / target, opts)
+        assert summary["epochs"] and 0.0 <= summary["test_accuracy"] <= 1.0, (target, summary)
+    with pytest.raises(SpidecError, match="--data-dir DIR"):
+        train_build(tmp_path / "sim", TrainOptions(data="cifar10", epochs=1, quiet=True))
