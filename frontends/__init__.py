@@ -1,8 +1,8 @@
 """Frontends: model files into the spidec IR.
 
 Installed as ``spidec.frontends``. The text form (``.spir``) is read by :mod:`spidec.text`, ONNX
-models by :mod:`spidec.frontends.onnx` and PyTorch modules by :mod:`spidec.frontends.torch`
-(``spidec.from_torch``).
+models by :mod:`spidec.frontends.onnx`, PyTorch modules by :mod:`spidec.frontends.torch`
+(``spidec.from_torch``) and NIR graphs by :mod:`spidec.frontends.nir` (``spidec.from_nir``).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from ..ir import Graph
 LOADERS = {
     ".spir": "spidec IR text form",
     ".onnx": "ONNX model, one step of the feedback network",
+    ".nir": "NIR graph (Neuromorphic Intermediate Representation, needs spidec[nir])",
 }
 
 
@@ -31,6 +32,10 @@ def load(path: str | os.PathLike, **kwargs) -> Graph:
         from .onnx import load_onnx
 
         return load_onnx(path, **kwargs)
+    if suffix == ".nir":
+        from .nir import load_nir
+
+        return load_nir(path, **kwargs)
     known = ", ".join(f"{ext} ({what})" for ext, what in LOADERS.items())
     raise SpidecError(f"cannot load {str(path)!r}: no frontend reads '{suffix or 'files without an extension'}'"
                       f" yet; spidec reads {known}",

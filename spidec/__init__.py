@@ -38,6 +38,23 @@ def from_torch(module, inputs=None, state=None, outputs=None, **kwargs) -> Graph
     return _from_torch(module, inputs, state, outputs, **kwargs)
 
 
+def from_nir(source, *, dt=None, name=None) -> Graph:
+    """Read a NIR graph (a ``.nir`` file or a ``nir.NIRGraph``) into the IR; ``dt`` is the time step in
+    seconds its time constants refer to (see :func:`spidec.frontends.nir.from_nir`)."""
+    from .frontends.nir import from_nir as _from_nir
+
+    return _from_nir(source, dt=dt, name=name)
+
+
+def to_nir(g: Graph, path, *, dt: float = 1e-4, delays: str = "explicit"):
+    """Write ``g`` (a model with its trained weights) as a NIR file for time step ``dt``; ``delays``:
+    ``explicit`` (a Delay node of one step on each delayed synapse) or ``implicit`` (the plain cycle).
+    See :mod:`spidec.export` for the units."""
+    from .export import to_nir as _to_nir
+
+    return _to_nir(g, path, dt=dt, delays=delays)
+
+
 def load(path, **kwargs) -> Graph:
     """Load a model file into the IR; the frontend is chosen by the file's extension."""
     from .frontends import load as _load
@@ -67,6 +84,7 @@ __all__ = [
     "__version__",
     "compile",
     "dumps",
+    "from_nir",
     "from_torch",
     "load",
     "loads",
@@ -75,4 +93,5 @@ __all__ = [
     "passes",
     "reference",
     "save",
+    "to_nir",
 ]

@@ -37,6 +37,14 @@ EPILOG_REFERENCE = """examples:
 """
 
 
+EPILOG_EXPORT = """examples:
+  spidec export build/sim --to nir -o digits.nir              # trained weights (build/sim/checkpoint.pt)
+  spidec export build/sim --to nir --delays implicit --dt 1e-3 -o digits.nir
+  spidec export examples/digits_fb.spir --to onnx -o digits.onnx
+  spidec export build/sim --to torch --torch examples/models.py:DigitsFB -o digits.pt   # the module's names
+"""
+
+
 def _table(rows: list[list[str]], header: list[str]) -> str:
     cols = [header] + rows
     widths = [max(len(r[i]) for r in cols) for i in range(len(header))]
@@ -110,6 +118,9 @@ def _load_torch_class(spec: str, dropout: bool = False) -> object:
 
 def _load(args: argparse.Namespace) -> Graph:
     state = args.state or None
+    if getattr(args, "dt", None) is not None and not (args.file or "").lower().endswith(".nir") \
+            and getattr(args, "to", None) != "nir":  # (export --to nir writes at --dt)
+        raise SpidecError("--dt applies to NIR files (.nir) only")
     if args.torch:
         if args.file:
             raise SpidecError("give either a model file or --torch FILE.py:ClassName, not both")
@@ -119,11 +130,15 @@ def _load(args: argparse.Namespace) -> Graph:
         outputs = args.outputs.split(",") if args.outputs else None
         return from_torch(_load_torch_class(args.torch, getattr(args, "dropout", False)), inputs, state, outputs)
     if not args.file:
-        raise SpidecError("no model given: pass a .spir/.onnx file or --torch FILE.py:ClassName")
+        raise SpidecError("no model given: pass a .spir/.onnx/.nir file or --torch FILE.py:ClassName")
     if args.input or args.outputs:
         raise SpidecError("--input and --outputs apply to --torch models only")
     from .frontends import load
 
+    if args.file.lower().endswith(".nir"):
+        if state is not None:
+            raise SpidecError("--state applies to ONNX and --torch models only")
+        return load(args.file, dt=args.dt)
     if state is not None:
         if not args.file.lower().endswith(".onnx"):
             raise SpidecError("--state applies to ONNX and --torch models only")
@@ -132,7 +147,7 @@ def _load(args: argparse.Namespace) -> Graph:
 
 
 def _model_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("file", nargs="?", help="model file (.spir or .onnx)")
+    p.add_argument("file", nargs="?", help="model file (.spir, .onnx or .nir)")
     p.add_argument("--torch", metavar="FILE.py:CLASS", help="a PyTorch module class (constructed without "
                    "arguments) instead of a file")
     p.add_argument("--dropout", action="store_true", help="--torch: read its nn.Dropout layers in training mode "
@@ -144,6 +159,8 @@ def _model_arguments(p: argparse.ArgumentParser) -> None:
                    help="pair state inputs with outputs, e.g. z:z_next (default: metadata spidec.state or the "
                    "NAME/NAME_next convention)")
     p.add_argument("--outputs", metavar="NAME[,...]", help="--torch: names of forward's returned values")
+    p.add_argument("--dt", type=float, metavar="SECONDS", help="NIR files: the time step the file's time constants "
+                   "refer to (NIR stores none; snnTorch exports assume 1e-4); export --to nir: the one written")
 
 
 def summary(g: Graph) -> str:
@@ -400,7 +417,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     summary = run_demo(args.model, data=args.data, epochs=args.epochs, batch=args.batch, out=args.out,
-                       quiet=args.quiet or args.json, progress=None)
+                       quiet=args.quiet or args.json, progress=None, dt=args.dt)
     if args.json:
         print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
     return 0
@@ -412,6 +429,38 @@ def cmd_report(args: argparse.Namespace) -> int:
     for path in report_dir(args.run, data=args.data):
         if not args.quiet:
             print(f"wrote {path}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """``spidec export BUILD_OR_MODEL --to nir|onnx|torch -o OUT``."""
+    from pathlib import Path
+
+    from .export import export, forward_graph, load_build
+
+    dt = args.dt if args.dt is not None else 1e-4
+    if args.file and Path(args.file).is_dir():  # a build folder: its latest weights
+        if args.dt is not None and args.to != "nir":
+            raise SpidecError("--dt applies to NIR files (.nir) only")
+        g, weights = load_build(args.file, args.checkpoint)
+        module = _load_torch_class(args.torch) if args.torch else None
+    else:
+        if args.checkpoint:
+            raise SpidecError("--checkpoint applies to build folders only")
+        if args.dt is not None and not (args.file or "").lower().endswith(".nir"):
+            args.dt = None  # the time step the NIR file is written for, not one to read the model with
+        g = forward_graph(_load(args))
+        weights = f"the weights of {args.file or args.torch}"
+        module = _load_torch_class(args.torch) if args.torch and args.to == "torch" else None
+    if args.to != "nir" and args.delays is not None:
+        raise SpidecError("--delays applies to --to nir only")
+    path = export(g, args.to, args.out, dt=dt, delays=args.delays or "explicit", module=module)
+    if args.json:
+        print(json.dumps({"model": g.name, "format": args.to, "out": str(path), "weights": weights,
+                          **({"dt": dt, "delays": args.delays or "explicit"} if args.to == "nir" else {})}))
+    elif not args.quiet:
+        extra = f", dt={dt:g} s, {args.delays or 'explicit'} delays" if args.to == "nir" else ""
+        print(f"wrote {path} ({args.to}{extra}) from {weights}")
     return 0
 
 
@@ -520,7 +569,9 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="examples:\n  spidec demo\n  spidec demo examples/digits_fb.onnx --out build/demo\n"
                               "  spidec demo --data mnist --epochs 3\n  spidec demo --epochs 2 --json",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", nargs="?", help="model file (.onnx, .spir); default: built in")
+    p.add_argument("model", nargs="?", help="model file (.onnx, .spir, .nir); default: built in")
+    p.add_argument("--dt", type=float, metavar="SECONDS", help="NIR files: the time step the file's time constants "
+                   "refer to (NIR stores none; snnTorch exports assume 1e-4)")
     p.add_argument("--data", default="digits", choices=["digits", "mnist"], help="data set (default: digits)")
     p.add_argument("--epochs", type=int, default=None, help="epochs (default: 20 digits, 3 mnist)")
     p.add_argument("--batch", type=int, default=64, help="batch size (default: 64)")
@@ -553,6 +604,26 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--quiet", action="store_true", help="print nothing but errors")
     q.add_argument("--json", action="store_true", help="print the written paths as JSON")
     q.set_defaults(func=cmd_dataset)
+
+    p = sub.add_parser("export", help="write a model or a trained build as NIR, ONNX or a torch state_dict",
+                       description="Write a model file, a --torch module or a build folder (its latest weights: the "
+                                   "checkpoint if there is one, else the compiled initial weights) as NIR (IF/LIF "
+                                   "nodes with rate gain 1 at --dt, reset by subtraction; see spidec.export), ONNX "
+                                   "(one step of the equilibrium map: inputs and state in, NAME_next and readouts out) "
+                                   "or a "
+                                   "PyTorch state_dict (torch.save of a dict of tensors, keyed by the IR's tensor "
+                                   "names, or by the module's own names with --torch FILE.py:CLASS).",
+                       epilog=EPILOG_EXPORT, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _model_arguments(p)
+    p.add_argument("--to", required=True, choices=["nir", "onnx", "torch"], help="the format to write")
+    p.add_argument("-o", "--out", required=True, help="the file to write")
+    p.add_argument("--delays", choices=["explicit", "implicit"], help="--to nir: a Delay node on each feedback "
+                   "synapse (explicit, default) or the plain cycle (implicit, as snnTorch writes recurrence)")
+    p.add_argument("--checkpoint", help="a build folder: the weights file (default: its checkpoint.pt or "
+                   "checkpoint.bin if any)")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    p.add_argument("--json", action="store_true", help="print what was written as JSON")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("reference", help="exact rate-space equilibrium and implicit gradient",
                        description="Solve the model's rate equilibrium a* = clamp(W a* + F x + b, 0, 1) "

@@ -77,8 +77,9 @@ def _bar(label: str, enabled: bool) -> tuple[Any, Callable[[], None]]:
 
 def run_demo(model: str | None = None, data: str = "digits", epochs: int | None = None, batch: int = 64,
              out: str | Path = "build/demo", quiet: bool = False, progress: bool | None = None,
-             log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Compile, train and report; returns the summary (also written to ``out/summary.json``)."""
+             log: Callable[[str], None] = print, dt: float | None = None) -> dict[str, Any]:
+    """Compile, train and report; returns the summary (also written to ``out/summary.json``).
+    ``dt``: the time step of a NIR model file (see ``spidec.from_nir``)."""
     from . import passes, reference
     from .backends import c as cback
     from .data import load as load_data
@@ -89,7 +90,9 @@ def run_demo(model: str | None = None, data: str = "digits", epochs: int | None 
     say = (lambda s: None) if quiet else log
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    g = load_model(model) if model else builtin_model(data)
+    if dt is not None and not (model and str(model).lower().endswith(".nir")):
+        raise SpidecError("--dt applies to NIR files (.nir) only")
+    g = (load_model(model, dt=dt) if dt is not None else load_model(model)) if model else builtin_model(data)
     epochs = DEFAULT_EPOCHS.get(data, 5) if epochs is None else epochs
     if epochs < 0 or batch < 1:
         raise SpidecError("epochs must be >= 0 and batch >= 1")
