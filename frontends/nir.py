@@ -29,7 +29,8 @@ population and its bias are multiplied by the rate gain
 step: pass ``dt`` (seconds). Without it, an ``IF`` with ``r = 1`` is read per step (``dt = 1``
 time unit, as Sinabs and Norse write it) and a ``Delay`` of 1 is one step; everything else that
 needs ``dt`` is refused. snnTorch exports assume ``dt = 1e-4`` (``r = tau / dt``), SpikingJelly
-writes ``IF r = 1 / dt``.
+writes ``IF r = 1 / dt``. A file written by :func:`spidec.to_nir` records its ``dt`` and thresholds
+(metadata ``spidec.dt``, ``spidec.vth``), which are used when no ``dt`` is given.
 
 Accepted with one :class:`~spidec.SpidecWarning` each, naming the node: every IF/LIF/CubaLIF (its
 mapping and gain); NIR's reset to ``v_reset``, read as a subtraction (once per graph); a cycle
