@@ -78,6 +78,18 @@ def sanitize(name: str, fallback: str = "n") -> str:
     return out
 
 
+def unique_name(hint: str, fallback: str, taken: set[str]) -> str:
+    """A valid IR name from ``hint`` (``fallback`` when nothing usable is left), ``_2``, ``_3`` ...
+    appended until it is not in ``taken``; it is added to ``taken``."""
+    base = sanitize(hint, fallback)
+    name, k = base, 1
+    while name in taken:
+        k += 1
+        name = f"{base}_{k}"
+    taken.add(name)
+    return name
+
+
 def _channel_constant(offset: np.ndarray) -> bool:
     return offset.ndim == 3 and bool(np.all(offset == offset[:, :1, :1]))
 
@@ -106,13 +118,7 @@ class Lowering:
         warnings.warn(f"{self.source}: {where}: {message}", SpidecWarning, stacklevel=3)
 
     def unique(self, hint: str, fallback: str) -> str:
-        base = sanitize(hint, fallback)
-        name, k = base, 1
-        while name in self._names:
-            k += 1
-            name = f"{base}_{k}"
-        self._names.add(name)
-        return name
+        return unique_name(hint, fallback, self._names)
 
     # ------------------------------------------------------------- sources
     def add_input(self, name: str, shape: Shape) -> Affine:

@@ -70,7 +70,7 @@ import numpy as np
 from ..errors import SpidecError, SpidecWarning
 from ..ir import Graph, Neuron, Population
 from ..ops import AvgPool2d, Conv2d, Dense, Flatten, LinearOp, Reshape, Scale, Shape, fmt_shape
-from ._lower import sanitize, simplify
+from ._lower import sanitize, simplify, unique_name
 
 INSTALL = "pip install 'spidec[nir]'"
 EXPORTERS = ("snnTorch exports assume dt = 1e-4 s (LIF tau = dt/(1-beta), r = tau/dt); SpikingJelly writes "
@@ -295,13 +295,7 @@ class _Reader:
         return f"node '{node}' ({kind})" if kind != "pass" else f"node '{node}'"
 
     def unique(self, hint: str, fallback: str) -> str:
-        base = sanitize(hint, fallback)
-        name, k = base, 1
-        while name in self.names:
-            k += 1
-            name = f"{base}_{k}"
-        self.names.add(name)
-        return name
+        return unique_name(hint, fallback, self.names)
 
     # -------------------------------------------------------------- structure
     def _flatten(self, graph: Any, prefix: str, depth: int) -> tuple[list[str], list[str]]:
