@@ -390,3 +390,49 @@ def test_spidec_train_reads_cifar_from_data_dir(tmp_path, monkeypatch):
         assert summary["epochs"] and 0.0 <= summary["test_accuracy"] <= 1.0, (target, summary)
     with pytest.raises(SpidecError, match="--data-dir DIR"):
         train_build(tmp_path / "sim", TrainOptions(data="cifar10", epochs=1, quiet=True))
+
+
+def test_frames_of_a_temporal_model_train_through_every_sim_path(tmp_path):
+    """CIFAR10-DVS-shaped data ([N, T, 2, 48, 48] frames, one a step) trains a temporal model through
+    `spidec train --data cifar10-dvs --data-dir` (with the authors' crop4) and through
+    SimArtifact.train; a wrong frame count is one line."""
+    from test_data_cifar import write_frames
+
+    from spidec.data import CIFAR10_DVS_CLASSES
+    from spidec.runs import TrainOptions, train_build
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 2), ("test", 1)):
+        for c in CIFAR10_DVS_CLASSES:
+            for i in range(n):
+                write_frames(tmp_path / "dvs" / split / c / f"s_{i}.npz",
+                             rng.integers(0, 3, size=(4, 2, 48, 48)).astype(np.int16))
+
+    class Dvs(nn.Module):
+        spidec_inputs = {"x": (2, 48, 48), "z": (4, 6, 6)}
+        spidec_state = {"z": "z_next"}
+        spidec_outputs = ("z_next", "logits")
+
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(2, 4, 8, stride=8)
+            self.fb = nn.Conv2d(4, 4, 3, padding=1, bias=False)
+            self.ro = nn.Linear(144, 10)
+
+        def forward(self, x, z):
+            z_next = torch.clamp(self.conv(x) + self.fb(z), 0, 1)
+            return z_next, self.ro(torch.flatten(z_next, 1))
+
+    torch.manual_seed(0)
+    g = spidec.from_torch(Dvs())
+    art = spidec.compile(g, "sim", tmp_path / "sim", T=4, T_back=8, encoding="temporal")
+    summary = train_build(tmp_path / "sim", TrainOptions(data="cifar10-dvs", data_dir=str(tmp_path / "dvs"),
+                                                         epochs=1, batch=5, augment="crop4", quiet=True))
+    assert summary["epochs"] and summary["test_accuracy"] is not None
+    frames = rng.random((6, 4, 2, 48, 48)).astype(np.float32)
+    before = art.get_weights()["conv.weight"].copy()
+    art.train(frames, rng.integers(0, 10, 6), epochs=1, batch=3, augment="crop4")
+    assert not np.array_equal(art.get_weights()["conv.weight"], before)
+    assert art.rates(frames[:2])["z"].shape == (2, 4, 6, 6)
+    with pytest.raises(SpidecError, match="hold 3 frames; the model simulates T = 4"):
+        art.train(frames[:, :3], rng.integers(0, 10, 6), epochs=1)

@@ -229,8 +229,11 @@ class SimArtifact(Artifact):
 
         net = self.build()
         name = next(iter(self._module.INPUTS))
-        shape = self._module.INPUTS[name]
-        x = np.asarray(x, np.float32).reshape(-1, *shape)
+        x = np.asarray(x, np.float32)
+        try:
+            x = x.reshape(-1, *self._module.sample_shape(x))  # (frames of a temporal model kept)
+        except ValueError as e:
+            raise SpidecError(str(e)) from None
         return {name: torch.as_tensor(x, dtype=net.dtype_)}
 
     def train(self, x: Any, y: Any, *, epochs: int = 1, batch: int = 64, lr: float | None = None,
@@ -247,8 +250,11 @@ class SimArtifact(Artifact):
 
         net = self.build()
         m = self._module
-        name = next(iter(m.INPUTS))
-        x_all = np.asarray(x, np.float32).reshape(-1, *m.INPUTS[name])
+        x_all = np.asarray(x, np.float32)
+        try:
+            x_all = x_all.reshape(-1, *m.sample_shape(x_all))
+        except ValueError as e:
+            raise SpidecError(str(e)) from None
         yt = torch.as_tensor(np.asarray(y), dtype=torch.long)
         sched = parse_schedule(lr_schedule or m.DEFAULT_SCHEDULE)
         aug = parse_augment(augment)
