@@ -19,6 +19,7 @@ The training structure is explicit, so a backend only reads it and a user can se
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from .errors import SpidecError
@@ -141,10 +142,15 @@ class Optimizer:
 
     def __post_init__(self) -> None:
         for name in ("lr", "momentum", "weight_decay", "gamma", "feedback_norm"):
-            object.__setattr__(self, name, float(getattr(self, name)))
+            value = float(getattr(self, name))
+            if not math.isfinite(value) or abs(value) > 3.0e38:  # (the programs hold them as float32)
+                raise SpidecError(f"optimiser setting {name} must be a finite float32 number, got {value}")
+            object.__setattr__(self, name, value)
         object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
-        if self.lr <= 0 or not 0 <= self.momentum < 1 or self.weight_decay < 0 or self.feedback_norm < 0:
-            raise SpidecError(f"optimiser settings out of range: {self}")
+        if self.lr <= 0 or not 0 <= self.momentum < 1 or self.weight_decay < 0 or self.feedback_norm < 0 \
+                or self.gamma <= 0 or any(m < 0 for m in self.milestones):
+            raise SpidecError(f"optimiser settings out of range (lr > 0, 0 <= momentum < 1, weight_decay >= 0, "
+                              f"gamma > 0, feedback_norm >= 0, milestones >= 0): {self}")
         if self.feedback_norm_mode not in FEEDBACK_NORM_MODES:
             raise SpidecError(f"feedback_norm_mode must be one of {', '.join(FEEDBACK_NORM_MODES)}, "
                               f"got {self.feedback_norm_mode!r}")
@@ -167,8 +173,8 @@ class Training:
         if not isinstance(self.T_back, int) or self.T_back < 1:
             raise SpidecError(f"T_back (backward time steps) must be a positive integer, got {self.T_back!r}")
         object.__setattr__(self, "sf", float(self.sf))
-        if self.sf <= 0:
-            raise SpidecError(f"the scale factor sf must be positive, got {self.sf}")
+        if not (math.isfinite(self.sf) and 0 < self.sf <= 3.0e38):
+            raise SpidecError(f"the scale factor sf must be a positive finite number, got {self.sf}")
 
     def couple_of(self, population: str) -> Couple:
         for c in self.couples:

@@ -436,3 +436,11 @@ def test_frames_of_a_temporal_model_train_through_every_sim_path(tmp_path):
     assert art.rates(frames[:2])["z"].shape == (2, 4, 6, 6)
     with pytest.raises(SpidecError, match="hold 3 frames; the model simulates T = 4"):
         art.train(frames[:, :3], rng.integers(0, 10, 6), epochs=1)
+
+
+@pytest.mark.parametrize("bad", [dict(lr=float("nan")), dict(lr=float("inf")), dict(lr=-1.0), dict(sf=float("inf")),
+                                 dict(gamma=float("nan")), dict(gamma=0.0), dict(weight_decay=float("inf")),
+                                 dict(feedback_norm=float("nan")), dict(milestones=[-1]), dict(lr=1e39)])
+def test_non_finite_or_out_of_range_optimiser_settings_are_refused(bad):
+    with pytest.raises(SpidecError, match="optimiser setting|out of range|scale factor"):
+        spidec.passes.run(spidec.load("examples/digits_fb.spir"), **bad)
