@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     from models import PAPER, paper_options
 
     import spidec
+    from spidec.augment import format_normalize
     from spidec.data import load
     from spidec.runs import TrainOptions, train_build
 
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     # spidec's mnist loader normalises (0.1307, 0.3081) itself, as the authors' script does
     normalize = None
     if settings.get("mean") is not None and settings["dataset"] != "mnist":
-        normalize = ";".join(",".join(repr(float(v)) for v in settings[k]) for k in ("mean", "std"))
+        normalize = format_normalize((settings["mean"], settings["std"]))
     augment = settings.get("augmentation") or ""
     opts = TrainOptions(data=data, epochs=epochs, batch=batch, seed=args.seed, quiet=False,
                         warmup=int(settings.get("warmup_iters") or 0), augment=augment, normalize=normalize,

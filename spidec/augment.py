@@ -47,10 +47,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import SpidecError
+from .masks import mix64
 
 MASK64 = (1 << 64) - 1
 MAX_PAD = 255
-_GAMMA, _M1, _M2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
 
 
 @dataclass(frozen=True)
@@ -151,10 +151,8 @@ def format_normalize(normalize: Normalize | None) -> str:
 
 # ------------------------------------------------------------------ the stateless random choices
 def _mix64(z: int) -> int:
-    z = (z + _GAMMA) & MASK64
-    z = ((z ^ (z >> 30)) * _M1) & MASK64
-    z = ((z ^ (z >> 27)) * _M2) & MASK64
-    return z ^ (z >> 31)
+    """One splitmix64 step of a Python integer (spidec.masks.mix64, the one implementation)."""
+    return int(mix64(np.uint64(z)))
 
 
 def _check_key(seed: int, epoch: int, index: int) -> None:
@@ -183,13 +181,6 @@ def choices(seed: int, epoch: int, index: int, pad: int = 4) -> tuple[int, int, 
     return _split(hash64(seed, epoch, index), pad)
 
 
-def _mix64_array(z: np.ndarray) -> np.ndarray:
-    z = z + np.uint64(_GAMMA)
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(_M1)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(_M2)
-    return z ^ (z >> np.uint64(31))
-
-
 def hash64_array(seed: int, epoch: int, indices: np.ndarray | Sequence[int]) -> np.ndarray:
     """:func:`hash64` for many sample indices at once (uint64 array)."""
     idx = np.asarray(indices)
@@ -200,7 +191,7 @@ def hash64_array(seed: int, epoch: int, indices: np.ndarray | Sequence[int]) -> 
         _check_key(seed, epoch, lo)
         _check_key(seed, epoch, hi)
     key = np.uint64(epoch << 32) | idx.astype(np.uint64)
-    return _mix64_array(np.uint64(_mix64(seed)) ^ key)
+    return mix64(np.uint64(_mix64(seed)) ^ key)
 
 
 def choices_array(seed: int, epoch: int, indices: np.ndarray | Sequence[int],

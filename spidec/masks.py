@@ -13,10 +13,12 @@ generator state needs checkpointing:
 ``index`` is the sample's position in the training set, ``synapse`` the synapse's position in the
 step program's chains, ``j`` the element of the synapse's output (row-major). The functions below
 use numpy only: the sim backend copies their source into the programs it emits, and the C runtime
-implements the same formulas (runtime/include/spide.h).
+implements the same formulas (spide_sample_key in runtime/include/spide.h, on spide_augment.h's hash).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
@@ -53,3 +55,11 @@ def dropout_threshold(p: float) -> int:
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout probability {p} outside [0, 1)")
     return min(int(p * 2.0**64), 2**64 - 1)
+
+
+def dropout_sites(chains: Any) -> list[tuple[int, Any, int, float]]:
+    """The dropout synapses of a step program's ``chains``, as every backend numbers them: (its
+    number, the ``synapse`` of :func:`dropout_mask`; the chain; the keep threshold; ``1 / (1 - p)``
+    rounded to float32)."""
+    return [(k, ch, dropout_threshold(ch.dropout), float(np.float32(1.0 / (1.0 - ch.dropout))))
+            for k, ch in enumerate(chains) if ch.dropout > 0]

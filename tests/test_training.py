@@ -220,12 +220,7 @@ def test_c_schedule_equals_python(tmp_path):
     for kind, spec in cases:
         sched = parse_schedule(spec or "multistep:2,4:0.5")
         opts = TrainOpts(lr=0.1, epochs=6, warmup=5)
-        if spec:
-            _, ms, gamma = sched
-            arr = (ctypes.c_int * max(1, len(ms)))(*ms)
-            opts.schedule = {"constant": 1, "multistep": 2, "cosine": 3}[kind]
-            opts.milestones = ctypes.cast(arr, ctypes.POINTER(ctypes.c_int))
-            opts.n_milestones, opts.gamma = len(ms), gamma
+        _keep = opts.set_schedule(spec) if spec else None  # (the milestones the struct points into)
         for epoch in range(6):
             for it in (0, 3, 7):
                 got = rt.lib.spide_schedule_lr(ctypes.byref(opts), epoch, it)

@@ -41,7 +41,7 @@ import numpy as np
 from ...artifact import Artifact
 from ...errors import SpidecError
 from ...ir import Graph, code_name
-from ...masks import dropout_threshold
+from ...masks import dropout_sites
 from ...ops import OPS
 from ...program import BiasRule, Chain, Program, ReadoutWeightRule, WeightRule, lowered, require_program
 from ...runs import write_manifest
@@ -177,7 +177,6 @@ def context(g: Graph) -> dict[str, Any]:
     # forward spikes add W's columns: dense weights keep a transposed copy (conv kernels keep
     # permuted copies, see kernels.c.j2)
     transposed = {ch.weight for ch in prog.chains if kernels[ch.name]["transposed"]}
-    feedback = set(prog.feedback_tensors)
     reparam, project = prog.restricted("reparam"), prog.restricted("project")
     scale = {r.tensor: r.scale for r in prog.rules if isinstance(r, (WeightRule, BiasRule))}
     for s in kernels.values():  # the stages read a norm-restricted weight through its effective copy
@@ -190,7 +189,7 @@ def context(g: Graph) -> dict[str, Any]:
         c = _cname(name)
         tensors.append({"name": name, "c": c, "size": int(arr.size), "learnable": slot.learnable,
                         "shape": list(arr.shape) if arr.ndim == 2 else [int(arr.size)],
-                        "transposed": name in transposed, "feedback": name in feedback and slot.learnable,
+                        "transposed": name in transposed,
                         "e": c + "_E" if name in reparam else c, "reparam": reparam.get(name, 0.0),
                         "project": project.get(name, 0.0), "gscale": scale.get(name, 1.0),
                         "init": _tensor_lines(list(np.char.mod("%.9g", arr.ravel())), 8)})
@@ -247,9 +246,9 @@ def context(g: Graph) -> dict[str, Any]:
         "readout": {"name": readout.name, "bias": _cname(readout.bias) if readout.bias else None, "feeds": rfeeds},
         "buffers": _declared(prog),
         "dropout": [{"name": ch.name, "s": kernels[ch.name]["c"], "id": k, "p": ch.dropout, "n": n[ch.dst],
-                     "threshold": dropout_threshold(ch.dropout), "scale": float(np.float32(1.0 / (1.0 - ch.dropout))),
+                     "threshold": thr, "scale": scale,
                      "back": any(f.syn == ch.name for cp in prog.couples for f in cp.feeds)}
-                    for k, ch in enumerate(prog.chains) if ch.dropout > 0],
+                    for k, ch, thr, scale in dropout_sites(prog.chains)],
     }
 
 
@@ -599,10 +598,9 @@ def _normalize_text(opts: Any) -> str | None:
     spec = getattr(opts, "normalize", None)
     if not spec:
         return None
-    from ...augment import parse_normalize
+    from ...augment import format_normalize, parse_normalize
 
-    mean, std = parse_normalize(spec)
-    return ",".join(repr(float(m)) for m in mean) + ";" + ",".join(repr(float(s)) for s in std)
+    return format_normalize(parse_normalize(spec))
 
 
 def _epoch_entry(f: dict[str, Any]) -> dict[str, Any]:
@@ -704,6 +702,19 @@ class TrainOpts(ctypes.Structure):
                 ("seed", ctypes.c_uint64), ("crop", ctypes.c_int), ("flip", ctypes.c_int),
                 ("mean", ctypes.POINTER(ctypes.c_float)), ("std", ctypes.POINTER(ctypes.c_float)),
                 ("n_stats", ctypes.c_int)]
+
+    SCHEDULES = {"constant": 1, "multistep": 2, "cosine": 3}  # spide.h SPIDE_LR_* (0: the model's own)
+
+    def set_schedule(self, spec: str) -> Any:
+        """Set an ``--lr-schedule`` spec (spidec.schedule); returns the milestone array the struct
+        points into (keep it alive while the struct is used)."""
+        from ...schedule import parse_schedule
+
+        kind, milestones, gamma = parse_schedule(spec)
+        ms = (ctypes.c_int * max(1, len(milestones)))(*milestones)
+        self.schedule, self.milestones = self.SCHEDULES[kind], ctypes.cast(ms, ctypes.POINTER(ctypes.c_int))
+        self.n_milestones, self.gamma = len(milestones), gamma
+        return ms
 
 
 class CRuntime:
@@ -871,19 +882,13 @@ class CRuntime:
         ``warmup`` batches, ``augment`` and ``normalize`` (spidec.augment; the model's test data
         must then be normalised by the caller)."""
         from ...augment import parse_augment, parse_normalize
-        from ...schedule import parse_schedule
 
         x = self._x(x)
         y = np.ascontiguousarray(np.asarray(y, np.int32))
         opts = TrainOpts(lr=self.lr if lr is None else lr, seed=seed, epochs=epochs, warmup=warmup)
         keep: list[Any] = []  # arrays the struct points into
         if lr_schedule is not None:
-            kind, milestones, gamma = parse_schedule(lr_schedule)
-            opts.schedule = {"constant": 1, "multistep": 2, "cosine": 3}[kind]
-            ms = (ctypes.c_int * max(1, len(milestones)))(*milestones)
-            keep.append(ms)
-            opts.milestones, opts.n_milestones, opts.gamma = ctypes.cast(ms, ctypes.POINTER(ctypes.c_int)), \
-                len(milestones), gamma
+            keep.append(opts.set_schedule(lr_schedule))
         if augment:
             aug = parse_augment(augment)
             opts.crop, opts.flip = aug.pad, int(aug.flip)

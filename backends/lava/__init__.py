@@ -108,7 +108,6 @@ def config(g: Graph) -> dict[str, Any]:
         "readout": {"name": ro.name, "n": ro.size, "bias": ro.bias, "synapses": rsyn},
         "updates": updates,
         "learnable": [r.tensor for r in prog.rules],
-        "feedback_tensors": sorted({r["weight"] for r in recurrent}),
     }
 
 

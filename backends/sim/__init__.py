@@ -27,7 +27,7 @@ import numpy as np
 from ...artifact import Artifact
 from ...errors import SpidecError
 from ...ir import Graph, code_name
-from ...masks import dropout_threshold
+from ...masks import dropout_sites
 from ...ops import AvgPool2d, Conv2d, ConvTranspose2d, Dense, Flatten, LinearOp, Pad, Reshape, Scale, Shape, Zero
 from ...program import BiasRule, ReadoutWeightRule, WeightRule, lowered, require_program
 from ...runs import write_manifest
@@ -324,11 +324,6 @@ def _masks_source() -> str:
         inspect.getsource(f) for f in (masks.mix64, masks.sample_keys, masks.dropout_mask)])
 
 
-def _f32(v: float) -> str:
-    """``v`` rounded to float32, as the shortest literal that reads back to it."""
-    return repr(float(np.float32(v)))
-
-
 def context(g: Graph) -> dict[str, Any]:
     """Everything the templates need, as plain values and code lines, read from the step program."""
     from ... import __version__
@@ -406,10 +401,9 @@ def context(g: Graph) -> dict[str, Any]:
         "buffers": sorted(cg.buffers),
         "masks_source": _masks_source(),
         "default_schedule": default_schedule(prog.optimizer.milestones, prog.optimizer.gamma),
-        "dropout": [{"var": code_name(ch.name), "name": ch.name, "id": k, "p": ch.dropout,
-                     "threshold": dropout_threshold(ch.dropout), "scale": _f32(1.0 / (1.0 - ch.dropout)),
-                     "shape": list(g.node(ch.dst).shape)}
-                    for k, ch in enumerate(prog.chains) if ch.dropout > 0],
+        "dropout": [{"var": code_name(ch.name), "name": ch.name, "id": k, "p": ch.dropout, "threshold": thr,
+                     "scale": repr(scale), "shape": list(g.node(ch.dst).shape)}
+                    for k, ch, thr, scale in dropout_sites(prog.chains)],
         "reparam": [{"attr": cg.tensor_attr[n], "bound": b} for n, b in sorted(reparam.items())],
         "project": [{"attr": cg.tensor_attr[n], "bound": b} for n, b in sorted(prog.restricted("project").items())],
         "classes": prog.readouts[0].shape[0] if prog.readouts and prog.readouts[0].loss == "cross_entropy" else None,

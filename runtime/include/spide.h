@@ -23,6 +23,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "spide_augment.h" /* spide_aug_mix64 / spide_aug_hash: the one splitmix64 of the runtime */
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -68,16 +70,11 @@ float spide_learn(const float *x, int y, int batch);
  *  spidec/masks.py; spide_sample_key gives it). Models without dropout ignore it. */
 void spide_set_sample_key(uint64_t key);
 
-/** splitmix64: one step (spidec/masks.py mix64). */
-static inline uint64_t spide_mix64(uint64_t z) {
-    z += 0x9E3779B97F4A7C15ull;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-/** The dropout key of training sample `index` (its position in the training set) in `epoch`. */
+/** The dropout key of training sample `index` (its position in the training set) in `epoch`: the
+ *  augmentation's hash (spide_augment.h) of a salted seed, so masks and crops draw apart
+ *  (spidec/masks.py sample_keys). */
 static inline uint64_t spide_sample_key(uint64_t seed, uint32_t epoch, uint32_t index) {
-    return spide_mix64(spide_mix64(seed ^ 0xD1B54A32D192ED03ull) ^ (((uint64_t)epoch << 32) | index));
+    return spide_aug_hash(seed ^ 0xD1B54A32D192ED03ull, epoch, index);
 }
 
 /** The per-sample input shape: writes up to 8 dimensions into dims, returns how many. */

@@ -36,9 +36,9 @@ double spide_train(const float *x, const int32_t *y, int n, const int32_t *perm,
                    void (*progress)(int done, int total, double loss, int correct)) {
     const spide_info_t *info = spide_info();
     uint32_t frames = 1, channels = 1, h = 1, w = (uint32_t)info->n_inputs;
-    int prepare = o->crop > 0 || o->flip || (o->mean && o->std);
-    if (prepare && (o->crop > 0 || o->flip) && layout(&frames, &channels, &h, &w) != 0) return -1;
-    if (prepare && !(o->crop > 0 || o->flip)) layout(&frames, &channels, &h, &w);
+    int augment = o->crop > 0 || o->flip, prepare = augment || (o->mean && o->std);
+    /* a flat input keeps the layout above: normalisation reads it as one channel, augmentation cannot */
+    if (prepare && layout(&frames, &channels, &h, &w) != 0 && augment) return -1;
     float *buf = prepare ? (float *)malloc((size_t)info->n_inputs * sizeof(float)) : NULL;
     if (prepare && !buf) return -1;
     double loss = 0.0;
