@@ -94,14 +94,21 @@ def _window(g: Graph, ch: Chain, op: Any) -> dict[str, Any]:
             "sh": op.stride[0], "sw": op.stride[1], "ph": op.padding[0], "pw": op.padding[1]}
 
 
+def _lanes(c: int) -> int:
+    """Channels padded so a spike's vector of them fills whole SIMD registers (8 or 16 floats)."""
+    return c if c < 4 else -(-c // 8) * 8 if c <= 8 else -(-c // 16) * 16
+
+
 def _conv(g: Graph, ch: Chain, op: Any) -> dict[str, Any]:
-    return {**_window(g, ch, op), "size": int(op.weight.size)}
+    geo = _window(g, ch, op)
+    return {**geo, "size": int(op.weight.size), "cip": _lanes(geo["ci"]), "cop": _lanes(geo["co"])}
 
 
 def _pool(g: Graph, ch: Chain, op: Any) -> dict[str, Any]:
     geo = _window(g, ch, op)
     inv = 1.0 / np.broadcast_to(np.asarray(op._divisor(ch.shape_in), np.float64), (geo["ho"], geo["wo"]))
-    return {**geo, "inv": ", ".join(_c_float(v) for v in inv.ravel())}
+    windows = -(-geo["kh"] // geo["sh"]) * -(-geo["kw"] // geo["sw"])  # the most windows one input is in
+    return {**geo, "inv": ", ".join(_c_float(v) for v in inv.ravel()), "pf": windows}
 
 
 C_KERNELS: dict[str, CKernel] = {
@@ -109,7 +116,7 @@ C_KERNELS: dict[str, CKernel] = {
     "identity": CKernel("identity"),
     "conv": CKernel("conv", _conv, refresh=True),
     "convt": CKernel("convt", _conv, refresh=True),
-    "pool": CKernel("pool", _pool),
+    "pool": CKernel("pool", _pool, refresh=True),
 }
 
 
