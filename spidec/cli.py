@@ -558,6 +558,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "cifar10 / cifar100")
         p.add_argument("--data-dir", dest="data_dir", help="the folder of the cifar10, cifar100 or cifar10-dvs "
                        "files (nothing is downloaded)")
+        p.add_argument("--threads", type=int, help="c host: the samples of a batch on N threads, the same weights "
+                       "for any N (default: the cores available); sim: torch's CPU threads (default: torch's)")
         p.add_argument("--quiet", action="store_true", help="print nothing but errors")
         p.add_argument("--json", action="store_true", help="print the summary as JSON")
         p.set_defaults(func=cmd_train if verb == "train" else cmd_run)

@@ -47,6 +47,7 @@ class TrainOptions:
     augment: str = ""  # sim, c host: spidec.augment spec (crop4,flip)
     normalize: str | None = None  # sim, c host: MEAN,..;STD,.. (or cifar10, cifar100)
     data_dir: str | None = None  # cifar10, cifar100, cifar10-dvs: the folder of their files
+    threads: int | None = None  # c host: the trainer's threads (default: the cores); sim: torch's (its default)
     extra: tuple[str, ...] = ()  # sim: further options of its train.py (--dtype, --steps, --save-weights ...)
 
     def given(self) -> set[str]:
@@ -128,6 +129,8 @@ def train_build(build: str | Path, opts: TrainOptions, say: Callable[[str], None
                           f"{DIR_DATASETS[opts.data][1]} (nothing is downloaded)")
     if opts.warmup < 0:
         raise SpidecError(f"--warmup must be at least 0, got {opts.warmup}")
+    if opts.threads is not None and opts.threads < 1:
+        raise SpidecError(f"--threads must be at least 1, got {opts.threads}")
     if opts.lr is not None and not (math.isfinite(opts.lr) and opts.lr > 0):
         raise SpidecError(f"--lr must be a positive number, got {opts.lr}")
     if opts.lr_schedule is not None:

@@ -438,7 +438,7 @@ def emit(g: Graph, out: str | Path) -> SimArtifact:
 
 # what `spidec train` takes for a sim build besides the common options (spidec.runs)
 TRAIN_OPTIONS = ("checkpoint", "resume", "limit_train", "limit_test", "device", "extra", "lr_schedule", "warmup",
-                 "augment", "normalize", "data_dir")
+                 "augment", "normalize", "data_dir", "threads")
 
 
 def train_build(out: Path, opts: Any, say: Any) -> dict[str, Any]:
@@ -451,7 +451,7 @@ def train_build(out: Path, opts: Any, say: Any) -> dict[str, Any]:
                     ("--limit-test", opts.limit_test), ("--device", opts.device),
                     ("--lr-schedule", opts.lr_schedule), ("--warmup", opts.warmup or None),
                     ("--augment", opts.augment or None), ("--normalize", opts.normalize),
-                    ("--data-dir", opts.data_dir)):
+                    ("--data-dir", opts.data_dir), ("--threads", opts.threads)):
         if v is not None:
             args += [flag, str(v)]
     if opts.resume:

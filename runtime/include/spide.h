@@ -15,7 +15,9 @@
  *             times mask, outer product with the pre rate; masked rows skipped); at the end of a
  *             batch SGD: buf = momentum*buf + G + wd*W;  W -= lr/sf * buf.
  *
- * No function allocates memory during training. All functions are single-threaded.
+ * No function allocates memory during training. spide_train and spide_evaluate split the samples
+ * of a batch over threads (spide_set_threads) with results bit-identical for any thread count; the
+ * other functions act on the calling thread's sample state: call them from one thread at a time.
  */
 #ifndef SPIDE_H
 #define SPIDE_H
@@ -27,6 +29,32 @@
 
 #ifdef __cplusplus
 extern "C" {
+#endif
+
+/* Per-sample state (the step program's buffers, dropout scratch, logits, work counters) is
+ * thread-local on the host, so spide_train can run the samples of a batch on several threads
+ * (spide_set_threads); weights, their derived copies and the gradient sums stay shared. Boards
+ * (SPIDE_BOARD_NAME) have no threads, and SPIDE_NO_THREADS builds a single-threaded host runtime. */
+#if defined(SPIDE_BOARD_NAME) || defined(SPIDE_NO_THREADS)
+#define SPIDE_LOCAL
+#elif defined(__cplusplus) && __cplusplus >= 201103L
+#define SPIDE_LOCAL thread_local
+#elif defined(__STDC_VERSION__) && __STDC_VERSION__ >= 201112L
+#define SPIDE_LOCAL _Thread_local
+#else
+#define SPIDE_LOCAL __thread /* (a GNU C extension: gcc and clang before C11) */
+#endif
+
+/* What a model's threads share and bring up to date on first use (model.c's lazily stepped weight
+ * columns): the runtime's lock, and the loads and stores that publish under it. */
+void spide_lock(void);
+void spide_unlock(void);
+#if defined(SPIDE_BOARD_NAME) || defined(SPIDE_NO_THREADS)
+#define SPIDE_LOAD_ACQUIRE(x) (x)
+#define SPIDE_STORE_RELEASE(x, v) ((x) = (v))
+#else
+#define SPIDE_LOAD_ACQUIRE(x) __atomic_load_n(&(x), __ATOMIC_ACQUIRE)
+#define SPIDE_STORE_RELEASE(x, v) __atomic_store_n(&(x), (v), __ATOMIC_RELEASE)
 #endif
 
 /* ------------------------------------------------------------------ the model interface */
@@ -66,6 +94,15 @@ float spide_lr_at(int epoch, float lr);
 /** Forward + backward + local-gradient accumulation of one sample with label y; the loss
  *  gradient is scaled by sf / batch. Returns the sample's cross-entropy loss. */
 float spide_learn(const float *x, int y, int batch);
+/** spide_learn in its two halves, for threads: spide_learn_sample runs the forward and backward
+ *  stages on the calling thread's state and returns the loss; spide_accumulate then adds that
+ *  thread's last sample into the shared gradient sums (one thread at a time). spide_learn(x, y, b)
+ *  is spide_learn_sample(x, y, b) followed by spide_accumulate(). */
+float spide_learn_sample(const float *x, int y, int batch);
+void spide_accumulate(void);
+/** Bring the weights' derived copies (transposed, permuted, restricted) up to date. The first
+ *  forward stage after a change of the weights does it itself; threads need it done before they start. */
+void spide_prepare(void);
 /** The key of the next spide_learn's sample: its dropout masks are a pure function of it (see
  *  spidec/masks.py; spide_sample_key gives it). Models without dropout ignore it. */
 void spide_set_sample_key(uint64_t key);
@@ -137,8 +174,23 @@ void spide_get_back_counts(float *out);
 /** Synaptic events (spike deliveries of one weight column/row) since the last call. */
 uint64_t spide_take_events(void);
 /** Work since the last call: out[0..2] synaptic operations (spike-driven accumulates) of the
- *  forward, backward and update stages, out[3..5] multiply-accumulates of the same stages. */
+ *  forward, backward and update stages, out[3..5] multiply-accumulates of the same stages. Both
+ *  count the calling thread's work and that of spide_train's threads (spide_merge_work). */
 void spide_take_work(uint64_t *out);
+/** Add the calling thread's work counters into the model's totals (a thread of spide_train does
+ *  as it ends, under the runtime's lock). */
+void spide_merge_work(void);
+
+/* ------------------------------------------------------------------ threads */
+
+/** Threads of spide_train and spide_evaluate: n <= 0 means the cores available (the default). The
+ *  samples of a batch are handed out one at a time; each runs its stages on its thread's state and
+ *  adds into the gradient sums (and the loss) in sample order, so the result is bit-identical for
+ *  any n. Fixed-point models and boards run on one thread, as do SPIDE_NO_THREADS builds. */
+void spide_set_threads(int n);
+/** The threads spide_train will use (at most one a sample of a batch): 1 where the model or the
+ *  build runs single-threaded. */
+int spide_threads(void);
 
 /* ------------------------------------------------------------------ training helpers */
 

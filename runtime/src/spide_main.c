@@ -15,11 +15,13 @@ static const char *USAGE =
     "  train   --train FILE.spds [--test FILE.spds] [--epochs N] [--batch B] [--lr LR] [--seed S]\n"
     "          [--checkpoint FILE] [--resume] [--save-every BATCHES] [--quiet]\n"
     "          [--lr-schedule multistep:E1,E2:GAMMA|cosine|constant] [--warmup BATCHES]\n"
-    "          [--augment crop4,flip] [--normalize MEAN,..;STD,..]\n"
-    "  eval    --test FILE.spds [--checkpoint FILE]\n"
+    "          [--augment crop4,flip] [--normalize MEAN,..;STD,..] [--threads N]\n"
+    "  eval    --test FILE.spds [--checkpoint FILE] [--threads N]\n"
     "  predict --data FILE.spds [--checkpoint FILE]      one predicted class per line\n"
     "  info                                              the model's facts\n"
-    "Data sets: spidec dataset pack digits -o DIR. Progress goes to stderr, results to stdout.\n"
+    "--threads N: the samples of a batch on N threads (default: the cores available; the same\n"
+    "weights for any N). Data sets: spidec dataset pack digits -o DIR. Progress goes to stderr,\n"
+    "results to stdout.\n"
     "Exit codes: 0 ok, 1 bad data or checkpoint file, 2 bad usage.\n";
 
 static double now(void) {
@@ -157,7 +159,7 @@ int main(int argc, char **argv) {
         return argc < 2 ? 2 : 0;
     }
     const char *cmd = argv[1], *train_path = NULL, *test_path = NULL, *ckpt = NULL;
-    int epochs = 20, batch = 64, resume = 0, save_every = 0;
+    int epochs = 20, batch = 64, resume = 0, save_every = 0, threads = 0;
     float lr = info->lr;
     unsigned long long seed = 0;
     spide_train_opts_t opts;
@@ -179,6 +181,15 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--seed")) seed = strtoull(v, NULL, 10);
         else if (!strcmp(a, "--save-every")) save_every = atoi(v);
         else if (!strcmp(a, "--warmup")) opts.warmup = atoi(v);
+        else if (!strcmp(a, "--threads")) {
+            char *end;
+            long t = strtol(v, &end, 10);
+            if (end == v || *end || t < 1 || t > 1024) {
+                fprintf(stderr, "error: --threads %s: use a number from 1 to 1024\n", v);
+                return 2;
+            }
+            threads = (int)t;
+        }
         else if (!strcmp(a, "--lr-schedule")) {
             if (parse_schedule(v, &opts, milestones, 64) != 0) {
                 fprintf(stderr, "error: --lr-schedule %s: use multistep:E1,E2:GAMMA, cosine or constant\n", v);
@@ -220,6 +231,7 @@ int main(int argc, char **argv) {
             return 2;
         }
     }
+    spide_set_threads(threads); /* (0: the cores available) */
     rng_state ^= seed * 0x9E3779B97F4A7C15ull;
     if (!rng_state) rng_state = 1;
     char err[512];
