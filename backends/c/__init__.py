@@ -135,7 +135,7 @@ def kernel(g: Graph, ch: Chain, env: jinja2.Environment | None = None) -> dict[s
                           "it)", hint="use --target sim for this model")
     s: dict[str, Any] = {"name": ch.name, "c": code_name(ch.name), "n": ch.n_in, "m": ch.n_out,
                          "w": _cname(ch.weight) if ch.weight else None, "kind": ch.kernel,
-                         "refresh": entry.refresh, "transposed": entry.transposed}
+                         "refresh": entry.refresh, "transposed": entry.transposed, "lazy": False}
     if entry.geometry is not None:
         op = g.synapse(ch.name).synapse.ops[ch.kernel_op]  # type: ignore[index]
         s.update(entry.geometry(g, ch, op))
@@ -171,6 +171,22 @@ def _tensor_lines(values: list[str], per_line: int) -> str:
     return "    " + ",\n    ".join(", ".join(values[i: i + per_line]) for i in range(0, len(values), per_line))
 
 
+def _lazy_tensors(prog: Program, kernels: dict[str, dict[str, Any]], reparam: dict, project: dict) -> set[str]:
+    """The weights the float runtime steps lazily (model.c.j2, lz_step): learnable dense weights of
+    one input synapse each, which only the forward stage's input currents read (no backward row
+    reads; no norm restriction, which needs every element each step). A step then costs the
+    columns of the nonzero inputs, not the whole matrix: at batch 1 most of an image is zero."""
+    inputs = {i.name for i in prog.inputs}
+    uses: dict[str, int] = {}
+    for ch in prog.chains:
+        if ch.weight:
+            uses[ch.weight] = uses.get(ch.weight, 0) + 1
+    learnable = {r.tensor for r in prog.rules if isinstance(r, WeightRule)}
+    return {ch.weight for ch in prog.chains
+            if ch.weight and ch.src in inputs and kernels[ch.name]["kind"] == "dense" and uses[ch.weight] == 1
+            and ch.weight in learnable and ch.weight not in reparam and ch.weight not in project}
+
+
 def context(g: Graph) -> dict[str, Any]:
     """What model.c.j2 needs, read from the step program (``g.program``)."""
     from ... import __version__
@@ -191,13 +207,18 @@ def context(g: Graph) -> dict[str, Any]:
         if s["w"] and any(_cname(t) == s["w"] for t in reparam):
             s.update(w=s["w"] + "_E")
             s["code"] = kernel_code(s, env)
+    lazy = _lazy_tensors(prog, kernels, reparam, project)
+    for s in kernels.values():
+        if s["w"] and s["w"] in {_cname(t) for t in lazy}:
+            s.update(lazy=True)
+            s["code"] = kernel_code(s, env)
     tensors = []
     for name, slot in g.tensor_slots().items():
         arr = g.tensor(name).astype(np.float32)
         c = _cname(name)
         tensors.append({"name": name, "c": c, "size": int(arr.size), "learnable": slot.learnable,
                         "shape": list(arr.shape) if arr.ndim == 2 else [int(arr.size)],
-                        "transposed": name in transposed,
+                        "transposed": name in transposed, "lazy": name in lazy,
                         "e": c + "_E" if name in reparam else c, "reparam": reparam.get(name, 0.0),
                         "project": project.get(name, 0.0), "gscale": scale.get(name, 1.0),
                         "init": _tensor_lines(list(np.char.mod("%.9g", arr.ravel())), 8)})
@@ -249,7 +270,7 @@ def context(g: Graph) -> dict[str, Any]:
         "version": __version__, "model": prog.model, "hash": prog.build_hash,
         "T": prog.T, "T_back": prog.T_back, "sf": prog.sf, "opt": prog.optimizer,
         "n_inputs": prog.inputs[0].size, "n_classes": readout.size, "input_shape": list(prog.inputs[0].shape),
-        "tensors": tensors, "pops": pops,
+        "tensors": tensors, "pops": pops, "lazy": bool(lazy),
         "back": back, "updates": updates, "synapses": list(kernels.values()),
         "readout": {"name": readout.name, "bias": _cname(readout.bias) if readout.bias else None, "feeds": rfeeds},
         "buffers": _declared(prog),
