@@ -862,7 +862,18 @@ class CRuntime:
         """The accumulated local gradient estimates G (spide_learn since the last step)."""
         return self._per_tensor(self.lib.spide_get_grad)
 
+    def momentum(self) -> dict[str, np.ndarray]:
+        """The SGD momentum buffers, flat, by tensor name (zeros for frozen tensors)."""
+        return self._per_tensor(self.lib.spide_get_momentum)
+
+    def set_momentum(self, values: dict[str, np.ndarray]) -> None:
+        """Set momentum buffers (as a checkpoint does); e.g. zeros to restart the optimiser."""
+        self._set_per_tensor(values, self.lib.spide_set_momentum)
+
     def set_weights(self, values: dict[str, np.ndarray]) -> None:
+        self._set_per_tensor(values, self.lib.spide_set_tensor)
+
+    def _set_per_tensor(self, values: dict[str, np.ndarray], setter: Any) -> None:
         for name, value in values.items():
             if name not in self.tensor_names:
                 raise SpidecError(f"no tensor named '{name}'; the model has: {', '.join(self.tensor_names)}")
@@ -870,7 +881,7 @@ class CRuntime:
             arr = np.ascontiguousarray(np.asarray(value, np.float32).ravel())
             if arr.size != self.sizes[i]:
                 raise SpidecError(f"tensor '{name}' holds {self.sizes[i]} values, got {arr.size}")
-            self.lib.spide_set_tensor(i, arr)
+            setter(i, arr)
 
     def forward(self, x: Any) -> np.ndarray:
         """Logits of each sample."""
