@@ -104,6 +104,19 @@ struct pool {
 #endif
 };
 
+/* an idle pool for the job (work, commit) over the samples x, y */
+static void pool_init(pool_t *p, item_t (*work)(pool_t *, int, float *), void (*commit)(pool_t *, int, item_t),
+                      const float *x, const int32_t *y) {
+    const spide_info_t *info = spide_info();
+    memset(p, 0, sizeof *p);
+    p->work = work;
+    p->commit = commit;
+    p->x = x;
+    p->y = y;
+    p->n_inputs = info->n_inputs;
+    p->n_classes = info->n_classes;
+}
+
 static float *buf_of(pool_t *p, int t) { return p->bufs ? p->bufs + (size_t)t * (size_t)p->n_inputs : NULL; }
 
 static int predicted(const float *logits, int n_classes) {
@@ -303,15 +316,9 @@ double spide_train(const float *x, const int32_t *y, int n, const int32_t *perm,
                    void (*progress)(int done, int total, double loss, int correct)) {
     const spide_info_t *info = spide_info();
     pool_t p;
-    memset(&p, 0, sizeof p);
-    p.work = learn_one;
-    p.commit = learn_commit;
-    p.x = x;
-    p.y = y;
+    pool_init(&p, learn_one, learn_commit, x, y);
     p.perm = perm;
     p.o = o;
-    p.n_inputs = info->n_inputs;
-    p.n_classes = info->n_classes;
     p.frames = p.channels = p.h = 1;
     p.w = (uint32_t)info->n_inputs;
     int augment = o->crop > 0 || o->flip;
@@ -370,15 +377,8 @@ static void eval_commit(pool_t *p, int k, item_t r) {
 }
 
 double spide_evaluate(const float *x, const int32_t *y, int n, double *loss) {
-    const spide_info_t *info = spide_info();
     pool_t p;
-    memset(&p, 0, sizeof p);
-    p.work = eval_one;
-    p.commit = eval_commit;
-    p.x = x;
-    p.y = y;
-    p.n_inputs = info->n_inputs;
-    p.n_classes = info->n_classes;
+    pool_init(&p, eval_one, eval_commit, x, y);
     int threads = spide_threads();
     pool_start(&p, threads < n ? threads : n); /* (no buffers to allocate: it cannot fail) */
     pool_run(&p, n);
