@@ -104,9 +104,11 @@ void spide_accumulate(void);
  *  forward stage after a change of the weights does it itself; threads need it done before they start. */
 void spide_prepare(void);
 /** Bring every lazily stepped weight column current (the float runtime steps a dense input
- *  synapse's weight column by column, as its inputs are nonzero; see model.c's lz_step). The
- *  forward stage does it for the columns it reads (on any of spide_train's threads: the first to
- *  reach a stale column catches it up under spide_lock, so the thread count changes no bit). */
+ *  synapse's weight column by column, as its inputs are nonzero; see model.c's lz_step). A training
+ *  stage brings the columns it reads current itself (on any of spide_train's threads: the first to
+ *  reach a stale column catches it up under spide_lock, so the thread count changes no bit); reads
+ *  outside training (evaluation, spide_get_tensor/momentum) leave the state as it is. Checkpoints
+ *  call it, so a resumed run continues from exactly the saved state. */
 void spide_sync(void);
 /** The key of the next spide_learn's sample: its dropout masks are a pure function of it (see
  *  spidec/masks.py; spide_sample_key gives it). Models without dropout ignore it. */

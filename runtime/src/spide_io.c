@@ -214,6 +214,7 @@ static size_t max_tensor(void) {
 
 int spide_checkpoint_save(const char *path, int epoch, char *err, size_t errlen) {
     const spide_info_t *info = spide_info();
+    spide_sync(); /* a sync point: a resumed run continues from exactly this state (see spide_sync) */
     char tmp[4096];
     if (snprintf(tmp, sizeof tmp, "%s.tmp%ld", path, (long)getpid()) >= (int)sizeof tmp)
         return fail(err, errlen, "%s: path too long", path);
