@@ -548,6 +548,9 @@ DIR_DATASETS: dict[str, tuple[Callable[[Path], Dataset], str]] = {
 SPDS_MAGIC, SPDS_VERSION = b"SPDS", 1
 
 
+SPDS_MAX_CLASSES = 2**31 - 1  # the C runtime holds classes and labels as int
+
+
 def write_spds(path: str | os.PathLike, x: np.ndarray, y: np.ndarray, classes: int) -> Path:
     """Write samples ``x`` (any per-sample shape) and labels ``y`` in the runtime's format
     (runtime/include/spide.h), atomically."""
@@ -556,14 +559,22 @@ def write_spds(path: str | os.PathLike, x: np.ndarray, y: np.ndarray, classes: i
 
     from .fileio import atomic_write
 
-    x = np.ascontiguousarray(np.asarray(x, dtype="<f4"))
-    y = np.ascontiguousarray(np.asarray(y, dtype="<i4"))
+    try:
+        x = np.ascontiguousarray(np.asarray(x, dtype="<f4"))
+    except (TypeError, ValueError):
+        raise SpidecError(f"the samples must be numbers, got {np.asarray(x).dtype}") from None
+    y = np.asarray(y)
+    if y.dtype.kind not in "iub":
+        raise SpidecError(f"the labels must be integers, got {y.dtype}")
     if x.ndim < 2 or len(x) != len(y) or len(x) == 0:
         raise SpidecError(f"need a non-empty batch of samples and as many labels, got {x.shape} and {y.shape}")
     if not np.all(np.isfinite(x)):
         raise SpidecError("the samples hold NaN or inf values")
-    if y.min() < 0 or y.max() >= classes:
+    if not 1 <= classes <= SPDS_MAX_CLASSES:
+        raise SpidecError(f"{classes} classes is outside 1..{SPDS_MAX_CLASSES} (the runtime reads labels as int32)")
+    if y.min() < 0 or y.max() >= classes:  # (before the int32 cast, which would wrap a large label)
         raise SpidecError(f"labels must lie in 0..{classes - 1}, got {int(y.min())}..{int(y.max())}")
+    y = np.ascontiguousarray(y.astype("<i4"))
     head = SPDS_MAGIC + struct.pack(f"<III{x.ndim - 1}IQI", SPDS_VERSION, 1, x.ndim - 1, *x.shape[1:], len(x), classes)
     body = head + x.tobytes() + y.tobytes()
     path = Path(path)
@@ -596,6 +607,8 @@ def read_spds(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, int]:
         raise SpidecError(f"{path}: {count} samples of {size} values do not fit the file's {len(raw)} bytes")
     if count == 0:
         raise SpidecError(f"{path}: the data set is empty")
+    if not 1 <= classes <= SPDS_MAX_CLASSES:
+        raise SpidecError(f"{path}: {classes} classes is outside 1..{SPDS_MAX_CLASSES}")
     x = np.frombuffer(raw, "<f4", count * size, off).reshape((count, *dims))
     y = np.frombuffer(raw, "<i4", count, off + 4 * count * size)
     bad = np.flatnonzero((y < 0) | (y >= classes))
@@ -636,6 +649,11 @@ def load(name: str, data_dir: str | os.PathLike | None = None) -> Dataset:
             raise SpidecError(f"{name} lacks the array {e} (needs x_train, y_train, x_test, y_test)") from None
         except (ValueError, OSError) as e:
             raise SpidecError(f"{name}: not a readable .npz ({e})") from None
+        for key in ("y_train", "y_test"):
+            if parts[key].size == 0:
+                raise SpidecError(f"{name}: {key} is empty")
+            if parts[key].dtype.kind not in "iub":
+                raise SpidecError(f"{name}: the labels {key} must be integers, got {parts[key].dtype}")
         classes = int(max(parts["y_train"].max(), parts["y_test"].max())) + 1
         return Dataset(data_name(name), parts["x_train"], parts["y_train"], parts["x_test"], parts["y_test"], classes)
     if name in DIR_DATASETS:

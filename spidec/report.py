@@ -311,7 +311,15 @@ def report_dir(run: Path, data: str | None = None) -> list[Path]:
     if (run / "checkpoint.pt").exists():  # a trained sim program: its model.spir holds the initial weights
         import torch
 
-        tensors = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)["tensors"]
+        from .export import _numpy_globals
+
+        try:  # weights_only: a shared run folder's checkpoint cannot run code when read
+            with torch.serialization.safe_globals(_numpy_globals()):
+                state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
+            tensors = {k: np.asarray(v.numpy() if hasattr(v, "numpy") else v) for k, v in state["tensors"].items()}
+        except Exception as e:
+            raise SpidecError(f"{run / 'checkpoint.pt'} is not a checkpoint spidec can read safely "
+                              f"({type(e).__name__}); nothing in it was run") from None
     elif history:  # a demo run: model.spir holds the trained weights
         tensors = g.parameters(learnable_only=False)
     meta = json.loads((run / "run.json").read_text()) if (run / "run.json").exists() else {}

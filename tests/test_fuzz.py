@@ -254,12 +254,12 @@ def test_sim_trainer_killed_at_random_points_resumes_without_loss(tmp_path):
         p.send_signal(signal.SIGKILL)
         p.wait()
         if ck.exists():  # every kill leaves a loadable checkpoint of whole epochs, never fewer than before
-            state = torch.load(ck, weights_only=False)
+            state = torch.load(ck, weights_only=True)
             assert state["epoch"] >= seen and len(state["history"]) == state["epoch"]
             assert [h["epoch"] for h in state["history"]] == list(range(1, state["epoch"] + 1))
             seen = state["epoch"]
     assert 0 < seen < 40  # the kills landed during training, after completed epochs
     done = subprocess.run(base, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    state = torch.load(ck, weights_only=False)
+    state = torch.load(ck, weights_only=True)
     assert state["epoch"] == 40 and [h["epoch"] for h in state["history"]] == list(range(1, 41))

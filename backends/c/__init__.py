@@ -808,6 +808,16 @@ class CRuntime:
         self.tensor_names = [lib.spide_tensor_name(i).decode() for i in range(info.n_tensors)]
         self.sizes = [int(lib.spide_tensor_size(i)) for i in range(info.n_tensors)]
 
+    def _y(self, y: Any, n: int) -> np.ndarray:
+        """Labels as int32, each a class of the model's readout (the runtime indexes the logits with them)."""
+        y = np.asarray(y)
+        if y.dtype.kind not in "iub" or y.shape != (n,):
+            raise SpidecError(f"need {n} integer labels, got an array of {y.dtype} and shape {y.shape}")
+        if n and (y.min() < 0 or y.max() >= self.n_classes):
+            raise SpidecError(f"labels must lie in 0..{self.n_classes - 1} (the model's classes), "
+                              f"got {int(y.min())}..{int(y.max())}")
+        return np.ascontiguousarray(y.astype(np.int32))
+
     def _x(self, x: Any) -> np.ndarray:
         return np.ascontiguousarray(np.asarray(x, dtype=np.float32).reshape(-1, self.n_inputs))
 
@@ -916,7 +926,7 @@ class CRuntime:
     def learn_batch(self, x: Any, y: Any) -> float:
         """Accumulate the local updates of a batch (no step); returns the summed loss."""
         x = self._x(x)
-        y = np.asarray(y, np.int64)
+        y = self._y(y, len(x))
         return float(sum(self.lib.spide_learn(x[k], int(y[k]), len(x)) for k in range(len(x))))
 
     def take_work(self) -> dict[str, dict[str, int]]:
@@ -952,7 +962,7 @@ class CRuntime:
         if threads is not None:
             self.set_threads(threads)
         x = self._x(x)
-        y = np.ascontiguousarray(np.asarray(y, np.int32))
+        y = self._y(y, len(x))
         opts = TrainOpts(lr=self.lr if lr is None else lr, seed=seed, epochs=epochs, warmup=warmup)
         keep: list[Any] = []  # arrays the struct points into
         if lr_schedule is not None:
@@ -983,7 +993,7 @@ class CRuntime:
     def train_epoch(self, x: Any, y: Any, order: Any, *, batch: int = 64, lr: float | None = None) -> dict:
         """One epoch in the given sample order (e.g. :func:`epoch_order`, what a board uses)."""
         x = self._x(x)
-        y = np.ascontiguousarray(np.asarray(y, np.int32))
+        y = self._y(y, len(x))
         perm = np.ascontiguousarray(np.asarray(order, np.int32))
         correct = ctypes.c_int(0)
         self.lib.spide_begin_epoch()
@@ -993,7 +1003,7 @@ class CRuntime:
 
     def evaluate(self, x: Any, y: Any) -> dict:
         x = self._x(x)
-        y = np.ascontiguousarray(np.asarray(y, np.int32))
+        y = self._y(y, len(x))
         loss = ctypes.c_double(0.0)
         acc = self.lib.spide_evaluate(x, y, len(y), ctypes.byref(loss))
         return {"accuracy": acc, "loss": loss.value}

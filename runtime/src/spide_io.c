@@ -128,6 +128,10 @@ int spide_dataset_load(const char *path, int expect_size, spide_dataset_t *out, 
         fail(err, errlen, "%s: the data set is empty", path);
         goto done;
     }
+    if (classes == 0 || classes > 0x7FFFFFFFu) { /* (an int downstream: 2^31 and above would wrap negative) */
+        fail(err, errlen, "%s: %u classes is outside 1..2147483647", path, classes);
+        goto done;
+    }
     if (count > (1u << 30) || len != off + count * size * 4 + count * 4 + 4) {
         fail(err, errlen, "%s: %llu samples of %llu values do not fit the file's %zu bytes", path,
              (unsigned long long)count, (unsigned long long)size, len);
