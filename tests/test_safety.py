@@ -120,3 +120,25 @@ def test_class_counts_past_int_max_are_refused(tmp_path):
         rt.train(x, np.array([0, 1, 2, 10]), epochs=1, batch=2)
     with pytest.raises(SpidecError, match="integer labels"):
         rt.evaluate(x, np.array([0.5, 1, 2, 3]))
+
+
+def test_a_checkpoint_epoch_out_of_range_is_refused(tmp_path):
+    """A CRC-valid checkpoint whose epoch is 2^31 - 1 (a resume would replay 2^31 shuffles) or
+    2^32 - 1 (printed as -1): one error line, exit 1, the model untouched."""
+    art = spidec.compile(spidec.load(EXAMPLES / "digits_fb.spir"), target="c", out=tmp_path / "c", T=8, T_back=10)
+    art.build()
+    x, y = np.random.default_rng(0).random((16, 64), np.float32), np.arange(16) % 10
+    data = write_spds(tmp_path / "d.spds", x, y, 10)
+    ck = tmp_path / "ck.bin"
+    run = [str(art.executable), "train", "--train", str(data), "--epochs", "1", "--checkpoint", str(ck), "--quiet"]
+    assert subprocess.run(run, capture_output=True, timeout=60).returncode == 0
+    raw = bytearray(ck.read_bytes())
+    for epoch in (2**31 - 1, 2**32 - 1):
+        raw[24:28] = struct.pack("<I", epoch)
+        raw[-4:] = struct.pack("<I", zlib.crc32(bytes(raw[:-4])))
+        ck.write_bytes(bytes(raw))
+        done = subprocess.run([*run[:4], "--epochs", "2", "--checkpoint", str(ck), "--resume", "--quiet"],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1 and f"epoch {epoch} is outside 0..1000000" in done.stderr, done.stderr
+    done = subprocess.run([*run[:4], "--epochs", "2000000"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--epochs 0..1000000" in done.stderr

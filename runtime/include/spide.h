@@ -237,6 +237,8 @@ void spide_dataset_free(spide_dataset_t *d);
 int spide_checkpoint_save(const char *path, int epoch, char *err, size_t errlen);
 /** Load a checkpoint written for this model; the model is unchanged on failure. */
 int spide_checkpoint_load(const char *path, int *epoch, char *err, size_t errlen);
+/** The largest epoch a checkpoint may hold (and --epochs may ask for). */
+#define SPIDE_MAX_EPOCH 1000000u
 
 uint32_t spide_crc32(uint32_t crc, const void *data, size_t n);
 

@@ -296,6 +296,10 @@ int spide_checkpoint_load(const char *path, int *epoch, char *err, size_t errlen
         fail(err, errlen, "%s: the checkpoint holds %zu bytes, this model's needs %zu", path, len, want);
         goto done;
     }
+    if (get_u32(buf + 24) > SPIDE_MAX_EPOCH) { /* (a resume replays every epoch's shuffle up to it) */
+        fail(err, errlen, "%s: the checkpoint's epoch %u is outside 0..%u", path, get_u32(buf + 24), SPIDE_MAX_EPOCH);
+        goto done;
+    }
     /* copy through an aligned buffer: the payload is not float-aligned in the file */
     float *tmp = (float *)malloc(max_tensor() * sizeof(float));
     if (!tmp) {

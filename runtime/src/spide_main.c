@@ -209,8 +209,8 @@ int main(int argc, char **argv) {
         else { fprintf(stderr, "error: unknown option %s\n", a); fprintf(stderr, USAGE, argv[0]); return 2; }
         i++;
     }
-    if (batch < 1 || epochs < 0 || !(lr > 0) || lr > 1e30f || opts.warmup < 0) {
-        fprintf(stderr, "error: --batch >= 1, --epochs >= 0, --lr > 0 (finite), --warmup >= 0\n");
+    if (batch < 1 || epochs < 0 || (unsigned)epochs > SPIDE_MAX_EPOCH || !(lr > 0) || lr > 1e30f || opts.warmup < 0) {
+        fprintf(stderr, "error: --batch >= 1, --epochs 0..%u, --lr > 0 (finite), --warmup >= 0\n", SPIDE_MAX_EPOCH);
         return 2;
     }
     if (n_stats) {
