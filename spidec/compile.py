@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from .ir import Graph
@@ -22,6 +23,8 @@ def compile(g: Graph, target: str = "sim", out: str | os.PathLike = "build", *, 
     from .errors import SpidecError
 
     backend = get(target)
+    if Path(out).exists() and not Path(out).is_dir():
+        raise SpidecError(f"output {str(out)!r} is a file; give a folder for the build", hint="e.g. -o build/model")
     if options or g.schedule is None:  # (a training graph without its step program: the backend lowers it)
         g = passes.run(g, **options)
     fixed = fixed or board is not None or quantize is not None

@@ -142,3 +142,26 @@ def test_a_checkpoint_epoch_out_of_range_is_refused(tmp_path):
         assert done.returncode == 1 and f"epoch {epoch} is outside 0..1000000" in done.stderr, done.stderr
     done = subprocess.run([*run[:4], "--epochs", "2000000"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "--epochs 0..1000000" in done.stderr
+
+
+def test_cli_output_paths_and_devices_are_one_line_errors(run_cli, tmp_path):
+    """-o an existing file, --checkpoint/--log/--save-weights a folder, --device nonsense, and cuda
+    on a torch without CUDA: one line each (no traceback), and no stray temporary file left."""
+    afile, adir = tmp_path / "afile", tmp_path / "adir"
+    afile.write_text("mine")
+    adir.mkdir()
+    code, _, err = run_cli("compile", str(EXAMPLES / "digits_fb.spir"), "--target", "sim", "-o", str(afile))
+    assert code != 0 and "is a file" in err and "Traceback" not in err and afile.read_text() == "mine"
+    build = tmp_path / "sim"
+    assert run_cli("compile", str(EXAMPLES / "digits_fb.spir"), "--target", "sim", "-o", str(build))[0] == 0
+    base = ("train", str(build), "--data", "digits", "--epochs", "1", "--limit-train", "40", "--limit-test", "20")
+    cases = [(("--checkpoint", str(adir)), "is a folder"), (("--log", str(adir)), "is a folder"),
+             (("--save-weights", str(adir)), "is a folder"), (("--device", "nonsense"), "is not a device")]
+    if not torch.cuda.is_available():
+        cases.append((("--device", "cuda"), "no usable CUDA"))
+    for extra, says in cases:
+        code, _, err = run_cli(*base, *extra)
+        assert code != 0 and says in err and "Traceback" not in err, (extra, err)
+        assert len(err.strip().splitlines()) <= 2, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "afile", "sim"]  # no stray temp files
+    assert list(adir.iterdir()) == []
