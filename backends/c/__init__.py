@@ -1,4 +1,5 @@
-"""The ``c`` backend: a training graph into C99 that trains the network on the device it runs on.
+"""The ``c`` backend: a training graph into C (C11 on a host, C99 on a board) that trains the network
+on the device it runs on.
 
     art = emit(g, "build/")          # model.c, weights.c, the runtime, a Makefile, spidec.json
     rt = art.build()                 # make; a ctypes handle on the shared library
