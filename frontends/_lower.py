@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import SpidecError, SpidecWarning
-from ..ir import Graph, Neuron
+from ..ir import Graph, Neuron, fresh_name
 from ..ops import AvgPool2d, Conv2d, ConvTranspose2d, Dense, Flatten, LinearOp, Pad, Reshape, Scale, Shape, fmt_shape
 
 
@@ -81,13 +81,7 @@ def sanitize(name: str, fallback: str = "n") -> str:
 def unique_name(hint: str, fallback: str, taken: set[str]) -> str:
     """A valid IR name from ``hint`` (``fallback`` when nothing usable is left), ``_2``, ``_3`` ...
     appended until it is not in ``taken``; it is added to ``taken``."""
-    base = sanitize(hint, fallback)
-    name, k = base, 1
-    while name in taken:
-        k += 1
-        name = f"{base}_{k}"
-    taken.add(name)
-    return name
+    return fresh_name(sanitize(hint, fallback), taken)
 
 
 def _channel_constant(offset: np.ndarray) -> bool:

@@ -36,6 +36,16 @@ def code_name(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name)
 
 
+def fresh_name(base: str, taken: set[str], sep: str = "_") -> str:
+    """``base``, or ``base`` + ``sep`` + 2, 3 ... until it is not in ``taken``; it is added to ``taken``."""
+    name, k = base, 1
+    while name in taken:
+        k += 1
+        name = f"{base}{sep}{k}"
+    taken.add(name)
+    return name
+
+
 def _check_name(name: str, what: str) -> str:
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise SpidecError(f"{what} name {name!r} is not an identifier (letters, digits and '_', "
@@ -649,5 +659,6 @@ __all__ = [
     "Synapse",
     "TensorSlot",
     "code_name",
+    "fresh_name",
     "values_equal",
 ]

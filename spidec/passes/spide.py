@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Annotated
 
 from ..errors import SpidecError
-from ..ir import Graph, Population, Readout
+from ..ir import Graph, Population, Readout, fresh_name
 from ..options import Opt
 from ..training import FEEDBACK_NORM_MODES, BackwardSynapse, Couple, Injection, Optimizer, Training, Update
 
@@ -43,12 +43,7 @@ def spide(g: Graph,
     taken = {n.name for n in g.nodes} | {e.name for e in g.synapses()}
 
     def fresh(base: str) -> str:
-        name, k = base, 1
-        while name in taken:
-            k += 1
-            name = f"{base}{k}"
-        taken.add(name)
-        return name
+        return fresh_name(base, taken, sep="")
 
     couples = {p.name: Couple(fresh(f"{p.name}_couple"), p.name, vth_back, -vth_back, p.neuron.leak)
                for p in g.populations}
