@@ -32,6 +32,7 @@ import math
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,10 +179,7 @@ def _lazy_tensors(prog: Program, kernels: dict[str, dict[str, Any]], reparam: di
     reads; no norm restriction, which needs every element each step). A step then costs the
     columns of the nonzero inputs, not the whole matrix: at batch 1 most of an image is zero."""
     inputs = {i.name for i in prog.inputs}
-    uses: dict[str, int] = {}
-    for ch in prog.chains:
-        if ch.weight:
-            uses[ch.weight] = uses.get(ch.weight, 0) + 1
+    uses = Counter(ch.weight for ch in prog.chains if ch.weight)
     learnable = {r.tensor for r in prog.rules if isinstance(r, WeightRule)}
     return {ch.weight for ch in prog.chains
             if ch.weight and ch.src in inputs and kernels[ch.name]["kind"] == "dense" and uses[ch.weight] == 1
@@ -209,8 +207,9 @@ def context(g: Graph) -> dict[str, Any]:
             s.update(w=s["w"] + "_E")
             s["code"] = kernel_code(s, env)
     lazy = _lazy_tensors(prog, kernels, reparam, project)
+    lazy_c = {_cname(t) for t in lazy}
     for s in kernels.values():
-        if s["w"] and s["w"] in {_cname(t) for t in lazy}:
+        if s["w"] in lazy_c:
             s.update(lazy=True)
             s["code"] = kernel_code(s, env)
     tensors = []
