@@ -52,6 +52,7 @@ bench: $(STAMP)
 	$(PY) bench/sim_throughput.py
 	$(PY) bench/c_throughput.py
 	$(PY) bench/mcu.py
+	$(PY) bench/compile_time.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import SpidecError, SpidecWarning
-from ..ir import Graph, Neuron, fresh_name
+from ..ir import MAX_NAME, Graph, Neuron, fresh_name, short_name
+from ..limits import check_elements, check_neurons, size_of
 from ..ops import AvgPool2d, Conv2d, ConvTranspose2d, Dense, Flatten, LinearOp, Pad, Reshape, Scale, Shape, fmt_shape
 
 
@@ -75,7 +76,7 @@ def sanitize(name: str, fallback: str = "n") -> str:
         out = fallback
     if out[0].isdigit():
         out = f"{fallback}_{out}"
-    return out
+    return short_name(out, MAX_NAME - 8)  # (room for fresh_name's _2, _3 ...)
 
 
 def unique_name(hint: str, fallback: str, taken: set[str]) -> str:
@@ -114,6 +115,29 @@ class Lowering:
     def unique(self, hint: str, fallback: str) -> str:
         return unique_name(hint, fallback, self._names)
 
+    # ------------------------------------------------------------- sizes (spidec.limits), before numpy allocates
+    def check_signal(self, shape: Any, where: str) -> None:
+        """A signal of per-sample ``shape`` (what a population of it would hold) within the neuron limit."""
+        try:
+            check_neurons(size_of(shape), f"its output of shape {fmt_shape(tuple(shape))}")
+        except SpidecError as e:
+            raise self.error(where, e.message, e.hint) from None
+
+    def check_const(self, shape: Any, where: str) -> None:
+        """A constant of ``shape`` (about to be computed) within the parameter limit."""
+        try:
+            check_elements(size_of(shape), f"its constant result of shape {fmt_shape(tuple(shape))}")
+        except SpidecError as e:
+            raise self.error(where, e.message, e.hint) from None
+
+    def check_broadcast(self, where: str, *values: Any) -> None:
+        """The broadcast of constant ``values`` within the parameter limit."""
+        try:
+            shape = np.broadcast_shapes(*(np.shape(v) for v in values))
+        except ValueError:
+            return  # (numpy's own error follows: the node's operands do not fit)
+        self.check_const(shape, where)
+
     # ------------------------------------------------------------- sources
     def add_input(self, name: str, shape: Shape) -> Affine:
         node = self.unique(name, "x")
@@ -149,6 +173,7 @@ class Lowering:
             shape = tuple(op.shape_out(a.shape))
         except SpidecError as e:
             raise self.error(where, e.message, e.hint) from None
+        self.check_signal(shape, where)
         terms = tuple(Term(t.src, (*t.ops, op), t.label or label) for t in a.terms)
         offset, channel = None, False
         if a.offset is not None:
@@ -158,6 +183,7 @@ class Lowering:
 
     def add(self, a: Value, b: Value, where: str) -> Value:
         if isinstance(a, Const) and isinstance(b, Const):
+            self.check_broadcast(where, a.value, b.value)
             return Const(a.value + b.value)
         if isinstance(a, Const):
             a, b = b, a
@@ -228,6 +254,7 @@ class Lowering:
     def mul(self, a: Value, b: Value, where: str) -> Value:
         """A product: linear only when one factor is a constant."""
         if isinstance(a, Const) and isinstance(b, Const):
+            self.check_broadcast(where, a.value, b.value)
             return Const(a.value * b.value)
         if isinstance(a, Const):
             a, b = b, a
@@ -238,6 +265,7 @@ class Lowering:
 
     def scale(self, v: Value, c: Any, where: str) -> Value:
         if isinstance(v, Const):
+            self.check_broadcast(where, v.value, c)
             return Const(v.value * c)
         a = self.expect_affine(v, where)
         c = np.asarray(c, dtype=np.float64)
@@ -357,6 +385,13 @@ class Lowering:
         name = self.unique(name_hint, "p")
         self._pops[name] = (a, where)
         return Affine(a.shape, (Term(name, ()),))
+
+    def rates_of(self, v: Value) -> str | None:
+        """The population whose rates ``v`` is exactly (a clamp's output, unchanged), or None."""
+        if isinstance(v, Affine) and len(v.terms) == 1 and not v.terms[0].ops and v.offset is None \
+                and v.terms[0].src in self._pops:
+            return v.terms[0].src
+        return None
 
     def pending(self, kind: str, v: Value, where: str) -> Pending:
         return Pending(kind, self.expect_affine(v, where), where)

@@ -69,6 +69,7 @@ import numpy as np
 
 from ..errors import SpidecError, SpidecWarning
 from ..ir import Graph, Neuron, Population
+from ..limits import check_neurons, size_of
 from ..ops import AvgPool2d, Conv2d, Dense, Flatten, LinearOp, Reshape, Scale, Shape, fmt_shape
 from ._lower import sanitize, simplify, unique_name
 
@@ -417,6 +418,7 @@ class _Reader:
     def linear(self, v: _Value, op: LinearOp, n: str) -> _Value:
         try:
             shape = tuple(op.shape_out(v.shape))
+            check_neurons(size_of(shape), f"its output of shape {fmt_shape(shape)}")  # (before numpy allocates it)
         except SpidecError as e:
             raise self.error(n, f"{self.label(n)}: {e.message}", e.hint) from None
         terms = tuple(_Term(t.src, (*t.ops, op), t.delay, (*t.via, n)) for t in v.terms)

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import SpidecError
 from ..ir import Graph
-from ..ops import Pad
+from ..ops import Pad, fmt_shape
 from ._lower import Const, Lowering, Pending, Value
 
 OPSET_MIN, OPSET_MAX = 11, 22
@@ -124,8 +124,9 @@ def _state_pairs(proto: Any, state: Any, inputs: list[str], outputs: list[str], 
         for item in filter(None, (s.strip() for s in state.split(","))):
             if ":" not in item:
                 raise SpidecError(f"{STATE_KEY} entry {item!r} must read 'state_input:output'", file=source)
-            a, b = (s.strip() for s in item.split(":", 1))
-            pairs[a] = b
+            # (at the first ':' after which an input's name ends: exporters' names hold '::')
+            cut = next((k for k, ch in enumerate(item) if ch == ":" and item[:k].strip() in inputs), item.index(":"))
+            pairs[item[:cut].strip()] = item[cut + 1:].strip()
         return pairs
     if state is not None:
         return dict(state)
@@ -147,6 +148,8 @@ class _OnnxLowering:
         self.input_names = [i.name for i in self.graph.input if i.name not in self.values]
         self.output_names = [o.name for o in self.graph.output]
         self.pairs = _state_pairs(proto, state, self.input_names, self.output_names, source)
+        # pairs by name only (neither given nor in the metadata): check nothing looks left unpaired
+        self.pairs_by_name = state is None and not any(p.key == STATE_KEY for p in proto.metadata_props)
         name = self.graph.name if self.graph.name and self.graph.name not in ("main_graph", "torch_jit") else \
             Path(source).stem
         self.low = Lowering(name, source)
@@ -243,7 +246,36 @@ class _OnnxLowering:
             if name not in self.values:
                 raise SpidecError(f"output '{name}' is produced by no node", file=self.source)
             outputs[name] = self.values[name]
+        if self.pairs_by_name:
+            self.check_unpaired(outputs)
         return self.low.finish(outputs, self.pairs, output_order=self.output_names)
+
+    def check_unpaired(self, outputs: dict[str, Value]) -> None:
+        """Refuse a model whose state pairing is ambiguous: an exporter without ``input_names`` /
+        ``output_names`` writes ``onnx::Gemm_0`` or ``14``, so a state ``z`` and its next value go
+        unpaired and would load silently as a data input and a second readout (no feedback at all).
+        Ambiguous: an unpaired input and an unpaired output that is a population's rates of the same
+        shape, with another input left to carry the data."""
+        paired_out = set(self.pairs.values())
+        unpaired_in = [i for i in self.input_names if i not in self.pairs]
+        if len(unpaired_in) < 2:
+            return
+        candidates = []
+        for out, v in outputs.items():
+            if out in paired_out or self.low.rates_of(v) is None:
+                continue
+            candidates += [(i, out) for i in unpaired_in if self.values[i].shape == v.shape]  # type: ignore[union-attr]
+        if not candidates:
+            return
+        i, out = candidates[0]
+        which = ", ".join(f"{a}:{b}" for a, b in candidates[:4]) + (" ..." if len(candidates) > 4 else "")
+        cli = f"pass --state {i}:{out}" if ":" not in i + out else f"pass state={{{i!r}: {out!r}}} in Python"
+        raise SpidecError(f"the state pairing is ambiguous: input '{i}' and output '{out}' (a population's rates, both "
+                          f"of shape {fmt_shape(outputs[out].shape)}) look like a state and its next value, but no "
+                          f"name pairs them (candidates: {which})", file=self.source,
+                          hint=f"export with input_names/output_names such as 'z' and 'z_next', set the metadata "
+                          f"spidec.state = \"{i}:{out}\", or {cli}; --state none (state={{}}) reads the model "
+                          "without feedback")
 
 
 # ================================================================ op handlers
@@ -319,7 +351,11 @@ def _shape(c, node, ins, attrs, where):
 @handles("Gather")
 def _gather(c, node, ins, attrs, where):
     data = c.const(ins[0], where, "data")
-    return Const(np.take(data, c.const(ins[1], where, "indices"), axis=attrs.get("axis", 0)))
+    indices, axis = c.const(ins[1], where, "indices"), attrs.get("axis", 0)
+    if -data.ndim <= axis < data.ndim:  # (else numpy's own error follows)
+        k = axis % data.ndim
+        c.low.check_const(data.shape[:k] + np.shape(indices) + data.shape[k + 1:], where)
+    return Const(np.take(data, indices, axis=axis))
 
 
 @handles("Unsqueeze")
@@ -362,7 +398,11 @@ def _constant_of_shape(c, node, ins, attrs, where):
     from onnx import numpy_helper
 
     value = numpy_helper.to_array(attrs["value"]) if "value" in attrs else np.zeros(1, np.float32)
-    return Const(np.full(tuple(c.const(ins[0], where, "shape").tolist()), value.reshape(-1)[0], dtype=value.dtype))
+    shape = tuple(int(d) for d in np.asarray(c.const(ins[0], where, "shape")).reshape(-1))
+    if any(d < 0 for d in shape):
+        raise c.low.error(where, f"has a negative size in its shape {list(shape)}")
+    c.low.check_const(shape, where)
+    return Const(np.full(shape, value.reshape(-1)[0], dtype=value.dtype))
 
 
 @handles("Transpose")
@@ -411,7 +451,15 @@ def _gemm(c, node, ins, attrs, where):
 @handles("MatMul")
 def _matmul(c, node, ins, attrs, where):
     if isinstance(ins[0], Const) and isinstance(ins[1], Const):
-        return Const(ins[0].value @ ins[1].value)
+        a, b = np.asarray(ins[0].value), np.asarray(ins[1].value)
+        if a.ndim >= 2 and b.ndim >= 2:  # (an outer product [n, 1] @ [1, n] is n^2 from 2n values)
+            try:
+                batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+            except ValueError:
+                batch = None  # (numpy's own error follows)
+            if batch is not None:
+                c.low.check_const(batch + (a.shape[-2], b.shape[-1]), where)
+        return Const(a @ b)
     if not isinstance(ins[1], Const):
         raise c.low.error(where, "multiplies the network's signal by a non-constant matrix; synapse weights must "
                           "be constants (a product of two signals is not linear)")
@@ -449,6 +497,7 @@ def _mul(c, node, ins, attrs, where):
 def _div(c, node, ins, attrs, where):
     a, b = ins
     if isinstance(a, Const) and isinstance(b, Const):
+        c.low.check_broadcast(where, a.value, b.value)
         return Const(a.value / b.value)
     if not isinstance(b, Const):
         raise c.low.error(where, "divides by a signal; only division by constants is linear")
@@ -618,6 +667,7 @@ def _scalar_const(v: Value | None) -> float | None:
 @handles("Min", "Max")
 def _min_max(c, node, ins, attrs, where):
     if all(isinstance(v, Const) for v in ins):
+        c.low.check_broadcast(where, *(v.value for v in ins))
         fn = np.minimum if node.op_type == "Min" else np.maximum
         out = ins[0].value
         for v in ins[1:]:

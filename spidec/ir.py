@@ -13,6 +13,7 @@ parameter dictionaries and the gradients all use those names.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections.abc import Iterable, Iterator
@@ -23,10 +24,12 @@ import networkx as nx
 import numpy as np
 
 from .errors import SpidecError
+from .limits import check_elements, check_neurons, size_of
 from .ops import LinearOp, Shape, ValueEq, as_tensor, fmt_shape, values_equal
-from .training import Schedule, Simulation, Training
+from .training import F32_MAX, Schedule, Simulation, Training, finite_f32
 
-NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")  # (\Z, not $: "net\n" is no name; match() = fullmatch())
+MAX_NAME = 128  # characters of a node, synapse or graph name (the C library's file name is lib{graph}.so)
 LOSSES = ("cross_entropy", "mse")
 
 
@@ -46,10 +49,22 @@ def fresh_name(base: str, taken: set[str], sep: str = "_") -> str:
     return name
 
 
+def short_name(name: str, limit: int = MAX_NAME) -> str:
+    """``name``, or when longer than ``limit`` its head and a hash of the whole (deterministic, distinct
+    for distinct names): the frontends' names from a model's long node paths."""
+    if len(name) <= limit:
+        return name
+    digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+    return f"{name[:limit - 9]}_{digest}"
+
+
 def _check_name(name: str, what: str) -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise SpidecError(f"{what} name {name!r} is not an identifier (letters, digits and '_', "
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        shown = repr(name[:60] + "...") if isinstance(name, str) and len(name) > 60 else repr(name)
+        raise SpidecError(f"{what} name {shown} is not an identifier (letters, digits and '_', "
                           f"not starting with a digit)")
+    if len(name) > MAX_NAME:
+        raise SpidecError(f"{what} name {name[:40]!r}... has {len(name)} characters; names have at most {MAX_NAME}")
     return name
 
 
@@ -60,6 +75,7 @@ def _shape(shape: Iterable[int], what: str) -> Shape:
         raise SpidecError(f"{what} shape must be a list of integers, got {shape!r}") from None
     if not out or any(s < 1 for s in out):
         raise SpidecError(f"{what} shape {list(out)} must be a non-empty list of positive sizes")
+    check_neurons(size_of(out), f"{what} of shape {fmt_shape(out)}")  # (before anything of that size exists)
     return out
 
 
@@ -268,6 +284,10 @@ class Graph:
         self.name = _check_name(name, "graph")
         self._g = nx.MultiDiGraph()
         self._synapses: dict[str, tuple[str, str]] = {}  # insertion order = text order
+        # what the queries derive from the structure (tensor slots, synapse positions), rebuilt after
+        # a change through the methods below: passes and backends ask for every tensor by name, and
+        # a per-call rebuild made compiling quadratic in the graph's size
+        self._derived: dict[str, Any] = {}
         # what the passes add (see spidec.training): None on a plain forward graph
         self.simulation: Simulation | None = None
         self.training: Training | None = None
@@ -292,6 +312,7 @@ class Graph:
             raise SpidecError(f"not a node: {node!r}")
         self._claim(node.name)
         self._g.add_node(node.name, obj=node)
+        self._derived.clear()
         self.program = None  # the step program describes the graph as it was lowered
         return node
 
@@ -313,17 +334,71 @@ class Graph:
             if end not in self._g:
                 raise SpidecError(f"synapse {src} -> {dst}: no node named '{end}'", node=end)
         if name is None:
-            name, k = f"{src}_{dst}", 1
+            base = short_name(f"{src}_{dst}", MAX_NAME - 8)
+            name, k = base, 1
             while name in self._g or name in self._synapses:
                 k += 1
-                name = f"{src}_{dst}_{k}"
+                name = f"{base}_{k}"
         _check_name(name, "synapse")
         self._claim(name)
         syn = Synapse(tuple([ops] if isinstance(ops, LinearOp) else ops), delay, dropout, dropout_bias)
         self._g.add_edge(src, dst, key=name, obj=syn)
         self._synapses[name] = (src, dst)
+        self._derived.clear()
         self.program = None
         return name
+
+    def _refuse_edit_of_training_graph(self, what: str) -> None:
+        if self.training is not None:  # (its couples, backward synapses and updates name what is removed)
+            raise SpidecError(f"cannot remove {what} from '{self.name}': the graph went through the passes, and "
+                              "its training structure refers to the forward graph",
+                              hint="edit the forward graph (spidec.export.forward_graph(g), or before the passes) "
+                                   "and run the passes again")
+
+    def remove_synapse(self, name: str) -> Synapse:
+        """Remove the synapse ``name``; returns it. The graph may then need :meth:`validate` (a node
+        left without input is refused there). Graphs after the spide pass refuse (edit the forward graph)."""
+        src, dst = self._endpoints(name)
+        self._refuse_edit_of_training_graph(f"synapse '{name}'")
+        syn = self.synapse(name).synapse
+        self._g.remove_edge(src, dst, key=name)
+        del self._synapses[name]
+        self._derived.clear()
+        self.schedule = None  # (a step order computed with the synapse)
+        self.program = None
+        return syn
+
+    def remove_node(self, name: str) -> list[str]:
+        """Remove the node ``name`` and every synapse into or out of it; returns those synapses' names."""
+        self.node(name)
+        self._refuse_edit_of_training_graph(f"node '{name}'")
+        gone = [s for s, ends in self._synapses.items() if name in ends]
+        for s in gone:
+            self.remove_synapse(s)
+        self._g.remove_node(name)
+        self._derived.clear()
+        return gone
+
+    def _check_index(self) -> None:
+        """The synapse index agrees with the networkx graph: an edge or node removed or added through
+        ``g.nx`` behind the Graph's back is one clear error, not a KeyError later."""
+        edges = {k: (u, v) for u, v, k in self._g.edges(keys=True)}
+        fix = "edit the graph through its methods (add_synapse, remove_synapse, remove_node), not g.nx"
+        for name, ends in self._synapses.items():
+            if edges.get(name) != ends:
+                raise SpidecError(f"synapse '{name}' ({ends[0]} -> {ends[1]}) is gone from g.nx: the graph was edited "
+                                  "through g.nx inconsistently", node=name, hint=fix)
+        for name, (u, v) in edges.items():
+            if name not in self._synapses:
+                raise SpidecError(f"g.nx holds an edge '{name}' ({u} -> {v}) that is no synapse of the graph: it was "
+                                  "edited through g.nx inconsistently", node=name, hint=fix)
+            if not isinstance(self._g.edges[u, v, name].get("obj"), Synapse):
+                raise SpidecError(f"synapse '{name}' has no Synapse in g.nx (edge attribute 'obj')", node=name,
+                                  hint=fix)
+        for n, data in self._g.nodes(data=True):
+            if not isinstance(data.get("obj"), (Input, Population, Readout)) or data["obj"].name != n:
+                raise SpidecError(f"g.nx holds a node '{n}' without its Input/Population/Readout (node attribute "
+                                  "'obj'): the graph was edited through g.nx inconsistently", node=str(n), hint=fix)
 
     def replace_node(self, node: Node) -> None:
         """Replace the node of the same name (same kind)."""
@@ -332,11 +407,13 @@ class Graph:
             raise SpidecError(f"cannot replace {type(old).__name__} '{node.name}' by a "
                               f"{type(node).__name__}", node=node.name)
         self._g.nodes[node.name]["obj"] = node
+        self._derived.clear()
         self.program = None  # (compile lowers a training graph again when it has no program)
 
     def replace_synapse(self, name: str, synapse: Synapse) -> None:
         src, dst = self._endpoints(name)
         self._g.edges[src, dst, name]["obj"] = synapse
+        self._derived.clear()
         self.program = None
 
     def copy(self) -> Graph:
@@ -344,6 +421,7 @@ class Graph:
         g = Graph(self.name)
         g._g = self._g.copy()
         g._synapses = dict(self._synapses)
+        g._derived = dict(self._derived)  # the same structure (the values are never mutated)
         g.simulation, g.training, g.schedule = self.simulation, self.training, self.schedule
         g.program = self.program
         if self.program is not None and self.program.quant is not None:
@@ -390,16 +468,31 @@ class Graph:
 
     def synapse(self, name: str) -> Edge:
         src, dst = self._endpoints(name)
-        return Edge(name, src, dst, self._g.edges[src, dst, name]["obj"])
+        try:
+            return Edge(name, src, dst, self._g.edges[src, dst, name]["obj"])
+        except KeyError:
+            self._check_index()  # (names what g.nx lost)
+            raise
 
     def synapses(self) -> list[Edge]:
         return [self.synapse(name) for name in self._synapses]
 
+    def _position(self) -> dict[str, int]:
+        pos = self._derived.get("position")
+        if pos is None:
+            pos = self._derived["position"] = {name: k for k, name in enumerate(self._synapses)}
+        return pos
+
+    def _edges(self, keys: Iterable[str]) -> list[Edge]:
+        return [self.synapse(name) for name in sorted(keys, key=self._position().__getitem__)]
+
     def in_synapses(self, node: str) -> list[Edge]:
-        return [e for e in self.synapses() if e.dst == node]
+        """The synapses into ``node``, in text order."""
+        return self._edges(k for _, _, k in self._g.in_edges(node, keys=True)) if node in self._g else []
 
     def out_synapses(self, node: str) -> list[Edge]:
-        return [e for e in self.synapses() if e.src == node]
+        """The synapses out of ``node``, in text order."""
+        return self._edges(k for _, _, k in self._g.out_edges(node, keys=True)) if node in self._g else []
 
     def __contains__(self, name: object) -> bool:
         return name in self._g or name in self._synapses
@@ -412,6 +505,7 @@ class Graph:
         readout is fed; shapes agree along every synapse; biases have the right shape; every tensor
         is finite; every cycle has a delayed synapse. Returns ``self``.
         """
+        self._check_index()
         for node in self.nodes:
             if isinstance(node, Population):
                 self._check_bias(node)
@@ -441,7 +535,7 @@ class Graph:
                 if dst.bias is None:  # type: ignore[union-attr]
                     raise SpidecError(f"synapse '{e.name}': dropout_bias, but population '{e.dst}' has no bias",
                                       node=e.name)
-                if sum(1 for f in self.synapses() if f.dst == e.dst and f.synapse.dropout_bias) > 1:
+                if sum(1 for f in self.in_synapses(e.dst) if f.synapse.dropout_bias) > 1:
                     raise SpidecError(f"population '{e.dst}': more than one synapse's dropout mask scales its "
                                       "bias", node=e.dst)
             for i, op in enumerate(e.synapse.ops):
@@ -469,39 +563,169 @@ class Graph:
             raise SpidecError(f"the cycle {path} has no delayed synapse, so a time step has no order",
                               node=cycle[0][0],
                               hint=f"mark its feedback synapse ({', '.join(names)}) with delay=1")
+        self._check_size()
         if self.training is not None:
             self._check_training(self.training)
         return self
 
+    def _check_size(self) -> None:
+        """The model within :mod:`spidec.limits`: its neurons and its tensors' elements together."""
+        check_neurons(sum(size_of(n.shape) for n in self.nodes), f"model '{self.name}' (all its nodes together)")
+        check_elements(sum(int(t.size) for t in self.parameters(learnable_only=False).values()),
+                       f"model '{self.name}' (all its tensors together)")
+
     def _check_training(self, t: Training) -> None:
-        """The training structure refers to this graph consistently (names, gates, delays)."""
-        couples = {c.name: c for c in t.couples}
-        of = {c.of: c.name for c in t.couples}
+        """The training structure is exactly the one the spide pass derives from this graph, up to
+        what a user may set (couple thresholds and leaks, ``T_back``, ``sf``, the optimiser) and the
+        order of its statements: one couple per population, one backward synapse per synapse
+        between populations, one injection per synapse from a population into a readout and one
+        update per learnable tensor, each with the names, gate and delay its synapse or tensor
+        dictates; then the schedule. A structure that does not fit its graph is refused: the
+        backends trust it (a weight rule on another synapse's tensor would index past its buffer)."""
+        taken = set(self._g.nodes) | set(self._synapses)
+        pops = {p.name: p for p in self.populations}
+        of: dict[str, str] = {}  # population -> its couple
         for c in t.couples:
-            if c.name in self:
-                raise SpidecError(f"couple '{c.name}' has the name of a node or synapse", node=c.name)
-            if not isinstance(self.node(c.of) if c.of in self._g else None, Population):
+            self._claim_training_name(c.name, "couple", taken)
+            if c.of not in pops:
                 raise SpidecError(f"couple '{c.name}' is of '{c.of}', which is not a population", node=c.name)
-        if len(couples) != len(t.couples) or len(of) != len(t.couples):
-            raise SpidecError("two couples share a name or a population")
-        missing = [p.name for p in self.populations if p.name not in of]
+            if c.of in of:
+                raise SpidecError(f"population '{c.of}' has two couples, '{of[c.of]}' and '{c.name}'", node=c.name)
+            of[c.of] = c.name
+            _f32_at(c.S, f"couple '{c.name}': its spike size 2 vth", c.name)
+        missing = [p for p in pops if p not in of]
         if missing:
-            raise SpidecError(f"population(s) {', '.join(missing)} have no couple", node=missing[0])
+            raise SpidecError(f"population(s) {', '.join(missing)} have no couple", node=missing[0],
+                              hint=f"add a line: couple {missing[0]}_couple: {missing[0]} vth=0.5")
+        self._check_f32_settings()
+        edges = self.synapses()
+        inner = {e.name: e for e in edges if e.src in pops and e.dst in pops}
+        seen: dict[str, str] = {}
         for b in t.backward:
-            e = self.synapse(b.forward)
-            if (b.src, b.dst, b.gate, b.delay) != (of.get(e.dst), of.get(e.src), e.dst, e.synapse.delay):
-                raise SpidecError(f"backward synapse '{b.name}' must run {of.get(e.dst)} -> {of.get(e.src)} "
+            self._claim_training_name(b.name, "backward synapse", taken)
+            e = inner.get(b.forward)
+            if e is None:
+                why = "joins no two populations (only those have a transpose between couples)" \
+                    if b.forward in self._synapses else "is no synapse of the graph"
+                raise SpidecError(f"backward synapse '{b.name}' is the transpose of '{b.forward}', which {why}",
+                                  node=b.name)
+            if b.forward in seen:
+                raise SpidecError(f"synapse '{b.forward}' has two backward synapses, '{seen[b.forward]}' and "
+                                  f"'{b.name}'", node=b.name)
+            seen[b.forward] = b.name
+            if (b.src, b.dst, b.gate, b.delay) != (of[e.dst], of[e.src], e.dst, e.synapse.delay):
+                raise SpidecError(f"backward synapse '{b.name}' must run {of[e.dst]} -> {of[e.src]} "
                                   f"gate={e.dst} delay={e.synapse.delay}, the transpose of '{b.forward}'",
                                   node=b.name)
+        missing = [n for n in inner if n not in seen]
+        if missing:
+            e = inner[missing[0]]
+            raise SpidecError(f"synapse '{e.name}' has no backward synapse (the transpose between couples)",
+                              node=e.name, hint=f"add a line: backward {e.name}_T: {of[e.dst]} -> {of[e.src]} "
+                              f"gate={e.dst}{' delay=1' if e.synapse.delay else ''} = transpose({e.name})")
+        outs = {e.name: e for e in edges if e.src in pops and isinstance(self.node(e.dst), Readout)}
+        injected: set[str] = set()
         for inj in t.injections:
-            e = self.synapse(inj.forward)
-            if (inj.readout, inj.couple) != (e.dst, of.get(e.src)) or not isinstance(self.node(e.dst), Readout):
-                raise SpidecError(f"injection through '{inj.forward}' must run {e.dst} -> {of.get(e.src)}",
+            e = outs.get(inj.forward)
+            if e is None:
+                raise SpidecError(f"injection through '{inj.forward}': it must be a synapse from a population "
+                                  f"into a readout", node=inj.forward if inj.forward in self else None)
+            if inj.forward in injected:
+                raise SpidecError(f"the loss gradient is injected twice through '{inj.forward}'", node=inj.forward)
+            injected.add(inj.forward)
+            if (inj.readout, inj.couple) != (e.dst, of[e.src]):
+                raise SpidecError(f"injection through '{inj.forward}' must run {e.dst} -> {of[e.src]}",
                                   node=inj.forward)
+        missing = [n for n in outs if n not in injected]
+        if missing:
+            e = outs[missing[0]]
+            raise SpidecError(f"synapse '{e.name}' into readout '{e.dst}' has no loss injection", node=e.name,
+                              hint=f"add a line: inject {e.dst} -> {of[e.src]} = transpose({e.name})")
+        self._check_updates(t, of)
+        if self.schedule is not None:
+            self._check_schedule(t, self.schedule, of)
+
+    @staticmethod
+    def _claim_training_name(name: str, what: str, taken: set[str]) -> None:
+        if name in taken:
+            raise SpidecError(f"{what} '{name}' has the name of a node, synapse or couple", node=name)
+        taken.add(name)
+
+    def _check_f32_settings(self) -> None:
+        """Every number a training graph hands the programs is a finite float32 (they print it as
+        a float32 constant: an overflow would read ``inf``): neurons, scalar factors, tensors."""
+        for p in self.populations:
+            n = p.neuron
+            for what, v in (("vth", n.vth), ("u_rest", n.u_rest), ("leak", n.leak), ("reset vth - u_rest", n.V)):
+                _f32_at(v, f"population '{p.name}': neuron {what}", p.name)
+        wide = [(f"bias of '{n.name}'", n.name, n.bias) for n in self.nodes if getattr(n, "bias", None) is not None]
+        for e in self.synapses():
+            for i, op in enumerate(e.synapse.ops):
+                for arg in op.args:
+                    v = getattr(op, arg.name)
+                    if isinstance(v, float):
+                        _f32_at(v, f"synapse '{e.name}', op {i} ({op.kind}): {arg.name}", e.name)
+                wide += [(f"synapse '{e.name}', op {i} ({op.kind}): {k}", e.name, v) for k, v in op.tensors().items()]
+        for what, node, v in wide:
+            if v.size and v.dtype.itemsize > 4 and float(np.max(np.abs(v))) > F32_MAX:
+                raise SpidecError(f"{what} holds values beyond the float32 range (|x| > {F32_MAX:.4g}) the programs "
+                                  "compute in", node=node)
+
+    def _check_updates(self, t: Training, of: dict[str, str]) -> None:
+        """One update per learnable tensor, of the kind and with the names its place dictates."""
         slots = self.tensor_slots()
+        want: dict[str, tuple[str, str | None, str | None, str | None]] = {}  # tensor: (kind, synapse, post, gate)
+        for tname, slot in slots.items():
+            if not slot.learnable:
+                continue
+            if slot.op is None:  # a bias
+                node = slot.owner
+                want[tname] = ("bias", None, of[node], node) if node in of else ("delta_bias", None, node, None)
+                continue
+            dst = self._synapses[slot.owner][1]
+            want[tname] = ("local", slot.owner, of[dst], dst) if dst in of else ("delta", slot.owner, dst, None)
+        done: set[str] = set()
         for u in t.updates:
-            if u.tensor not in slots or not slots[u.tensor].learnable:
-                raise SpidecError(f"update of '{u.tensor}', which is not a learnable tensor of the graph")
+            if u.tensor not in want:
+                why = "is not learnable (its op has trainable=false)" if u.tensor in slots else \
+                    "is no tensor of the graph"
+                raise SpidecError(f"update of '{u.tensor}', which {why}")
+            if u.tensor in done:
+                raise SpidecError(f"'{u.tensor}' has two update rules; a tensor learns by one")
+            done.add(u.tensor)
+            if (u.kind, u.synapse, u.post, u.gate) != want[u.tensor]:
+                raise SpidecError(f"update of '{u.tensor}' must be {_update_text(*want[u.tensor])}, not "
+                                  f"{_update_text(u.kind, u.synapse, u.post, u.gate)}")
+        missing = [n for n in want if n not in done]
+        if missing:
+            raise SpidecError(f"learnable tensor(s) {', '.join(missing)} have no update rule",
+                              hint=f"add a line: update @{missing[0]} = {_update_text(*want[missing[0]])} (to keep a "
+                              "weight fixed, give its op trainable=false)")
+
+    def _check_schedule(self, t: Training, s: Schedule, of: dict[str, str]) -> None:
+        """The schedule lists every population (couple) once, in an order where whatever a node
+        reads in the same step comes before it, and exactly the nodes whose last-step spikes a
+        delayed synapse reads."""
+        edges = self.synapses()
+        pops = [p.name for p in self.populations]
+        _check_listing(s.forward, pops, "forward_order", "population")
+        pos = {n: i for i, n in enumerate(s.forward)}
+        for e in edges:
+            if not e.synapse.delay and e.src in pos and e.dst in pos and pos[e.src] > pos[e.dst]:
+                raise SpidecError(f"schedule forward_order puts '{e.dst}' before '{e.src}', which feeds it in the "
+                                  f"same step through '{e.name}'", hint="run the schedule pass again")
+        _check_listing(s.backward, list(of.values()), "backward_order", "couple")
+        pos = {n: i for i, n in enumerate(s.backward)}
+        for b in t.backward:
+            if not b.delay and pos[b.src] > pos[b.dst]:
+                raise SpidecError(f"schedule backward_order puts '{b.dst}' before '{b.src}', which feeds it in the "
+                                  f"same step through '{b.name}'", hint="run the schedule pass again")
+        sends = {e.src for e in edges if e.synapse.delay}
+        _check_listing(s.delayed, [p for p in pops if p in sends], "delayed", "population read by a delayed synapse",
+                       exact=True)
+        sends = {b.src for b in t.backward if b.delay}
+        _check_listing(s.delayed_back, [c for c in of.values() if c in sends], "delayed_back",
+                       "couple read by a delayed backward synapse", exact=True)
 
     def _check_bias(self, node: Population | Readout) -> None:
         b = node.bias
@@ -528,6 +752,16 @@ class Graph:
     # ----------------------------------------------------------------- tensors
     def tensor_slots(self) -> dict[str, TensorSlot]:
         """Every tensor of the graph by its stable name, in text order."""
+        return dict(self._slots())
+
+    def _slots(self) -> dict[str, TensorSlot]:
+        """:meth:`tensor_slots`, computed once per structure (not to be mutated)."""
+        slots = self._derived.get("slots")
+        if slots is None:
+            slots = self._derived["slots"] = self._compute_slots()
+        return slots
+
+    def _compute_slots(self) -> dict[str, TensorSlot]:
         slots: dict[str, TensorSlot] = {}
         for node in self.nodes:
             if isinstance(node, (Population, Readout)) and node.bias is not None:
@@ -545,7 +779,7 @@ class Graph:
         return slots
 
     def tensor(self, name: str) -> np.ndarray:
-        slot = self.tensor_slots().get(name)
+        slot = self._slots().get(name)
         if slot is None:
             raise SpidecError(f"no tensor named '{name}'")
         if slot.op is None:
@@ -554,7 +788,7 @@ class Graph:
 
     def parameters(self, learnable_only: bool = True) -> dict[str, np.ndarray]:
         """Named tensors (the learnable ones by default)."""
-        return {name: self.tensor(name) for name, slot in self.tensor_slots().items()
+        return {name: self.tensor(name) for name, slot in self._slots().items()
                 if slot.learnable or not learnable_only}
 
     def num_parameters(self) -> int:
@@ -648,6 +882,35 @@ class Graph:
                 f"{self.num_parameters():,} parameters>")
 
 
+def _f32_at(value: float, what: str, node: str) -> None:
+    try:
+        finite_f32(value, what)
+    except SpidecError as e:
+        raise SpidecError(e.message, node=node) from None  # (the text form names the node's line)
+
+
+def _update_text(kind: str, synapse: str | None, post: str | None, gate: str | None) -> str:
+    args = ", ".join(f"{k}={v}" for k, v in (("synapse", synapse), ("post", post), ("gate", gate)) if v)
+    return f"{kind}({args})"
+
+
+def _check_listing(names: tuple[str, ...], want: list[str], what: str, kind: str, exact: bool = False) -> None:
+    """``names`` (a schedule list) holds each of ``want`` once and nothing else."""
+    listed = f"schedule {what}=[{', '.join(names)}]"
+    seen: set[str] = set()
+    wanted = set(want)
+    for n in names:
+        if n in seen:
+            raise SpidecError(f"{listed} lists '{n}' twice", hint="run the schedule pass again")
+        if n not in wanted:
+            raise SpidecError(f"{listed} lists '{n}', which is no {kind}" + (f"; it must list exactly "
+                              f"[{', '.join(want)}]" if exact else ""), hint="run the schedule pass again")
+        seen.add(n)
+    missing = [n for n in want if n not in seen]
+    if missing:
+        raise SpidecError(f"{listed} misses {', '.join(repr(n) for n in missing)}", hint="run the schedule pass again")
+
+
 __all__ = [
     "Edge",
     "Graph",
@@ -660,5 +923,6 @@ __all__ = [
     "TensorSlot",
     "code_name",
     "fresh_name",
+    "short_name",
     "values_equal",
 ]

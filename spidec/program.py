@@ -24,6 +24,7 @@ and the integer buffer plan. The program prints and parses with the rest of the 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import sys
@@ -35,7 +36,7 @@ from typing import Any, Union
 from .errors import SpidecError
 from .ir import Graph, Input, Population, code_name
 from .ops import Scale
-from .training import Optimizer
+from .training import F32_MAX, Optimizer
 
 FEED_KINDS = ("input", "now", "delayed")
 STAGES = ("model", "forward", "backward", "update")
@@ -361,30 +362,39 @@ class Program:
     buffers: tuple[Buffer, ...] = ()
     quant: Quantization | None = None
 
-    # -- look-ups
+    # -- look-ups (by dictionaries built once: the backends look up every population's couple)
+    @functools.cached_property
+    def _index(self) -> dict[str, dict[str, Any]]:
+        index: dict[str, dict[str, Any]] = {"chain": {}, "population": {}, "couple": {}, "rule": {}}
+        for key, items, attr in (("chain", self.chains, "name"), ("population", self.populations, "name"),
+                                 ("couple", self.couples, "of"), ("rule", self.rules, "tensor")):
+            for item in items:
+                index[key].setdefault(getattr(item, attr), item)  # (the first, as a scan would find)
+        return index
+
     def chain(self, name: str) -> Chain:
-        for c in self.chains:
-            if c.name == name:
-                return c
-        raise SpidecError(f"the step program has no synapse '{name}'")
+        try:
+            return self._index["chain"][name]
+        except KeyError:
+            raise SpidecError(f"the step program has no synapse '{name}'") from None
 
     def population(self, name: str) -> PopulationStep:
-        for p in self.populations:
-            if p.name == name:
-                return p
-        raise SpidecError(f"the step program has no population '{name}'")
+        try:
+            return self._index["population"][name]
+        except KeyError:
+            raise SpidecError(f"the step program has no population '{name}'") from None
 
     def couple_of(self, population: str) -> CoupleStep:
-        for c in self.couples:
-            if c.of == population:
-                return c
-        raise SpidecError(f"population '{population}' has no couple in the step program")
+        try:
+            return self._index["couple"][population]
+        except KeyError:
+            raise SpidecError(f"population '{population}' has no couple in the step program") from None
 
     def rule(self, tensor: str) -> Rule:
-        for r in self.rules:
-            if r.tensor == tensor:
-                return r
-        raise SpidecError(f"the step program has no update rule of '{tensor}'")
+        try:
+            return self._index["rule"][tensor]
+        except KeyError:
+            raise SpidecError(f"the step program has no update rule of '{tensor}'") from None
 
     def buffers_of(self, stage: str | None = None, part: str | None = None) -> list[Buffer]:
         return [b for b in self.buffers if (stage is None or b.stage == stage) and (part is None or b.part == part)]
@@ -451,9 +461,10 @@ def graph_hash(text: str) -> str:
 # ---------------------------------------------------------------------------------------------- lowering
 
 
-def _chain(g: Graph, name: str, learnable: set[str]) -> Chain:
+def _chain(g: Graph, name: str, learnable: set[str], tensors_of: dict[str, dict[tuple[int | None, str], str]]) -> Chain:
+    """``tensors_of``: per owner (synapse or node) its tensors' names by (op, field)."""
     e = g.synapse(name)
-    slots = {(s.owner, s.op, s.field): n for n, s in g.tensor_slots().items()}
+    mine = tensors_of.get(e.name, {})
     shapes = e.synapse.shapes(g.node(e.src).shape)
     factor, ops, work = 1.0, [], []
     for i, op in enumerate(e.synapse.ops):
@@ -471,8 +482,8 @@ def _chain(g: Graph, name: str, learnable: set[str]) -> Chain:
         kop = work[0]
         kernel = e.synapse.ops[kop].step_kernel  # type: ignore[assignment]
         shape_in, shape_out = shapes[kop], shapes[kop + 1]
-        weight = slots.get((e.name, kop, "weight"))
-    owned = {n for (owner, _, _), n in slots.items() if owner == e.name}
+        weight = mine.get((kop, "weight"))
+    owned = set(mine.values())
     return Chain(e.name, e.src, e.dst, e.synapse.delay, factor, tuple(ops), kernel, kop, weight,
                  tuple(shape_in), tuple(shape_out), bool(owned & learnable), e.synapse.dropout,
                  e.synapse.dropout_bias)
@@ -561,9 +572,13 @@ def lower(g: Graph) -> Graph:
 
     base = g.copy()
     base.program = None
+    text = dumps(base, inline_max=0)[0]  # (first: it validates, so what follows may trust the training structure)
     t, sim, sched = g.training, g.simulation, g.schedule
     learnable = set(g.parameters())
-    chains = tuple(_chain(g, e.name, learnable) for e in g.synapses())
+    tensors_of: dict[str, dict[tuple[int | None, str], str]] = {}
+    for tname, slot in g.tensor_slots().items():
+        tensors_of.setdefault(slot.owner, {})[(slot.op, slot.field)] = tname
+    chains = tuple(_chain(g, e.name, learnable, tensors_of) for e in g.synapses())
     syn = {e.name: e for e in g.synapses()}
 
     def feeds_of(node: str) -> tuple[Feed, ...]:
@@ -620,12 +635,31 @@ def lower(g: Graph) -> Graph:
             rules.append(ReadoutBiasRule(u.tensor, u.post))  # type: ignore[arg-type]
     rate_inputs = {e.src for e in g.synapses() if isinstance(g.node(e.src), Input)}
     inputs = tuple(InputStep(i.name, math.prod(i.shape), i.shape, i.name in rate_inputs) for i in g.inputs)
-    prog = Program(g.name, graph_hash(dumps(base, inline_max=0)[0]), sim.T, t.T_back, t.sf, sim.encoding,
+    prog = Program(g.name, graph_hash(text), sim.T, t.T_back, t.sf, sim.encoding,
                    t.optimizer, inputs, chains, tuple(pops), tuple(couples), readouts, tuple(rules))
     prog = replace(prog, buffers=float_buffers(prog))
+    _check_f32(prog)
     out = g.copy()
     out.program = prog
     return out
+
+
+def _check_f32(v: Any, where: str = "") -> None:
+    """Every float of a step program record is a finite float32 (the backends print them as
+    float32 constants; a derived value such as ``1 / V**2`` may overflow where its settings did not)."""
+    if isinstance(v, float):
+        if not (math.isfinite(v) and abs(v) <= F32_MAX):
+            raise SpidecError(f"the step program's {where} is {v}, beyond the finite float32 numbers the programs "
+                              "compute in", hint="bring the settings it derives from into a sane range")
+    elif isinstance(v, tuple):
+        for x in v:
+            _check_f32(x, where)
+    elif type(v) in KIND_OF:
+        for f in fields(v):
+            x = getattr(v, f.name)
+            if isinstance(x, (float, tuple)) or type(x) in KIND_OF:
+                name = getattr(v, "name", None) or getattr(v, "tensor", None)
+                _check_f32(x, f"{KIND_OF[type(v)]}{f' {name}' if name else ''} {f.name}")
 
 
 def check_program(g: Graph) -> None:
@@ -690,7 +724,9 @@ TEXT_NAMES = {"update": "update_rule"}
 FIELD_NAMES = {v: k for k, v in TEXT_NAMES.items()}
 
 
+@functools.cache
 def _hints(cls: type) -> dict[str, Any]:
+    """The field types of record class ``cls`` (resolved once: reading a step program asks per record)."""
     return typing.get_type_hints(cls, vars(sys.modules[cls.__module__]))
 
 

@@ -12,10 +12,13 @@ Tensors live in a sidecar ``.npz`` referenced by name (``@h.bias``), or inline f
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
 import zipfile
+from collections import ChainMap
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -27,6 +30,7 @@ import numpy as np
 from .errors import SpidecError
 from .fileio import atomic_write
 from .ir import Graph, Input, Neuron, Population, Readout
+from .limits import check_elements, size_of
 from .ops import OPS, LinearOp, fmt_shape
 from .program import check_program
 
@@ -49,7 +53,7 @@ def _parser() -> lark.Lark:
 
 # ============================================================== printing
 
-NAME_RE_TEXT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+NAME_RE_TEXT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")  # (\Z, not $: "a\n" is printed quoted)
 
 
 def _num(v: float) -> str:
@@ -277,14 +281,63 @@ def _lark_error(e: lark.exceptions.UnexpectedInput, text: str, source: str) -> S
     return SpidecError(msg, file=source, line=line, column=col)
 
 
+class _NpzTensors(Mapping[str, np.ndarray]):
+    """The arrays of a ``.npz``, each read when the text refers to it, after its header's shape and
+    type are checked: an array the model does not use costs nothing, and one that declares more
+    elements than :mod:`spidec.limits` allows is refused before a byte of it is read."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.zip = zipfile.ZipFile(path)
+        self.members = {n[:-4]: n for n in self.zip.namelist() if n.endswith(".npy")}
+        self.read: dict[str, np.ndarray] = {}  # (a tensor referred to twice is one array, as before)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name in self.read:
+            return self.read[name]
+        member = self.members[name]
+        where = f"tensor @{name} in {self.path.name}"
+        try:
+            with self.zip.open(member) as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+                elif version == (2, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+                else:
+                    raise SpidecError(f"{where} is stored in .npy format {version[0]}.{version[1]}, which spidec "
+                                      "does not read", hint="save it with numpy.savez")
+            if dtype.kind != "f":
+                raise SpidecError(f"{where} has dtype {dtype}; spidec tensors are floats")
+            check_elements(size_of(shape), f"{where} (shape {fmt_shape(tuple(shape))})")
+            with self.zip.open(member) as f:
+                arr = self.read[name] = np.lib.format.read_array(f, allow_pickle=False)
+                return arr
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+            raise SpidecError(f"{where} is not readable ({str(e)[:120]})") from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.members
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.members)
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def close(self) -> None:
+        self.zip.close()
+
+
 class _Reader:
     def __init__(self, text: str, tensors: dict[str, np.ndarray] | None, source: str,
                  base_dir: Path | None) -> None:
         self.text = text
         self.source = source
         self.base_dir = base_dir
-        self.tensors = dict(tensors) if tensors is not None else None
+        self.tensors: Mapping[str, Any] | None = dict(tensors) if tensors is not None else None
         self.tensors_origin = "the tensors given" if tensors is not None else None
+        self.npz: list[_NpzTensors] = []  # the tensors statements' files, read array by array
         self.lines: dict[str, int] = {}
 
     def error(self, tree: Any, message: str, hint: str | None = None) -> SpidecError:
@@ -342,21 +395,34 @@ class _Reader:
         return args, kwargs
 
     def load_tensors_file(self, tree: Any, name: str) -> None:
-        path = Path(name)
-        if not path.is_absolute() and self.base_dir is not None:
-            path = self.base_dir / path
+        folder = self.base_dir if self.base_dir is not None else Path(".")
+        path = folder / name
+        # confined to the model's folder (as ONNX external data is): a shared .spir must not read
+        # /etc/... or ../other_project/secret.npz, nor escape through a symlink
         try:
-            with np.load(path, allow_pickle=False) as z:
-                loaded = {k: z[k] for k in z.files}
+            inside = not Path(name).is_absolute() and path.resolve().is_relative_to(folder.resolve())
+        except (OSError, ValueError, RuntimeError) as e:  # (a NUL byte, a symlink loop)
+            raise self.error(tree, f"tensors file {name!r} is not a usable path ({e})") from None
+        if not inside:
+            raise self.error(tree, f"tensors file {name!r} lies outside the model's folder; spidec reads a .spir "
+                             "file's tensors from its folder (or below it) only",
+                             hint="give a path relative to the .spir file, e.g. tensors \"model.npz\"")
+        try:
+            npz = _NpzTensors(path)
         except FileNotFoundError:
             raise self.error(tree, f"tensors file {str(path)!r} not found",
                              hint="keep the .npz beside the .spir file") from None
         except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
             raise self.error(tree, f"tensors file {str(path)!r} is not a readable .npz ({e})") from None
+        self.npz.append(npz)
         if self.tensors is None:
-            self.tensors, self.tensors_origin = loaded, repr(path.name)
-        else:  # tensors passed explicitly take precedence
-            self.tensors = {**loaded, **self.tensors}
+            self.tensors, self.tensors_origin = npz, repr(path.name)
+        else:  # tensors passed explicitly (or an earlier file) take precedence
+            self.tensors = ChainMap(self.tensors, npz)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        for npz in self.npz:
+            npz.close()
 
     def tensor(self, v: Any, where: Any, what: str) -> np.ndarray:
         if isinstance(v, _Ref):
@@ -366,7 +432,10 @@ class _Reader:
             if v.name not in self.tensors:
                 raise self.error(where, f"{what} refers to tensor @{v.name}, which {self.tensors_origin} "
                                  f"does not contain")
-            arr = np.asarray(self.tensors[v.name])
+            try:
+                arr = np.asarray(self.tensors[v.name])
+            except SpidecError as e:
+                raise self.error(where, e.message, e.hint) from None
             if arr.dtype.kind not in "f":
                 raise self.error(where, f"tensor @{v.name} has dtype {arr.dtype}; spidec tensors are floats")
             return arr
@@ -534,7 +603,7 @@ class _Reader:
                 out[k] = v
             elif want is float and isinstance(v, (int, float)):
                 out[k] = float(v)
-            elif want is list and isinstance(v, list):
+            elif want is list and isinstance(v, list) and all(isinstance(x, (_Ident, str)) for x in v):
                 out[k] = [x.name if isinstance(x, _Ident) else x for x in v]
             elif want is _Call and isinstance(v, _Call):
                 out[k] = v
@@ -569,19 +638,27 @@ class _Reader:
         records: list[tuple[str, dict[str, Any]]] = []
         train: dict[str, Any] | None = None
         sched: dict[str, Any] | None = None
+        once: dict[str, int] = {}
+        at: int | None = None  # the line of the statement being read (what an error in it names)
         try:
             for s in stmts:
-                kind = s.data
+                kind, at = s.data, s.meta.line
+                if kind in ("simulate_stmt", "train_stmt", "schedule_stmt"):  # one each: never a silent override
+                    if kind in once:
+                        raise self.error(s, f"a second '{kind[:-5]}' statement (the first is on line {once[kind]})")
+                    once[kind] = s.meta.line
                 if kind == "simulate_stmt":
                     g.simulation = Simulation(**self._kw(s, s.children, {"T": int, "encoding": str}, "simulate"))
                 elif kind == "couple_stmt":
                     kw = self._kw(s, s.children[2:], {"vth": float, "u_rest": float, "leak": float}, "couple")
                     couples.append(Couple(str(s.children[0]), str(s.children[1]), **kw))
+                    self.lines.setdefault(str(s.children[0]), s.meta.line)  # (what validate's errors name)
                 elif kind == "backward_stmt":
                     name, src, dst = (str(c) for c in s.children[:3])
                     kw = self._kw(s, s.children[3:-1], {"gate": str, "delay": int}, "backward")
                     backward.append(BackwardSynapse(name, src, dst, self._transpose_of(s.children[-1]),
                                                     kw.get("gate", ""), kw.get("delay", 0)))
+                    self.lines.setdefault(name, s.meta.line)
                 elif kind == "inject_stmt":
                     injections.append(Injection(str(s.children[0]), str(s.children[1]),
                                                 self._transpose_of(s.children[2])))
@@ -605,6 +682,7 @@ class _Reader:
                 elif kind == "lower_stmt":
                     opts = self.options(s.children[1:], None, "lower")
                     records.append((str(s.children[0]), {k: v for k, (v, _) in opts.items()}))
+            at = once.get("train_stmt")
             if train is not None or couples:
                 train = train or {}
                 opt = train.pop("optimizer", None)
@@ -616,15 +694,22 @@ class _Reader:
                                                  else v) for k, v, _ in opt.kwargs})
                 g.training = Training(couples=tuple(couples), backward=tuple(backward), injections=tuple(injections),
                                       updates=tuple(updates), optimizer=optimizer, **train)
+            at = once.get("schedule_stmt")
             if sched is not None:
+                keys = ("forward_order", "backward_order", "delayed", "delayed_back")
+                if set(sched) != set(keys):
+                    raise SpidecError(f"the schedule statement needs {', '.join(keys)} (it misses "
+                                      f"{', '.join(k for k in keys if k not in sched)})",
+                                      hint="run the schedule pass again")
                 g.schedule = Schedule(**{k.replace("_order", ""): tuple(v) for k, v in sched.items()})
+            at = None
             g.program = read_program(records)
         except SpidecError as e:
             if e.line is not None:
                 raise
-            raise SpidecError(e.message, file=self.source, hint=e.hint) from None
+            raise SpidecError(e.message, file=self.source, line=at, hint=e.hint) from None
         except TypeError as e:
-            raise SpidecError(f"bad training settings: {e}", file=self.source) from None
+            raise SpidecError(f"bad training settings: {e}", file=self.source, line=at) from None
 
     def _declare(self, s: Any, g: Graph, name: str) -> None:
         if name in g:
@@ -695,7 +780,17 @@ def loads(text: str, tensors: dict[str, np.ndarray] | None = None, *, source: st
           base_dir: str | os.PathLike | None = None) -> Graph:
     """Parse the text form. ``tensors`` resolves ``@name`` references (a ``tensors "file.npz"``
     statement is read relative to ``base_dir``). Errors carry line and column."""
-    return _Reader(text, tensors, source, Path(base_dir) if base_dir is not None else None).read()
+    reader = _Reader(text, tensors, source, Path(base_dir) if base_dir is not None else None)
+    # the parse tree is millions of small objects and holds no garbage cycles: the cyclic collector's
+    # passes over it, more of them the bigger the file, doubled the time of a large training graph
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return reader.read()
+    finally:
+        if collecting:
+            gc.enable()
+        reader.close()
 
 
 def save(g: Graph, path: str | os.PathLike, *, inline_max: int = 8) -> Path:

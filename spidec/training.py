@@ -15,17 +15,59 @@ The training structure is explicit, so a backend only reads it and a user can se
   couple's rate times mask), ``delta`` and ``delta_bias`` (a readout's loss gradient);
 * the **optimiser**: SGD with momentum and weight decay on the ``sf``-scaled loss with ``lr/sf``,
   a step learning-rate schedule and the norm restriction of feedback weights.
+
+What a user may edit are the settings (couple thresholds and leaks, ``T``, ``T_back``, ``sf``, the
+optimiser: finite float32 numbers, at most ``MAX_STEPS`` steps) and the order of the statements;
+``Graph.validate`` refuses a structure or schedule that is not the one its graph dictates.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from .errors import SpidecError
 
 ENCODINGS = ("constant", "temporal")
 UPDATE_KINDS = ("local", "bias", "delta", "delta_bias")
+# The most time steps a stage may take: the float programs count spikes in float32 (exact up to
+# 2**24), every runtime loops over steps with an int and multiplies counts of T steps into int64
+# work counters; 10**6 steps keep all of that exact with room to spare (SPIDE uses 30 and 100-250).
+MAX_STEPS = 1_000_000
+MAX_EPOCH = 2**31 - 1  # learning-rate milestones are C ints
+F32_MAX = 3.4028234663852886e38
+
+
+def finite_f32(value: object, what: str) -> float:
+    """``value`` as a float, or a SpidecError unless it is a finite number within float32 range
+    (the programs hold every setting as float32: an overflow would print as ``inf``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, numbers.Real)):
+        raise SpidecError(f"{what} must be a number, got {value!r}")
+    try:
+        out = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise SpidecError(f"{what} must be a number, got {value!r}") from None
+    if not (math.isfinite(out) and abs(out) <= F32_MAX):
+        raise SpidecError(f"{what} must be a finite float32 number, got {out}")
+    return out
+
+
+def count(value: object, what: str, low: int = 1, high: int = MAX_STEPS) -> int:
+    """``value`` as an int in ``[low, high]`` (an integer, not a float or bool), or a SpidecError."""
+    wanted = f"a positive integer up to {high:,}" if low == 1 else f"an integer from {low} to {high:,}"
+    if isinstance(value, bool) or not isinstance(value, (int, numbers.Integral)) or not low <= int(value) <= high:
+        raise SpidecError(f"{what} must be {wanted}, got {value!r}")
+    return int(value)
+
+
+def _name(value: object, what: str) -> str:
+    from .ir import NAME_RE  # (the graph's one rule for names; spidec.ir imports this module)
+
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        raise SpidecError(f"{what} {value!r} is not a name (letters, digits and '_', not starting with a digit)")
+    return value
 
 
 @dataclass(frozen=True)
@@ -36,8 +78,7 @@ class Simulation:
     encoding: str = "constant"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.T, int) or isinstance(self.T, bool) or self.T < 1:
-            raise SpidecError(f"T (forward time steps) must be a positive integer, got {self.T!r}")
+        object.__setattr__(self, "T", count(self.T, "T (forward time steps)"))
         if self.encoding not in ENCODINGS:
             raise SpidecError(f"encoding must be one of {', '.join(ENCODINGS)}, got {self.encoding!r}")
 
@@ -54,11 +95,13 @@ class Couple:
     leak: float = 1.0
 
     def __post_init__(self) -> None:
-        vth = float(self.vth)
-        u_rest = -vth if self.u_rest is None else float(self.u_rest)
+        _name(self.name, "couple name")
+        _name(self.of, f"couple '{self.name}': population")
+        vth = finite_f32(self.vth, f"couple '{self.name}': vth")
+        u_rest = -vth if self.u_rest is None else finite_f32(self.u_rest, f"couple '{self.name}': u_rest")
         object.__setattr__(self, "vth", vth)
         object.__setattr__(self, "u_rest", u_rest)
-        object.__setattr__(self, "leak", float(self.leak))
+        object.__setattr__(self, "leak", finite_f32(self.leak, f"couple '{self.name}': leak"))
         if not vth > 0:
             raise SpidecError(f"couple '{self.name}': vth must be positive, got {vth}")
         if u_rest != -vth:
@@ -83,6 +126,12 @@ class BackwardSynapse:
     gate: str
     delay: int = 0
 
+    def __post_init__(self) -> None:
+        _name(self.name, "backward synapse name")
+        for f in ("src", "dst", "forward", "gate"):
+            _name(getattr(self, f), f"backward synapse '{self.name}': {f}")
+        object.__setattr__(self, "delay", count(self.delay, f"backward synapse '{self.name}': delay", 0, 1))
+
 
 @dataclass(frozen=True)
 class Injection:
@@ -91,6 +140,10 @@ class Injection:
     readout: str
     couple: str
     forward: str
+
+    def __post_init__(self) -> None:
+        for f in ("readout", "couple", "forward"):
+            _name(getattr(self, f), f"injection through '{self.forward}': {f}")
 
 
 @dataclass(frozen=True)
@@ -104,8 +157,13 @@ class Update:
     gate: str | None = None  # local, bias: the population whose mask gates it
 
     def __post_init__(self) -> None:
+        if not isinstance(self.tensor, str):
+            raise SpidecError(f"an update names a tensor, got {self.tensor!r}")
         if self.kind not in UPDATE_KINDS:
             raise SpidecError(f"update of {self.tensor}: unknown rule '{self.kind}' (one of {', '.join(UPDATE_KINDS)})")
+        for f in ("synapse", "post", "gate"):
+            if getattr(self, f) is not None:
+                _name(getattr(self, f), f"update of {self.tensor}: {f}")
 
 
 FEEDBACK_NORM_MODES = ("reparam", "project")
@@ -142,11 +200,13 @@ class Optimizer:
 
     def __post_init__(self) -> None:
         for name in ("lr", "momentum", "weight_decay", "gamma", "feedback_norm"):
-            value = float(getattr(self, name))
-            if not math.isfinite(value) or abs(value) > 3.0e38:  # (the programs hold them as float32)
-                raise SpidecError(f"optimiser setting {name} must be a finite float32 number, got {value}")
-            object.__setattr__(self, name, value)
-        object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
+            object.__setattr__(self, name, finite_f32(getattr(self, name), f"optimiser setting {name}"))
+        if isinstance(self.milestones, (str, bytes)) or not isinstance(self.milestones, Iterable):
+            raise SpidecError(f"optimiser setting milestones must be a list of epochs, got {self.milestones!r}")
+        milestones = tuple(count(m, "a learning-rate milestone (an epoch)", 0, MAX_EPOCH) for m in self.milestones)
+        if list(milestones) != sorted(milestones):  # (what every trainer's --lr-schedule reads back)
+            raise SpidecError(f"learning-rate milestones must be increasing epochs, got {list(milestones)}")
+        object.__setattr__(self, "milestones", milestones)
         if self.lr <= 0 or not 0 <= self.momentum < 1 or self.weight_decay < 0 or self.feedback_norm < 0 \
                 or self.gamma <= 0 or any(m < 0 for m in self.milestones):
             raise SpidecError(f"optimiser settings out of range (lr > 0, 0 <= momentum < 1, weight_decay >= 0, "
@@ -170,11 +230,17 @@ class Training:
     optimizer: Optimizer = field(default_factory=Optimizer)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.T_back, int) or self.T_back < 1:
-            raise SpidecError(f"T_back (backward time steps) must be a positive integer, got {self.T_back!r}")
-        object.__setattr__(self, "sf", float(self.sf))
-        if not (math.isfinite(self.sf) and 0 < self.sf <= 3.0e38):
+        object.__setattr__(self, "T_back", count(self.T_back, "T_back (backward time steps)"))
+        object.__setattr__(self, "sf", finite_f32(self.sf, "the scale factor sf"))
+        if not self.sf > 0:
             raise SpidecError(f"the scale factor sf must be a positive finite number, got {self.sf}")
+        for what, cls in (("couples", Couple), ("backward", BackwardSynapse), ("injections", Injection),
+                          ("updates", Update)):
+            items = getattr(self, what)
+            if not isinstance(items, tuple) or not all(isinstance(x, cls) for x in items):
+                raise SpidecError(f"training {what} must be a tuple of {cls.__name__}s")
+        if not isinstance(self.optimizer, Optimizer):
+            raise SpidecError(f"the training optimizer must be an Optimizer, got {self.optimizer!r}")
 
     def couple_of(self, population: str) -> Couple:
         for c in self.couples:
@@ -189,6 +255,17 @@ class Schedule:
     backward: tuple[str, ...]  # couples, in the order a backward step updates them
     delayed: tuple[str, ...]  # populations whose previous-step spikes a delayed synapse reads
     delayed_back: tuple[str, ...]  # couples likewise in the backward stage
+
+    def __post_init__(self) -> None:
+        for f in ("forward", "backward", "delayed", "delayed_back"):
+            names = getattr(self, f)
+            text = f"{f}_order" if f in ("forward", "backward") else f
+            if isinstance(names, (str, bytes)) or not isinstance(names, Iterable):
+                raise SpidecError(f"schedule {text} must be a list of names, got {names!r}")
+            names = tuple(names)
+            for n in names:
+                _name(n, f"schedule {text}: entry")
+            object.__setattr__(self, f, names)
 
 
 __all__ = [

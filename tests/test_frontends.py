@@ -167,7 +167,9 @@ def test_state_pairing_from_metadata_and_by_argument(tmp_path, onnx_files):
     with pytest.raises(SpidecError, match=r"state input 'z': has no matching output 'z_next'.*hidden, logits"):
         spidec.frontends.onnx.load_onnx(model)  # the metadata still says z:z_next
     del model.metadata_props[:]
-    g0 = spidec.frontends.onnx.load_onnx(model)  # no pairing at all: z is a second data input, no feedback
+    with pytest.raises(SpidecError, match=r"state pairing is ambiguous: input 'z' and output 'hidden'"):
+        spidec.frontends.onnx.load_onnx(model)  # nothing pairs z with hidden: refused (issue 18), not read silently
+    g0 = spidec.frontends.onnx.load_onnx(model, state={})  # said to have no state: z is a second data input
     assert [i.name for i in g0.inputs] == ["x", "z"] and not any(e.synapse.delay for e in g0.synapses())
     g = spidec.frontends.onnx.load_onnx(model, state="z:hidden")
     assert g.synapse("fb").synapse.delay == 1

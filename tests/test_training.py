@@ -437,5 +437,5 @@ def test_frames_of_a_temporal_model_train_through_every_sim_path(tmp_path):
                                  dict(gamma=float("nan")), dict(gamma=0.0), dict(weight_decay=float("inf")),
                                  dict(feedback_norm=float("nan")), dict(milestones=[-1]), dict(lr=1e39)])
 def test_non_finite_or_out_of_range_optimiser_settings_are_refused(bad):
-    with pytest.raises(SpidecError, match=r"optimiser setting|out of range|scale factor"):
+    with pytest.raises(SpidecError, match=r"optimiser setting|out of range|scale factor|milestone"):
         spidec.passes.run(spidec.load("examples/digits_fb.spir"), **bad)

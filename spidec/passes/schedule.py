@@ -17,8 +17,10 @@ def schedule(g: Graph) -> Graph:
     forward = tuple(n for n in g.step_order() if isinstance(g.node(n), Population))
     couple = {c.of: c.name for c in t.couples}
     backward = tuple(couple[p] for p in reversed(forward))
-    delayed = tuple(p for p in forward if any(e.synapse.delay and e.src == p for e in g.synapses()))
-    delayed_back = tuple(c for c in backward if any(b.delay and b.src == c for b in t.backward))
+    sends_delayed = {e.src for e in g.synapses() if e.synapse.delay}
+    delayed = tuple(p for p in forward if p in sends_delayed)
+    sends_delayed_back = {b.src for b in t.backward if b.delay}
+    delayed_back = tuple(c for c in backward if c in sends_delayed_back)
     out = g.copy()
     out.schedule = Schedule(forward, backward, delayed, delayed_back)
     out.program = None

@@ -71,8 +71,8 @@ def spide(g: Graph,
             updates.append(Update(tname, "local", synapse=e.name, post=couples[e.dst].name, gate=e.dst))
         else:
             updates.append(Update(tname, "delta", synapse=e.name, post=e.dst))
-    out.training = Training(int(T_back), float(sf), tuple(couples.values()), tuple(backward), tuple(injections),
-                            tuple(updates), Optimizer(lr, momentum, weight_decay, tuple(milestones), gamma,
+    out.training = Training(T_back, sf, tuple(couples.values()), tuple(backward), tuple(injections),
+                            tuple(updates), Optimizer(lr, momentum, weight_decay, milestones, gamma,
                                                       feedback_norm, feedback_norm_mode))
     out.schedule = None
     out.program = None

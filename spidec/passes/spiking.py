@@ -36,7 +36,7 @@ def spiking(g: Graph,
         new_vth = vth if vth is not None else n.vth
         new = Neuron(model, new_vth, -new_vth, new_leak)
         out.replace_node(Population(node.name, node.shape, new, node.bias))
-    out.simulation = Simulation(int(T), encoding)
+    out.simulation = Simulation(T, encoding)  # (it checks T: an integer in range)
     out.training = None  # the training structure depends on the neurons: the spide pass rebuilds it
     out.schedule = None
     out.program = None
