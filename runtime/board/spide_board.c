@@ -1,7 +1,8 @@
 /* spide_board.c -- the program a compiled model runs on a Cortex-M board under semihosting:
  * train on a data set streamed sample by sample from the host's files, evaluate, and report
- * accuracy, instructions (SysTick under QEMU -icount) and memory. Nothing is loaded whole: the
- * sample order is an affine permutation (spide_epoch_order), so no index array is kept either.
+ * accuracy, instructions (SysTick under QEMU -icount) and memory. No data set is loaded whole; the
+ * sample order is the host trainer's (spide_order_index, computed position by position: no index
+ * array), so a board and the host executable given the same seed see the samples in the same order.
  *
  *   prog.elf train TRAIN.spds TEST.spds [--epochs N] [--batch B] [--lr LR] [--seed S] [--out W.bin]
  *   prog.elf eval TEST.spds
@@ -198,8 +199,6 @@ int main(int argc, char **argv) {
     uint64_t work[6];
     for (int e = 0; training && e < epochs; e++) {
         float lr_e = spide_lr_at(e, lr);
-        uint32_t a, b;
-        spide_epoch_order(seed, e, (int)tr.count, &a, &b);
         spide_set_lr(lr_e);
         spide_begin_epoch();
         spide_take_work(work);
@@ -211,7 +210,7 @@ int main(int argc, char **argv) {
         for (uint32_t start = 0; start < tr.count; start += (uint32_t)batch) {
             uint32_t n = tr.count - start < (uint32_t)batch ? tr.count - start : (uint32_t)batch;
             for (uint32_t k = 0; k < n; k++) {
-                uint32_t i = (uint32_t)(((uint64_t)a * (start + k) + b) % tr.count);
+                uint32_t i = spide_order_index(seed, (uint32_t)e, tr.count, start + k);
                 int y;
                 if (stream_read(&tr, i, x, &y) != 0) return 1;
                 uint64_t s0 = spide_board_ticks();

@@ -148,10 +148,16 @@ float spide_schedule_lr(const spide_train_opts_t *o, int epoch, long iteration);
 /** Train one pass over perm[0..n) (dataset indices) in batches: each sample augmented and
  *  normalised as `o` says, its dropout key set, one SGD step per batch at the scheduled rate.
  *  Returns the summed loss; *correct counts right predictions. -1 when a scratch buffer cannot be
- *  allocated or augmentation does not fit the input shape. */
+ *  allocated or augmentation does not fit the input shape; SPIDE_DIVERGED when a batch's loss is
+ *  NaN or inf (the weights diverged): the pass stops there, before that batch's step, and
+ *  spide_divergence says which batch. */
 double spide_train(const float *x, const int32_t *y, int n, const int32_t *perm, int batch,
                    const spide_train_opts_t *o, int *correct,
                    void (*progress)(int done, int total, double loss, int correct));
+#define SPIDE_DIVERGED (-2.0)
+/** The batch (counted as o->iteration counts) at which the last spide_train stopped on a
+ *  non-finite loss, *loss that loss; -1 when it did not stop so. */
+long spide_divergence(double *loss);
 
 /** The learning rate of the samples that follow (fixed point, online updates apply each sample's
  *  update at once; spide_train_epoch sets it). */
@@ -159,6 +165,9 @@ void spide_set_lr(float lr);
 /** Call at the start of every epoch: restarts the periodic weight decay of online fixed-point
  *  updates, so a run resumed at an epoch boundary continues identically (a no-op elsewhere). */
 void spide_begin_epoch(void);
+/** Instead of spide_begin_epoch, for a run resumed `steps` steps (batches) into an epoch: restores
+ *  what the epoch's steps so far left (the online weight-decay phase; a no-op elsewhere). */
+void spide_resume_epoch(long steps);
 /** Tensor i's storage (no copy): *elem_bytes is 4 (float) or 2 (fixed point, int16 W * 2^F). */
 const void *spide_tensor_raw(int i, int *elem_bytes);
 /** Fixed-point models: tensor i and its momentum buffer as the integers they are. */
@@ -206,10 +215,12 @@ int spide_threads(void);
  *  of correctly classified training samples. */
 double spide_train_epoch(const float *x, const int32_t *y, int n, const int32_t *perm, int batch, float lr,
                          int *correct, void (*progress)(int done, int total, double loss, int correct));
-/** The sample order of an epoch without storing it: sample k of the epoch is (a * k + b) mod n,
- *  a coprime to n, a and b drawn by xorshift64* from (seed, epoch) (spidec.backends.c.epoch_order
- *  is the same in Python). */
-void spide_epoch_order(uint64_t seed, int epoch, int n, uint32_t *a, uint32_t *b);
+/** The sample order of every trainer, host executable and board alike: position i of epoch e
+ *  (0, 1, ...) under seed S is spide_order_index(S, e, n, i), a keyed permutation of 0..n-1
+ *  computed without an index array (spidec.backends.c.epoch_order is the same in Python). */
+uint32_t spide_order_index(uint64_t seed, uint32_t epoch, uint32_t n, uint32_t i);
+/** perm[0..n) = the whole order of epoch e. */
+void spide_order(uint64_t seed, uint32_t epoch, int32_t *perm, int n);
 /** Accuracy on n samples; *loss gets the mean cross-entropy. */
 double spide_evaluate(const float *x, const int32_t *y, int n, double *loss);
 
@@ -219,13 +230,16 @@ double spide_evaluate(const float *x, const int32_t *y, int n, double *loss);
  * int32 labels, CRC32 of everything before it. Checkpoint: "SPCK", version, model hash, epoch,
  * float count, every tensor then every momentum buffer, CRC32. Little-endian. */
 #define SPIDE_FORMAT_VERSION 1u
+/* Data sets of version 2 may have classes 0: samples without labels (no label array), which only
+ * predict reads. Labelled data sets are written as version 1 (what board builds read). */
+#define SPIDE_DATA_VERSION_UNLABELED 2u
 
 typedef struct {
     int count;        /* samples */
     int size;         /* values per sample */
-    int classes;      /* label range 0..classes-1 */
+    int classes;      /* label range 0..classes-1; 0: no labels (y NULL) */
     float *x;         /* count * size */
-    int32_t *y;       /* count */
+    int32_t *y;       /* count, or NULL when classes is 0 */
 } spide_dataset_t;
 
 /** Read a data set; 0 on success, else -1 with a message in err (errlen bytes). The sample size
@@ -233,10 +247,35 @@ typedef struct {
 int spide_dataset_load(const char *path, int expect_size, spide_dataset_t *out, char *err, size_t errlen);
 void spide_dataset_free(spide_dataset_t *d);
 
-/** Save the model's tensors and momentum atomically (temporary file, fsync, rename). */
+/* Checkpoint format 2 adds where in an epoch the checkpoint stopped (spide_position_t) after the
+ * float count: samples done (u32), correct (u32), loss (f64). Version 1 files still load (at an
+ * epoch boundary). A checkpoint never holds NaN or inf: saving refuses, loading refuses. */
+#define SPIDE_CHECKPOINT_VERSION 2u
+
+/** Where training stands: `epoch` epochs complete, then `done` samples of the next one trained
+ *  (0 at an epoch boundary; --save-every checkpoints inside an epoch), which summed `loss` and
+ *  classified `correct` right (so a resumed epoch reports the whole epoch). */
+typedef struct {
+    int epoch;
+    int done;
+    int correct;
+    double loss;
+} spide_position_t;
+
+/** Save the model's tensors and momentum atomically (temporary file PATH.tmp<pid>, fsync, rename).
+ *  -1 on failure; -2 (nothing written) when a tensor or momentum buffer holds NaN or inf. */
 int spide_checkpoint_save(const char *path, int epoch, char *err, size_t errlen);
-/** Load a checkpoint written for this model; the model is unchanged on failure. */
+int spide_checkpoint_save_at(const char *path, const spide_position_t *at, char *err, size_t errlen);
+/** Load a checkpoint written for this model; the model is unchanged on failure. A regular file
+ *  only (a FIFO or device is refused unread), its size checked against the model before reading. */
 int spide_checkpoint_load(const char *path, int *epoch, char *err, size_t errlen);
+int spide_checkpoint_load_at(const char *path, spide_position_t *at, char *err, size_t errlen);
+/** Remove PATH.tmp<pid> files that saves killed mid-write left (only those whose process is gone);
+ *  returns how many. */
+int spide_checkpoint_remove_stale(const char *path);
+/** The first tensor (i of spide_tensor_name) holding NaN or inf, with *momentum 1 when it is the
+ *  tensor's momentum buffer that does; -1 when every value is finite (or no scratch memory). */
+int spide_nonfinite_tensor(int *momentum);
 /** The largest epoch a checkpoint may hold (and --epochs may ask for). */
 #define SPIDE_MAX_EPOCH 1000000u
 

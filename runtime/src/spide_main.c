@@ -1,12 +1,16 @@
 /* spide_main.c -- the command-line program of a compiled model: train, eval, predict, info.
- * Exit codes: 0 ok, 1 bad input (data or checkpoint file), 2 bad usage. */
+ * Exit codes: 0 ok, 1 bad input (data or checkpoint file), 2 bad usage, 3 training diverged. */
 #define _POSIX_C_SOURCE 200809L
 #include "spide.h"
 #include "spide_augment.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -22,7 +26,8 @@ static const char *USAGE =
     "--threads N: the samples of a batch on N threads (default: the cores available; the same\n"
     "weights for any N). Data sets: spidec dataset pack digits -o DIR. Progress goes to stderr,\n"
     "results to stdout.\n"
-    "Exit codes: 0 ok, 1 bad data or checkpoint file, 2 bad usage.\n";
+    "--checkpoint FILE is locked (FILE.lock) while a trainer runs; a second one is refused.\n"
+    "Exit codes: 0 ok, 1 bad data or checkpoint file, 2 bad usage, 3 training diverged (NaN or inf).\n";
 
 static double now(void) {
     struct timespec ts;
@@ -48,24 +53,6 @@ static void progress(int done, int total, double loss, int correct) {
     fflush(stderr);
 }
 
-/* xorshift64*: a small, seeded generator for the shuffles (same seed, same order on every device) */
-static uint64_t rng_state = 88172645463325252ull;
-static uint64_t rng_next(void) {
-    rng_state ^= rng_state >> 12;
-    rng_state ^= rng_state << 25;
-    rng_state ^= rng_state >> 27;
-    return rng_state * 2685821657736338717ull;
-}
-
-static void shuffle(int32_t *perm, int n) {
-    for (int i = 0; i < n; i++) perm[i] = i;
-    for (int i = n - 1; i > 0; i--) {
-        int j = (int)(rng_next() % (uint64_t)(i + 1));
-        int32_t t = perm[i];
-        perm[i] = perm[j];
-        perm[j] = t;
-    }
-}
 
 /* --lr-schedule: multistep:E1,E2[:GAMMA], cosine, constant (spidec/schedule.py) */
 static int parse_schedule(const char *v, spide_train_opts_t *o, int *ms, int max) {
@@ -138,18 +125,119 @@ static int parse_normalize(const char *v, float *mean, float *std, int max, int 
     return 0;
 }
 
-static int load(const char *path, spide_dataset_t *d) {
+static int load(const char *path, spide_dataset_t *d, int need_labels) {
     char err[512];
     if (spide_dataset_load(path, spide_info()->n_inputs, d, err, sizeof err) != 0) {
         fprintf(stderr, "error: %s\n", err);
         return -1;
     }
+    if (need_labels && d->classes == 0) {
+        fprintf(stderr, "error: %s holds samples without labels: train and eval need labels (predict reads it)\n",
+                path);
+        spide_dataset_free(d);
+        return -1;
+    }
     if (d->classes > spide_info()->n_classes) {
         fprintf(stderr, "error: %s has %d classes, the model's readout %d\n", path, d->classes,
                 spide_info()->n_classes);
+        spide_dataset_free(d);
         return -1;
     }
     return 0;
+}
+
+/* Strict numbers: the whole value, in range; else a one-line usage error naming the flag. */
+static int int_arg(const char *flag, const char *v, long lo, long hi, int *out) {
+    char *end;
+    errno = 0;
+    long x = strtol(v, &end, 10);
+    if (end == v || *end || errno || x < lo || x > hi) {
+        fprintf(stderr, "error: %s %s: use %s %ld..%ld (a whole number)\n", flag, v, flag, lo, hi);
+        return -1;
+    }
+    *out = (int)x;
+    return 0;
+}
+
+static int seed_arg(const char *v, unsigned long long *out) {
+    char *end;
+    errno = 0;
+    unsigned long long x = strtoull(v, &end, 10);
+    if (!(*v >= '0' && *v <= '9') || *end || errno) { /* (strtoull would take "-1" as 2^64 - 1) */
+        fprintf(stderr, "error: --seed %s: use --seed 0..18446744073709551615 (a whole number)\n", v);
+        return -1;
+    }
+    *out = x;
+    return 0;
+}
+
+static int lr_arg(const char *v, float *out) {
+    char *end;
+    double x = strtod(v, &end);
+    if (end == v || *end || !isfinite(x) || !(x > 0.0) || x > 1e30 || !((float)x > 0.0f)) {
+        fprintf(stderr, "error: --lr %s: use a finite number > 0 (at most 1e30)\n", v);
+        return -1;
+    }
+    *out = (float)x;
+    return 0;
+}
+
+static const char *const VALUE_FLAGS[] = {"--train", "--test", "--data", "--checkpoint", "--epochs", "--batch",
+                                          "--lr", "--seed", "--save-every", "--warmup", "--threads",
+                                          "--lr-schedule", "--augment", "--normalize", NULL};
+
+static int is_value_flag(const char *a) {
+    for (int k = 0; VALUE_FLAGS[k]; k++)
+        if (!strcmp(a, VALUE_FLAGS[k])) return 1;
+    return 0;
+}
+
+static int is_flag(const char *a) {
+    return is_value_flag(a) || !strcmp(a, "--quiet") || !strcmp(a, "--resume") || !strcmp(a, "--help");
+}
+
+/* One trainer a checkpoint: a POSIX write lock on FILE.lock, held until the process exits (the
+ * checkpoint itself is replaced by every save, so it cannot hold the lock). */
+static int lock_checkpoint(const char *ckpt) {
+    char path[4096];
+    if (snprintf(path, sizeof path, "%s.lock", ckpt) >= (int)sizeof path) {
+        fprintf(stderr, "error: %s: path too long\n", ckpt);
+        return -1;
+    }
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        fprintf(stderr, "error: %s: cannot create the checkpoint's lock file (%s)\n", path, strerror(errno));
+        return -1;
+    }
+    struct flock fl;
+    memset(&fl, 0, sizeof fl);
+    fl.l_type = F_WRLCK;
+    fl.l_whence = SEEK_SET;
+    if (fcntl(fd, F_SETLK, &fl) != 0) {
+        int e = errno;
+        close(fd);
+        if (e == EACCES || e == EAGAIN)
+            fprintf(stderr, "error: %s is in use by another trainer (it holds %s): one trainer a checkpoint\n", ckpt,
+                    path);
+        else
+            fprintf(stderr, "error: %s: cannot lock (%s)\n", path, strerror(e));
+        return -1;
+    }
+    return 0; /* (the descriptor stays open: the lock lasts as long as the process) */
+}
+
+/* Training diverged: what, where, and what of the checkpoint is left (the last good one). */
+static void diverged(int epoch, long batch, const char *what, double lr, const char *ckpt, int have_good,
+                     const spide_position_t *good) {
+    fprintf(stderr, "error: training diverged at epoch %d, batch %ld: %s (learning rate %g too high?); ", epoch + 1,
+            batch + 1, what, lr);
+    if (!ckpt) fprintf(stderr, "nothing was saved (no --checkpoint)\n");
+    else if (have_good && good->done)
+        fprintf(stderr, "the last good checkpoint %s (epoch %d, sample %d) is kept\n", ckpt, good->epoch + 1,
+                good->done);
+    else if (have_good) fprintf(stderr, "the last good checkpoint %s (after epoch %d) is kept\n", ckpt, good->epoch);
+    else if (access(ckpt, F_OK) == 0) fprintf(stderr, "%s is left as it was\n", ckpt);
+    else fprintf(stderr, "no checkpoint was written\n");
 }
 
 int main(int argc, char **argv) {
@@ -171,16 +259,21 @@ int main(int argc, char **argv) {
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--quiet")) { show_progress = 0; continue; }
         if (!strcmp(a, "--resume")) { resume = 1; continue; }
-        if (!v) { fprintf(stderr, "error: %s needs a value\n" , a); return 2; }
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) { printf(USAGE, argv[0]); return 0; }
+        if (!is_value_flag(a)) {
+            fprintf(stderr, "error: unknown option %s (%s --help lists them)\n", a, argv[0]);
+            return 2;
+        }
+        if (!v || is_flag(v)) { fprintf(stderr, "error: %s needs a value\n", a); return 2; }
         if (!strcmp(a, "--train")) train_path = v;
         else if (!strcmp(a, "--test") || !strcmp(a, "--data")) test_path = v;
         else if (!strcmp(a, "--checkpoint")) ckpt = v;
-        else if (!strcmp(a, "--epochs")) epochs = atoi(v);
-        else if (!strcmp(a, "--batch")) batch = atoi(v);
-        else if (!strcmp(a, "--lr")) lr = (float)atof(v);
-        else if (!strcmp(a, "--seed")) seed = strtoull(v, NULL, 10);
-        else if (!strcmp(a, "--save-every")) save_every = atoi(v);
-        else if (!strcmp(a, "--warmup")) opts.warmup = atoi(v);
+        else if (!strcmp(a, "--epochs")) { if (int_arg(a, v, 0, (long)SPIDE_MAX_EPOCH, &epochs) != 0) return 2; }
+        else if (!strcmp(a, "--batch")) { if (int_arg(a, v, 1, 1L << 30, &batch) != 0) return 2; }
+        else if (!strcmp(a, "--lr")) { if (lr_arg(v, &lr) != 0) return 2; }
+        else if (!strcmp(a, "--seed")) { if (seed_arg(v, &seed) != 0) return 2; }
+        else if (!strcmp(a, "--save-every")) { if (int_arg(a, v, 0, 0x7FFFFFFFL, &save_every) != 0) return 2; }
+        else if (!strcmp(a, "--warmup")) { if (int_arg(a, v, 0, 0x7FFFFFFFL, &opts.warmup) != 0) return 2; }
         else if (!strcmp(a, "--threads")) {
             char *end;
             long t = strtol(v, &end, 10);
@@ -209,8 +302,12 @@ int main(int argc, char **argv) {
         else { fprintf(stderr, "error: unknown option %s\n", a); fprintf(stderr, USAGE, argv[0]); return 2; }
         i++;
     }
-    if (batch < 1 || epochs < 0 || (unsigned)epochs > SPIDE_MAX_EPOCH || !(lr > 0) || lr > 1e30f || opts.warmup < 0) {
-        fprintf(stderr, "error: --batch >= 1, --epochs 0..%u, --lr > 0 (finite), --warmup >= 0\n", SPIDE_MAX_EPOCH);
+    if (!isfinite(lr) || !(lr > 0)) { /* (the flags are checked as read: this is the model's default) */
+        fprintf(stderr, "error: the model's learning rate %g is not a finite number > 0: give --lr\n", (double)lr);
+        return 2;
+    }
+    if ((resume || save_every > 0) && !ckpt) {
+        fprintf(stderr, "error: %s needs --checkpoint FILE\n", resume ? "--resume" : "--save-every");
         return 2;
     }
     if (n_stats) {
@@ -232,16 +329,29 @@ int main(int argc, char **argv) {
         }
     }
     spide_set_threads(threads); /* (0: the cores available) */
-    rng_state ^= seed * 0x9E3779B97F4A7C15ull;
-    if (!rng_state) rng_state = 1;
     char err[512];
-    int start_epoch = 0;
+    int start_epoch = 0, have_good = 0; /* have_good: `good` is a checkpoint on disk (loaded or saved) */
+    spide_position_t good = {0, 0, 0, 0.0};
+    if (ckpt && !strcmp(cmd, "train")) {
+        struct stat st;
+        if (stat(ckpt, &st) == 0 && !S_ISREG(st.st_mode)) {
+            fprintf(stderr, "error: --checkpoint %s is not a regular file\n", ckpt);
+            return 1;
+        }
+        if (lock_checkpoint(ckpt) != 0) return 1;
+        int stale = spide_checkpoint_remove_stale(ckpt); /* (saves killed mid-write: no trainer writes them now) */
+        if (stale && show_progress) fprintf(stderr, "removed %d unfinished save(s) of %s\n", stale, ckpt);
+    }
     if (ckpt && (resume || strcmp(cmd, "train") != 0) && access(ckpt, F_OK) == 0) {
-        if (spide_checkpoint_load(ckpt, &start_epoch, err, sizeof err) != 0) {
+        if (spide_checkpoint_load_at(ckpt, &good, err, sizeof err) != 0) {
             fprintf(stderr, "error: %s\n", err);
             return 1;
         }
-        if (show_progress) fprintf(stderr, "loaded %s (after epoch %d)\n", ckpt, start_epoch);
+        start_epoch = good.epoch;
+        have_good = 1;
+        if (show_progress && good.done)
+            fprintf(stderr, "loaded %s (epoch %d, after sample %d)\n", ckpt, good.epoch + 1, good.done);
+        else if (show_progress) fprintf(stderr, "loaded %s (after epoch %d)\n", ckpt, start_epoch);
     } else if (ckpt && strcmp(cmd, "train") != 0) {
         fprintf(stderr, "error: %s: no such checkpoint\n", ckpt);
         return 1;
@@ -258,7 +368,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "eval") || !strcmp(cmd, "predict")) {
         spide_dataset_t d;
         if (!test_path) { fprintf(stderr, "error: %s needs --test/--data FILE.spds\n", cmd); return 2; }
-        if (load(test_path, &d) != 0) return 1;
+        if (load(test_path, &d, strcmp(cmd, "predict") != 0) != 0) return 1;
         if (!strcmp(cmd, "predict")) {
             for (int i = 0; i < d.count; i++) {
                 const float *logits = spide_forward(d.x + (size_t)i * (size_t)d.size);
@@ -278,8 +388,8 @@ int main(int argc, char **argv) {
     if (!train_path) { fprintf(stderr, "error: train needs --train FILE.spds\n"); return 2; }
     spide_dataset_t tr, te;
     memset(&te, 0, sizeof te);
-    if (load(train_path, &tr) != 0) return 1;
-    if (test_path && load(test_path, &te) != 0) { spide_dataset_free(&tr); return 1; }
+    if (load(train_path, &tr, 1) != 0) return 1;
+    if (test_path && load(test_path, &te, 1) != 0) { spide_dataset_free(&tr); return 1; }
     if (te.count && n_stats) { /* the test set is normalised once; training samples after augmentation */
         int d[8], nd = spide_input_shape(d);
         uint32_t channels = nd == 3 ? (uint32_t)d[0] : 1u;
@@ -293,28 +403,52 @@ int main(int argc, char **argv) {
     long per_epoch = (tr.count + batch - 1) / batch;
     int32_t *perm = (int32_t *)malloc((size_t)tr.count * sizeof(int32_t));
     if (!perm) { fprintf(stderr, "error: out of memory\n"); return 1; }
-    for (int e = 0; e < start_epoch; e++) shuffle(perm, tr.count); /* the same order as an uninterrupted run */
+    if (good.done && start_epoch < epochs && (good.done >= tr.count || good.done % batch != 0)) {
+        /* (a checkpoint inside an epoch continues after its last batch: same data, same --batch) */
+        fprintf(stderr, "error: %s stops after sample %d of epoch %d, which %d samples in batches of %d cannot "
+                "continue exactly (use the data and --batch it was trained with)\n", ckpt, good.done, good.epoch + 1,
+                tr.count, batch);
+        free(perm);
+        spide_dataset_free(&tr);
+        if (te.count) spide_dataset_free(&te);
+        return 1;
+    }
     epochs_total = epochs;
     show_progress = show_progress && isatty(2);
     int rc = 0;
     for (int e = start_epoch; e < epochs; e++) {
         epoch_shown = e + 1;
-        shuffle(perm, tr.count);
+        spide_order(seed, (uint32_t)e, perm, tr.count); /* (a pure function of seed and epoch: resumes see it too) */
         float lr_e = spide_schedule_lr(&opts, e, (long)e * per_epoch);
         double t0 = now();
         (void)spide_take_events();
         int correct = 0;
         double loss = 0.0;
         int done = 0;
+        if (e == start_epoch && good.done) { /* resumed inside this epoch: after the checkpoint's last batch */
+            done = good.done;
+            correct = good.correct;
+            loss = good.loss;
+            spide_resume_epoch(done / batch);
+        } else {
+            spide_begin_epoch();
+        }
         /* save_every: checkpoints inside the epoch too (for long epochs on slow devices) */
-        int chunk = save_every > 0 ? save_every * batch : tr.count;
-        spide_begin_epoch();
+        long chunk = save_every > 0 ? (long)save_every * batch : tr.count;
         while (done < tr.count) {
-            int n = tr.count - done < chunk ? tr.count - done : chunk;
+            int n = (long)(tr.count - done) < chunk ? tr.count - done : (int)chunk;
             int c = 0;
             opts.epoch = e;
             opts.iteration = (long)e * per_epoch + done / batch;
             double part = spide_train(tr.x, tr.y, n, perm + done, batch, &opts, &c, progress);
+            if (part == SPIDE_DIVERGED) {
+                double bad;
+                long it = spide_divergence(&bad);
+                diverged(e, it - (long)e * per_epoch, isnan(bad) ? "the loss is nan" : "the loss is inf",
+                         (double)spide_schedule_lr(&opts, e, it), ckpt, have_good, &good);
+                rc = 3;
+                break;
+            }
             if (part < 0) {
                 fprintf(stderr, "error: out of memory for the augmentation buffer\n");
                 rc = 1;
@@ -323,10 +457,26 @@ int main(int argc, char **argv) {
             loss += part;
             correct += c;
             done += n;
-            if (ckpt && save_every > 0 && done < tr.count && spide_checkpoint_save(ckpt, e, err, sizeof err) != 0) {
-                fprintf(stderr, "error: %s\n", err);
-                rc = 1;
+            int mom = 0, bad = spide_nonfinite_tensor(&mom); /* (a NaN weight may silence spikes, not the loss) */
+            if (bad >= 0) {
+                char what[300];
+                snprintf(what, sizeof what, "%s %s holds NaN or inf after its step",
+                         mom ? "the momentum of tensor" : "tensor", spide_tensor_name(bad));
+                long it = (long)e * per_epoch + (done - 1) / batch;
+                diverged(e, it - (long)e * per_epoch, what, (double)spide_schedule_lr(&opts, e, it), ckpt, have_good,
+                         &good);
+                rc = 3;
                 break;
+            }
+            if (ckpt && save_every > 0 && done < tr.count) {
+                spide_position_t at = {e, done, correct, loss};
+                if (spide_checkpoint_save_at(ckpt, &at, err, sizeof err) != 0) {
+                    fprintf(stderr, "error: %s\n", err);
+                    rc = 1;
+                    break;
+                }
+                good = at;
+                have_good = 1;
             }
         }
         if (rc) break;
@@ -338,10 +488,15 @@ int main(int argc, char **argv) {
                "events_per_s %.3g\n", e + 1, (double)lr_e, loss / tr.count, (double)correct / tr.count, test_acc,
                secs, tr.count / secs, (double)events / secs);
         fflush(stdout);
-        if (ckpt && spide_checkpoint_save(ckpt, e + 1, err, sizeof err) != 0) {
-            fprintf(stderr, "error: %s\n", err);
-            rc = 1;
-            break;
+        if (ckpt) {
+            spide_position_t at = {e + 1, 0, 0, 0.0};
+            if (spide_checkpoint_save_at(ckpt, &at, err, sizeof err) != 0) {
+                fprintf(stderr, "error: %s\n", err);
+                rc = 1;
+                break;
+            }
+            good = at;
+            have_good = 1;
         }
     }
     free(perm);

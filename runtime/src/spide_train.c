@@ -311,6 +311,14 @@ static void learn_commit(pool_t *p, int k, item_t r) {
 
 static int min3(int a, int b, int c) { return a < b ? (a < c ? a : c) : (b < c ? b : c); }
 
+static long diverged_at = -1; /* spide_divergence */
+static double diverged_loss;
+
+long spide_divergence(double *loss) {
+    if (loss) *loss = diverged_loss;
+    return diverged_at;
+}
+
 double spide_train(const float *x, const int32_t *y, int n, const int32_t *perm, int batch,
                    const spide_train_opts_t *o, int *correct,
                    void (*progress)(int done, int total, double loss, int correct)) {
@@ -329,13 +337,23 @@ double spide_train(const float *x, const int32_t *y, int n, const int32_t *perm,
     /* one thread a sample of a batch at most: batch 1 runs here, with no thread started */
     if (pool_start(&p, min3(spide_threads(), batch, n > 0 ? n : 1)) != 0) return -1;
     long it = o->iteration;
+    diverged_at = -1;
     for (int start = 0; start < n; start += batch, it++) {
         int b = n - start < batch ? n - start : batch;
         float lr = spide_schedule_lr(o, o->epoch, it);
         spide_set_lr(lr);
         p.start = start;
         p.batch = b;
+        double before = p.loss;
         pool_run(&p, b);
+        if (!isfinite(p.loss - before)) { /* diverged: no step with it (the caller keeps its last good state) */
+            diverged_at = it;
+            diverged_loss = p.loss - before;
+            spide_zero_grads(); /* (its gradients dropped: a caller that restores the weights starts clean) */
+            pool_stop(&p);
+            if (correct) *correct = p.ok;
+            return SPIDE_DIVERGED;
+        }
         spide_step(lr);
         if (progress) progress(start + b, n, p.loss, p.ok);
     }
@@ -387,29 +405,32 @@ double spide_evaluate(const float *x, const int32_t *y, int n, double *loss) {
     return n ? (double)p.ok / n : 0.0;
 }
 
-/* xorshift64* */
-static uint64_t next(uint64_t *s) {
-    *s ^= *s >> 12;
-    *s ^= *s << 25;
-    *s ^= *s >> 27;
-    return *s * 2685821657736338717ull;
+/* The sample order: a keyed permutation of 0..n-1 computed position by position (no index array, so
+ * a board streaming 60,000 samples keeps its RAM): a 4-round Feistel network on the smallest even
+ * number of bits holding n, keyed by splitmix64 of (seed, epoch), cycle-walked into [0, n) (a
+ * bijection of [0, 2^bits) restricted to [0, n) by walking stays a bijection; 2^bits < 4n, so a
+ * position walks fewer than 4 times on average). spidec.backends.c.epoch_order is the twin. */
+uint32_t spide_order_index(uint64_t seed, uint32_t epoch, uint32_t n, uint32_t i) {
+    if (n <= 1) return 0;
+    int bits = 2;
+    while (bits < 32 && ((uint64_t)1 << bits) < n) bits += 2;
+    const int h = bits / 2;
+    const uint64_t mask = ((uint64_t)1 << h) - 1;
+    const uint64_t key = spide_aug_mix64(spide_aug_mix64(seed) ^ ((uint64_t)epoch << 32 | 0x5EEDu));
+    uint64_t x = i;
+    do {
+        uint64_t l = x >> h, r = x & mask;
+        for (uint64_t round = 0; round < 4; round++) {
+            uint64_t f = spide_aug_mix64(key ^ (round << 40) ^ r) & mask;
+            uint64_t t = l ^ f;
+            l = r;
+            r = t;
+        }
+        x = l << h | r;
+    } while (x >= n);
+    return (uint32_t)x;
 }
 
-static uint32_t gcd(uint32_t a, uint32_t b) {
-    while (b) {
-        uint32_t t = a % b;
-        a = b;
-        b = t;
-    }
-    return a;
-}
-
-void spide_epoch_order(uint64_t seed, int epoch, int n, uint32_t *a, uint32_t *b) {
-    uint64_t s = seed * 0x9E3779B97F4A7C15ull ^ (uint64_t)(epoch + 1) * 0xD1B54A32D192ED03ull;
-    if (!s) s = 1;
-    *a = 1;
-    *b = 0;
-    if (n <= 1) return;
-    do *a = 1u + (uint32_t)(next(&s) % (uint64_t)(n - 1)); while (gcd(*a, (uint32_t)n) != 1u);
-    *b = (uint32_t)(next(&s) % (uint64_t)n);
+void spide_order(uint64_t seed, uint32_t epoch, int32_t *perm, int n) {
+    for (int i = 0; i < n; i++) perm[i] = (int32_t)spide_order_index(seed, epoch, (uint32_t)n, (uint32_t)i);
 }
