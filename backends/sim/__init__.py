@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import io
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ import numpy as np
 
 from ...artifact import Artifact
 from ...errors import SpidecError
+from ...fileio import BuildFiles
 from ...ir import Graph, code_name
 from ...masks import dropout_sites
 from ...ops import AvgPool2d, Conv2d, ConvTranspose2d, Dense, Flatten, LinearOp, Pad, Reshape, Scale, Shape, Zero
@@ -224,17 +226,35 @@ class SimArtifact(Artifact):
             self._net = self._module.Net(self.out / "weights.npz")
         return self._net
 
-    def _input(self, x: Any) -> dict[str, Any]:
+    def _x(self, x: Any) -> np.ndarray:
+        """Samples (numpy, or torch on any device) as float32 [N, *sample shape], finite."""
         import torch
 
-        net = self.build()
-        name = next(iter(self._module.INPUTS))
+        self.build()
+        if isinstance(x, torch.Tensor):
+            x = x.detach().cpu().numpy()
         x = np.asarray(x, np.float32)
         try:
             x = x.reshape(-1, *self._module.sample_shape(x))  # (frames of a temporal model kept)
         except ValueError as e:
             raise SpidecError(str(e)) from None
-        return {name: torch.as_tensor(x, dtype=net.dtype_)}
+        if not np.all(np.isfinite(x)):
+            raise SpidecError("the samples hold NaN or inf values")
+        return x
+
+    def _y(self, y: Any, n: int) -> np.ndarray:
+        """Labels as train.py takes them: 1-D integers in the model's classes, one per sample."""
+        try:
+            return self._module.labels(y, n, "the")
+        except ValueError as e:
+            raise SpidecError(str(e)) from None
+
+    def _input(self, x: Any) -> dict[str, Any]:
+        import torch
+
+        net = self.build()
+        name = next(iter(self._module.INPUTS))
+        return {name: torch.as_tensor(self._x(x), dtype=net.dtype_)}
 
     def train(self, x: Any, y: Any, *, epochs: int = 1, batch: int = 64, lr: float | None = None,
               seed: int = 0, lr_schedule: str | None = None, warmup: int = 0, augment: str = "",
@@ -242,6 +262,8 @@ class SimArtifact(Artifact):
         """As train.py trains: ``lr_schedule`` (spidec.schedule; default the model's own),
         ``warmup`` batches, ``augment`` and ``normalize`` (spidec.augment; test data must then be
         normalised by the caller), dropout keys of (seed, epoch, sample index)."""
+        import math
+
         import torch
 
         from ...artifact import epochs_of
@@ -250,19 +272,23 @@ class SimArtifact(Artifact):
 
         net = self.build()
         m = self._module
-        x_all = np.asarray(x, np.float32)
-        try:
-            x_all = x_all.reshape(-1, *m.sample_shape(x_all))
-        except ValueError as e:
-            raise SpidecError(str(e)) from None
-        yt = torch.as_tensor(np.asarray(y), dtype=torch.long)
+        if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+            raise SpidecError(f"lr must be a positive number, got {lr!r}")
+        if epochs < 0 or batch < 1 or warmup < 0:
+            raise SpidecError(f"epochs must be >= 0, batch >= 1 and warmup >= 0 (got {epochs}, {batch}, {warmup})")
+        x_all = self._x(x)
+        y_all = self._y(y, len(x_all))
+        yt = torch.as_tensor(y_all, dtype=torch.long)
         sched = parse_schedule(lr_schedule or m.DEFAULT_SCHEDULE)
         aug = parse_augment(augment)
         norm = parse_normalize(normalize) if normalize else None
         per_epoch = -(-len(yt) // batch)
         count = [0]
+        good: dict = {}  # the weights and momentum as the current epoch began: restored if training diverges
 
         def step(idx: Any, total: int, epoch: int) -> tuple[float, int]:
+            if count[0] % per_epoch == 0:
+                good.update(epoch=epoch, tensors=net.tensors(), momentum=net.optimizer_state())
             xb = x_all[idx]
             if aug.enabled or norm is not None:
                 xb = apply(xb, idx, epoch, seed, aug, norm)
@@ -271,15 +297,25 @@ class SimArtifact(Artifact):
             rate = lr_at(sched, lr or m.LR, epoch, epochs, it, warmup)
             keys = m.sample_keys(seed, epoch, idx) if m.DROPOUT else None
             r = m.train_step(net, self._input(xb), yt[idx], rate, total, keys=keys)
+            bad = None if math.isfinite(r["loss"]) else f"the loss is {r['loss']}"
+            bad = bad or (None if (t := net.nonfinite()) is None else f"{t} holds NaN or inf after its step")
+            if bad:
+                net.set_tensors(good["tensors"])
+                net.set_optimizer_state(good["momentum"])
+                raise SpidecError(f"training diverged at epoch {epoch + 1}, batch {(count[0] - 1) % per_epoch + 1}: "
+                                  f"{bad} (learning rate {rate:g} too high?); the weights are restored to the start "
+                                  f"of epoch {good['epoch'] + 1}")
             return float(r["loss"]), int(r["correct"])
 
-        return epochs_of(x, y, epochs, batch, seed, step)
+        return epochs_of(x_all, y_all, epochs, batch, seed, step)
 
     def evaluate(self, x: Any, y: Any) -> dict:
         import torch
 
         net = self.build()
-        return self._module.evaluate(net, self._input(x), torch.as_tensor(np.asarray(y), dtype=torch.long))
+        inputs = self._input(x)
+        y = self._y(y, len(next(iter(inputs.values()))))
+        return self._module.evaluate(net, inputs, torch.as_tensor(y, dtype=torch.long))
 
     def rates(self, x: Any) -> dict[str, np.ndarray]:
         import torch
@@ -390,7 +426,8 @@ def context(g: Graph) -> dict[str, Any]:
             kind = "bias" if local else "delta_bias"
             updates.append({"tensor": r.tensor, "attr": attr, "kind": kind, "scale": r.scale if local else 1.0,  # type: ignore[union-attr]
                             "lines": [f"gw = {src}.sum(dim={tuple(dims)})"], "what": f"{kind} rule of {node}"})
-    params = [{"name": n, "attr": cg.tensor_attr[n], "learnable": n in g.parameters()}
+    learnable = g.parameters()
+    params = [{"name": n, "attr": cg.tensor_attr[n], "learnable": n in learnable}
               for n in g.parameters(learnable_only=False)]
     return {
         "version": __version__, "model": prog.model, "graph_hash": prog.build_hash,
@@ -422,16 +459,17 @@ def emit(g: Graph, out: str | Path) -> SimArtifact:
     g = lowered(g, "the sim backend")
     ctx = context(g)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     env = _env()
-    for name in ("model.py", "train.py"):
-        (out / name).write_text(env.get_template(name + ".j2").render(**ctx))
-    tensors = {n: np.asarray(v) for n, v in g.parameters(learnable_only=False).items()}
-    tensors.update({f"__const__{k}": v for k, v in ctx["_buffers"].items()})
-    with open(out / "weights.npz", "wb") as f:
-        np.savez(f, **tensors)
-    text, _ = dumps(g, inline_max=0, tensors_file="weights.npz")
-    (out / "model.spir").write_text(text)
+    with BuildFiles(out) as files:  # all or nothing, never through a symbolic link
+        for name in ("model.py", "train.py"):
+            files.write_text(name, env.get_template(name + ".j2").render(**ctx))
+        tensors = {n: np.asarray(v) for n, v in g.parameters(learnable_only=False).items()}
+        tensors.update({f"__const__{k}": v for k, v in ctx["_buffers"].items()})
+        buf = io.BytesIO()
+        np.savez(buf, **tensors)
+        files.write_bytes("weights.npz", buf.getvalue())
+        text, _ = dumps(g, inline_max=0, tensors_file="weights.npz")
+        files.write_text("model.spir", text)
     write_manifest(out, "sim", g.program)
     return SimArtifact(out, g)
 
@@ -466,7 +504,8 @@ def train_build(out: Path, opts: Any, say: Any) -> dict[str, Any]:
     except SystemExit:  # train.py's own argument errors (it printed its usage)
         raise SpidecError(f"the sim build's train.py refused its arguments: {' '.join(args)}") from None
     if code != 0:
-        raise SpidecError(f"training the sim build in {out} failed (train.py exited with {code})")
+        why = ": training diverged, see its message above" if code == 3 else ""
+        raise SpidecError(f"training the sim build in {out} failed (train.py exited with {code}{why})")
     history = json.loads(log.read_text()) if log.exists() and log.stat().st_mtime_ns != before else []
     return {"epochs": history}
 
