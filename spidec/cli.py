@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -16,7 +17,7 @@ import numpy as np
 
 from . import __version__
 from .backends import TARGETS
-from .errors import SpidecError
+from .errors import SpidecError, printable
 from .ir import Graph, Input, Population, Readout
 from .ops import fmt_shape
 from .passes import PIPELINE
@@ -66,6 +67,8 @@ def _shape_arg(text: str) -> tuple[str, tuple[int, ...]]:
 
 
 def _pairs_arg(text: str) -> dict[str, str]:
+    if text.strip().lower() == "none":  # (the model has no state: an ONNX model's names are not read for one)
+        return {}
     pairs = {}
     for item in filter(None, text.split(",")):
         a, sep, b = item.partition(":")
@@ -75,8 +78,9 @@ def _pairs_arg(text: str) -> dict[str, str]:
     return pairs
 
 
-def _load_torch_class(spec: str, dropout: bool = False) -> object:
-    """``path/to/module.py:ClassName`` -> an instance (constructed without arguments, in eval mode)."""
+def _load_torch_class(spec: str, dropout: bool = False, seed: int = 0) -> object:
+    """``path/to/module.py:ClassName`` -> an instance (constructed without arguments, in eval mode),
+    its initial weights drawn with torch seeded by ``seed``: the same module every time."""
     import importlib.util
     from pathlib import Path
 
@@ -101,7 +105,14 @@ def _load_torch_class(spec: str, dropout: bool = False) -> object:
     if cls is None:
         raise SpidecError(f"{path} defines no '{cls_name}'")
     try:
-        instance = cls()
+        try:
+            import torch
+        except ImportError:  # pragma: no cover - a --torch module needs torch
+            instance = cls()
+        else:  # (fork_rng: the caller's random state is left as it was)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                instance = cls()
     except Exception as e:
         raise SpidecError(f"{cls_name}() failed: {type(e).__name__}: {e}",
                           hint="the class must be constructible without arguments") from None
@@ -117,7 +128,7 @@ def _load_torch_class(spec: str, dropout: bool = False) -> object:
 
 
 def _load(args: argparse.Namespace) -> Graph:
-    state = args.state or None
+    state = args.state  # (None: not given; {}: --state none)
     if getattr(args, "dt", None) is not None and not (args.file or "").lower().endswith(".nir") \
             and getattr(args, "to", None) != "nir":  # (export --to nir writes at --dt)
         raise SpidecError("--dt applies to NIR files (.nir) only")
@@ -128,11 +139,14 @@ def _load(args: argparse.Namespace) -> Graph:
 
         inputs = dict(args.input) if args.input else None
         outputs = args.outputs.split(",") if args.outputs else None
-        return from_torch(_load_torch_class(args.torch, getattr(args, "dropout", False)), inputs, state, outputs)
+        module = _load_torch_class(args.torch, getattr(args, "dropout", False), getattr(args, "torch_seed", None) or 0)
+        return from_torch(module, inputs, state, outputs)
     if not args.file:
         raise SpidecError("no model given: pass a .spir/.onnx/.nir file or --torch FILE.py:ClassName")
     if args.input or args.outputs:
         raise SpidecError("--input and --outputs apply to --torch models only")
+    if getattr(args, "torch_seed", None) is not None:
+        raise SpidecError("--seed applies to --torch models only (it seeds the module's initial weights)")
     from .frontends import load
 
     if args.file.lower().endswith(".nir"):
@@ -157,7 +171,7 @@ def _model_arguments(p: argparse.ArgumentParser) -> None:
                    "the class's spidec_inputs)")
     p.add_argument("--state", type=_pairs_arg, metavar="STATE:OUTPUT[,...]",
                    help="pair state inputs with outputs, e.g. z:z_next (default: metadata spidec.state or the "
-                   "NAME/NAME_next convention)")
+                   "NAME/NAME_next convention); 'none': the model has no state")
     p.add_argument("--outputs", metavar="NAME[,...]", help="--torch: names of forward's returned values")
     p.add_argument("--dt", type=float, metavar="SECONDS", help="NIR files: the time step the file's time constants "
                    "refer to (NIR stores none; snnTorch exports assume 1e-4); export --to nir: the one written")
@@ -200,7 +214,8 @@ def _pass_arguments(p: argparse.ArgumentParser) -> None:
     """The pass options, generated from the pass signatures (spidec.options)."""
     from .options import add_arguments
 
-    grp = p.add_argument_group("pass options (defaults: SPIDE's reference settings)")
+    grp = p.add_argument_group("pass options (defaults: SPIDE's reference settings; a model that went through the "
+                               "passes keeps its own)")
     add_arguments(grp, list(PIPELINE.values()))
 
 
@@ -268,6 +283,14 @@ def cmd_reference(args: argparse.Namespace) -> int:
         "model": g.name, "inputs": what, "iterations": eq.iterations, "residual": eq.residual,
         "populations": {}, "readouts": {}, "gradients": {},
     }
+    lif = [f"{p.name} (leak {p.neuron.leak:g})" for p in g.populations if p.neuron.model == "LIF"]
+    if lif:  # the rate equation has no leak: say what it is the equilibrium of
+        report["warnings"] = [
+            f"LIF population{'s' if len(lif) > 1 else ''} {', '.join(lif)}: the reference solves the IF rate "
+            "equation a = clamp(W a + F x + b, 0, 1), leak ignored; a LIF population's spikes approximate it as "
+            "SPIDE's leak-weighted average rate, not as spike count / T (which the leak lowers)"]
+        for w in report["warnings"]:
+            print(f"spidec: warning: {w}", file=sys.stderr)
     for p, a in eq.rates.items():
         report["populations"][p] = {
             "neurons": int(np.prod(a.shape[1:])), "mean_rate": float(a.mean()),
@@ -351,14 +374,14 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if args.report and not (args.fixed or args.board):
         raise SpidecError("--report plans the memory of a fixed-point build", hint="add --fixed or --board BOARD")
     art = compile_graph(g, target=args.target, out=args.out, board=args.board, quantize=_quant_options(args),
-                        **_pass_options(args))
+                        force=args.force, **_pass_options(args))
     if args.report:
         art.memory_report(quiet=args.quiet or args.json)
-    files = ", ".join(sorted(p.name for p in art.out.iterdir() if p.is_file()))
+    written = sorted(p.name for p in art.out.iterdir() if p.is_file() and not p.name.startswith("."))
+    files = printable(", ".join(written))
     t = art.graph.training
     if args.json:
-        print(json.dumps({"model": art.graph.name, "target": args.target, "out": str(art.out),
-                          "files": sorted(p.name for p in art.out.iterdir() if p.is_file())}))
+        print(json.dumps({"model": art.graph.name, "target": args.target, "out": str(art.out), "files": written}))
         return 0
     if args.quiet:
         return 0
@@ -397,8 +420,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """``spidec run``: what it always did on c builds (batch 1 by default; a board build's host
-    executable unless --qemu), through the same trainer as ``spidec train``."""
+    """``spidec run``: ``spidec train`` with the build's own defaults (the host executable's batch
+    of 64, for which the compiled sf is meant: it no longer forces batch 1), except that a board
+    build runs its host executable unless --qemu."""
     from pathlib import Path
 
     from .runs import read_manifest
@@ -406,10 +430,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     build = Path(args.build)
     if build.is_dir():
         info = read_manifest(build)
-        if info["target"] == "c":
-            args.batch = args.batch or 1
-            if info.get("board") and not args.qemu:
-                args.host = True
+        if info["target"] == "c" and info.get("board") and not args.qemu:
+            args.host = True
     return cmd_train(args)
 
 
@@ -417,7 +439,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     summary = run_demo(args.model, data=args.data, epochs=args.epochs, batch=args.batch, out=args.out,
-                       quiet=args.quiet or args.json, progress=None, dt=args.dt)
+                       quiet=args.quiet or args.json, progress=None, dt=args.dt, data_dir=args.data_dir)
     if args.json:
         print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
     return 0
@@ -426,7 +448,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import report_dir
 
-    for path in report_dir(args.run, data=args.data):
+    def note(text: str) -> None:
+        if not args.quiet:
+            print(f"spidec: note: {text}", file=sys.stderr)
+
+    for path in report_dir(args.run, data=args.data, data_dir=args.data_dir, note=note):
         if not args.quiet:
             print(f"wrote {path}")
     return 0
@@ -467,7 +493,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_dataset(args: argparse.Namespace) -> int:
     from .data import pack
 
-    paths = pack(args.source, args.out)
+    paths = pack(args.source, args.out, args.data_dir)
     if args.json:
         print(json.dumps([str(p) for p in paths]))
     elif not args.quiet:
@@ -506,7 +532,11 @@ def build_parser() -> argparse.ArgumentParser:
     _model_arguments(p)
     p.add_argument("--target", choices=list(TARGETS),
                    help="what to emit: sim (default), c or lava (c with --fixed or --board)")
-    p.add_argument("-o", "--out", default="build", help="output folder (default: build)")
+    p.add_argument("--seed", dest="torch_seed", type=int, help="--torch: the seed of the module's initial weights "
+                   "(default 0: the same weights at every compile)")
+    p.add_argument("-o", "--out", default="build", help="output folder (default: build): new, empty or an earlier "
+                   "build (its files are replaced, checkpoints and results kept)")
+    p.add_argument("--force", action="store_true", help="write into an output folder that holds other files")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.add_argument("--json", action="store_true", help="print what was written as JSON")
     fx = p.add_argument_group("fixed point and microcontrollers (target c)")
@@ -537,18 +567,22 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "with --data-dir) or FILE.npz with x_train, y_train, x_test, "
                                                         "y_test (default: digits)")
         p.add_argument("--epochs", type=int, help="epochs (default: the target's: 20 sim, 1 c, board and lava)")
-        p.add_argument("--batch", type=int, help="batch size (default: 64 sim and c, 1 board, 8 lava)")
+        p.add_argument("--batch", type=int, help="batch size (default: the build's: 64 sim and c, 1 board under "
+                       "QEMU, 8 lava)")
         p.add_argument("--lr", type=float, help="learning rate (default: the model's)")
         p.add_argument("--seed", type=int, default=0, help="sample-order seed (default 0)")
         p.add_argument("--checkpoint", help="checkpoint file (sim, c host)")
         p.add_argument("--resume", action="store_true", help="continue from the checkpoint (sim, c host)")
-        p.add_argument("--limit-train", dest="limit_train", type=int, help="use N training samples (sim, lava)")
-        p.add_argument("--limit-test", dest="limit_test", type=int, help="use N test samples (sim, lava)")
+        p.add_argument("--limit-train", dest="limit_train", type=int, help="use N training samples (sim, c and "
+                       "board: the first N; lava)")
+        p.add_argument("--limit-test", dest="limit_test", type=int, help="use N test samples (sim, c and board: the "
+                       "first N; lava)")
         p.add_argument("--device", help="sim: cpu, cuda, cuda:1 ... (default: cuda if available)")
         p.add_argument("--qemu", action="store_true", help="board builds: under QEMU (their default)")
         p.add_argument("--host", action="store_true", help="board builds: the host executable instead of QEMU")
         p.add_argument("--out", help="board builds: write the trained weights to this file (relative to BUILD)")
-        p.add_argument("--timeout", type=float, help="board builds: stop QEMU after this many seconds")
+        p.add_argument("--timeout", type=float, help="board builds: stop QEMU after this many seconds (an error: "
+                       "exit 1)")
         p.add_argument("--lr-schedule", dest="lr_schedule", help="sim, c host: multistep:E1,E2:GAMMA, cosine or "
                        "constant (default: the model's milestones)")
         p.add_argument("--warmup", type=int, default=0, help="sim, c host: ramp the learning rate over N batches")
@@ -574,8 +608,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?", help="model file (.onnx, .spir, .nir); default: built in")
     p.add_argument("--dt", type=float, metavar="SECONDS", help="NIR files: the time step the file's time constants "
                    "refer to (NIR stores none; snnTorch exports assume 1e-4)")
-    p.add_argument("--data", default="digits", choices=["digits", "mnist"], help="data set (default: digits)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs (default: 20 digits, 3 mnist)")
+    p.add_argument("--data", default="digits", help="digits, mnist, cifar10, cifar100, cifar10-dvs (these three with "
+                   "--data-dir) or FILE.npz with x_train, y_train, x_test, y_test (default: digits)")
+    p.add_argument("--data-dir", dest="data_dir", help="the folder of the cifar10, cifar100 or cifar10-dvs files")
+    p.add_argument("--epochs", type=int, default=None, help="epochs (default: 20 digits, 3 mnist, else 5)")
     p.add_argument("--batch", type=int, default=64, help="batch size (default: 64)")
     p.add_argument("--out", default="build/demo", help="output folder (default: build/demo)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
@@ -584,25 +620,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="plots of a training run",
                        description="Write curves.png, rates.png, raster.png and graph.png into a run folder (a demo "
-                                   "run, or a compiled sim program after spidec train).",
+                                   "run, or a compiled sim or c build after spidec train); a plot it cannot draw is "
+                                   "said in a note on stderr.",
                        epilog="examples:\n  spidec report build/demo\n  spidec report build/sim --data digits",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="run folder")
-    p.add_argument("--data", default=None, help="data set for the spike raster (default: the run's)")
+    p.add_argument("--data", default=None, help="data set for the spike raster: digits, mnist, FILE.npz ... "
+                   "(default: the run's: a demo's, or the test data a c build was trained on)")
+    p.add_argument("--data-dir", dest="data_dir", help="the folder of the cifar10, cifar100 or cifar10-dvs files")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("dataset", help="data-set files for the C runtime",
-                       description="spidec dataset pack SOURCE -o DIR: write SOURCE (digits, mnist or an .npz with "
-                                   "x_train, y_train, x_test, y_test) as DIR/NAME.train.spds and NAME.test.spds, the "
-                                   "binary format the C runtime reads (magic, version, shape, count, CRC).",
+                       description="spidec dataset pack SOURCE -o DIR: write SOURCE (digits, mnist, cifar10, "
+                                   "cifar100, cifar10-dvs with --data-dir, or an .npz with x_train, y_train, x_test, "
+                                   "y_test) as DIR/NAME.train.spds and NAME.test.spds, the binary format the C runtime "
+                                   "reads (magic, version, shape, count, CRC); an .npz holding x (and y) alone as "
+                                   "DIR/NAME.spds, without labels when it has no y: what the C program's predict "
+                                   "reads.",
                        epilog="examples:\n  spidec dataset pack digits -o data\n  spidec dataset pack mnist -o data\n"
-                              "  spidec dataset pack my_data.npz -o data --json",
+                              "  spidec dataset pack my_data.npz -o data --json\n"
+                              "  spidec dataset pack new_samples.npz -o data     # x only: data/new_samples.spds\n"
+                              "  build/c/train predict --data data/new_samples.spds --checkpoint ck.bin",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     dsub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     q = dsub.add_parser("pack", help="write a data set in the runtime's format")
-    q.add_argument("source", help="digits, mnist, or FILE.npz")
+    q.add_argument("source", help="digits, mnist, cifar10, cifar100, cifar10-dvs or FILE.npz")
     q.add_argument("-o", "--out", default="data", help="output folder (default: data)")
+    q.add_argument("--data-dir", dest="data_dir", help="the folder of the cifar10, cifar100 or cifar10-dvs files "
+                   "(nothing is downloaded)")
     q.add_argument("--quiet", action="store_true", help="print nothing but errors")
     q.add_argument("--json", action="store_true", help="print the written paths as JSON")
     q.set_defaults(func=cmd_dataset)
@@ -632,8 +678,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "exactly and, with labels, the exact implicit gradient of the loss.",
                        epilog=EPILOG_REFERENCE, formatter_class=argparse.RawDescriptionHelpFormatter)
     _model_arguments(p)
-    p.add_argument("--data", default="random", choices=["random", "digits"],
-                   help="inputs: random values, or test samples of a data set (default: random)")
+    p.add_argument("--data", default="random",
+                   help="inputs: random values, or test samples of a data set: digits, mnist or FILE.npz with x_train, "
+                        "y_train, x_test, y_test (default: random)")
     p.add_argument("--batch", type=int, default=16, help="number of samples (default: 16)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--tol", type=float, default=1e-10, help="convergence tolerance (default: 1e-10)")
@@ -657,6 +704,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if getattr(args, "batch", None) is not None and args.batch < 1:
         parser.error("--batch must be at least 1")
+    # a path that is not UTF-8 (its bytes are surrogates in Python) is echoed as \udcff, not a traceback
+    strict = [s for s in (sys.stdout, sys.stderr) if getattr(s, "errors", None) == "strict"
+              and hasattr(s, "reconfigure")]
+    for stream in strict:
+        stream.reconfigure(errors="backslashreplace")
     try:
         return args.func(args)
     except SpidecError as e:
@@ -667,6 +719,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # output piped into head & co.
         return 0
+    except OSError as e:  # the file system refused (full, read-only, no permission): one line, no traceback
+        from .fileio import os_error_text
+
+        where = f"{os.fsdecode(e.filename)}: " if e.filename is not None else ""
+        print(f"spidec: error: {printable(where + os_error_text(e))}", file=sys.stderr)
+        return 1
+    finally:
+        for stream in strict:
+            try:
+                stream.reconfigure(errors="strict")
+            except (OSError, ValueError):  # (a closed or broken pipe)
+                pass
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -55,10 +55,12 @@ class Dataset:
 
     def reshaped(self, shape: tuple[int, ...]) -> Dataset:
         """The same data with every sample reshaped to ``shape`` (e.g. [64] -> [1, 8, 8])."""
-        size = int(np.prod(self.x_train.shape[1:]))
-        if int(np.prod(shape)) != size:
-            raise SpidecError(f"data set '{self.name}' has samples of {size} values; the model's input "
-                              f"shape {list(shape)} holds {int(np.prod(shape))}")
+        for x in (self.x_train, self.x_test):
+            size = int(np.prod(x.shape[1:]))
+            if int(np.prod(shape)) != size:
+                raise SpidecError(f"data set '{self.name}' has {'training' if x is self.x_train else 'test'} "
+                                  f"samples of {size} values; the model's input shape {list(shape)} holds "
+                                  f"{int(np.prod(shape))}")
         return Dataset(self.name, self.x_train.reshape((-1,) + tuple(shape)), self.y_train,
                        self.x_test.reshape((-1,) + tuple(shape)), self.y_test, self.classes)
 
@@ -546,14 +548,18 @@ DIR_DATASETS: dict[str, tuple[Callable[[Path], Dataset], str]] = {
 
 # ------------------------------------------------------------------ the C runtime's data-set files
 SPDS_MAGIC, SPDS_VERSION = b"SPDS", 1
+# version 2 adds unlabeled files (classes 0, no label array: what the C program's predict reads); labelled
+# files are still written as version 1, which every runtime and board reader takes
+SPDS_VERSION_UNLABELED = 2
 
 
 SPDS_MAX_CLASSES = 2**31 - 1  # the C runtime holds classes and labels as int
 
 
-def write_spds(path: str | os.PathLike, x: np.ndarray, y: np.ndarray, classes: int) -> Path:
+def write_spds(path: str | os.PathLike, x: np.ndarray, y: np.ndarray | None, classes: int = 0) -> Path:
     """Write samples ``x`` (any per-sample shape) and labels ``y`` in the runtime's format
-    (runtime/include/spide.h), atomically."""
+    (runtime/include/spide.h), atomically; ``y=None`` (and ``classes`` 0): samples without labels,
+    which the C program's ``predict`` reads (train and eval refuse them)."""
     import struct
     import zlib
 
@@ -563,28 +569,36 @@ def write_spds(path: str | os.PathLike, x: np.ndarray, y: np.ndarray, classes: i
         x = np.ascontiguousarray(np.asarray(x, dtype="<f4"))
     except (TypeError, ValueError):
         raise SpidecError(f"the samples must be numbers, got {np.asarray(x).dtype}") from None
-    y = np.asarray(y)
-    if y.dtype.kind not in "iub":
-        raise SpidecError(f"the labels must be integers, got {y.dtype}")
-    if x.ndim < 2 or len(x) != len(y) or len(x) == 0:
-        raise SpidecError(f"need a non-empty batch of samples and as many labels, got {x.shape} and {y.shape}")
+    if y is None:
+        if classes:
+            raise SpidecError(f"samples without labels have no classes, got classes={classes}")
+        if x.ndim < 2 or len(x) == 0:
+            raise SpidecError(f"need a non-empty batch of samples, got {x.shape}")
+    else:
+        y = np.asarray(y)
+        if y.dtype.kind not in "iub":
+            raise SpidecError(f"the labels must be integers, got {y.dtype}")
+        if x.ndim < 2 or len(x) != len(y) or len(x) == 0:
+            raise SpidecError(f"need a non-empty batch of samples and as many labels, got {x.shape} and {y.shape}")
     if not np.all(np.isfinite(x)):
         raise SpidecError("the samples hold NaN or inf values")
-    if not 1 <= classes <= SPDS_MAX_CLASSES:
+    if y is not None and not 1 <= classes <= SPDS_MAX_CLASSES:
         raise SpidecError(f"{classes} classes is outside 1..{SPDS_MAX_CLASSES} (the runtime reads labels as int32)")
-    if y.min() < 0 or y.max() >= classes:  # (before the int32 cast, which would wrap a large label)
+    if y is not None and (y.min() < 0 or y.max() >= classes):  # (before the int32 cast, which would wrap)
         raise SpidecError(f"labels must lie in 0..{classes - 1}, got {int(y.min())}..{int(y.max())}")
-    y = np.ascontiguousarray(y.astype("<i4"))
-    head = SPDS_MAGIC + struct.pack(f"<III{x.ndim - 1}IQI", SPDS_VERSION, 1, x.ndim - 1, *x.shape[1:], len(x), classes)
-    body = head + x.tobytes() + y.tobytes()
+    labels = b"" if y is None else np.ascontiguousarray(y.astype("<i4")).tobytes()
+    version = SPDS_VERSION if y is not None else SPDS_VERSION_UNLABELED
+    head = SPDS_MAGIC + struct.pack(f"<III{x.ndim - 1}IQI", version, 1, x.ndim - 1, *x.shape[1:], len(x), classes)
+    body = head + x.tobytes() + labels
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda f: f.write(body + struct.pack("<I", zlib.crc32(body))))
     return path
 
 
-def read_spds(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, int]:
-    """Read a runtime data-set file back: (x, y, classes), with the same checks as the C reader."""
+def read_spds(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """Read a runtime data-set file back: (x, y, classes), with the same checks as the C reader
+    (a file without labels: y None, classes 0)."""
     import struct
     import zlib
 
@@ -598,18 +612,25 @@ def read_spds(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, int]:
     if zlib.crc32(raw[:-4]) != struct.unpack("<I", raw[-4:])[0]:
         raise SpidecError(f"{path}: CRC mismatch: the file is corrupt or truncated")
     version, dtype, ndim = struct.unpack("<III", raw[4:16])
-    if version != SPDS_VERSION or dtype != 1 or not 1 <= ndim <= 8:
+    if version not in (SPDS_VERSION, SPDS_VERSION_UNLABELED) or dtype != 1 or not 1 <= ndim <= 8:
         raise SpidecError(f"{path}: unsupported version {version}, dtype {dtype} or {ndim} dimensions")
+    if len(raw) < 32 + 4 * ndim:
+        raise SpidecError(f"{path}: truncated header")
     dims = struct.unpack(f"<{ndim}I", raw[16: 16 + 4 * ndim])
     count, classes = struct.unpack("<QI", raw[16 + 4 * ndim: 28 + 4 * ndim])
     off, size = 28 + 4 * ndim, int(np.prod(dims))
-    if len(raw) != off + 4 * count * size + 4 * count + 4:
+    labelled = classes != 0 or version == SPDS_VERSION  # (version 1 has labels: its classes 0 is refused below)
+    if len(raw) != off + 4 * count * size + (4 * count if labelled else 0) + 4:
         raise SpidecError(f"{path}: {count} samples of {size} values do not fit the file's {len(raw)} bytes")
     if count == 0:
         raise SpidecError(f"{path}: the data set is empty")
-    if not 1 <= classes <= SPDS_MAX_CLASSES:
+    if labelled and not 1 <= classes <= SPDS_MAX_CLASSES:
         raise SpidecError(f"{path}: {classes} classes is outside 1..{SPDS_MAX_CLASSES}")
     x = np.frombuffer(raw, "<f4", count * size, off).reshape((count, *dims))
+    if not labelled:
+        if not np.all(np.isfinite(x)):
+            raise SpidecError(f"{path}: the samples hold NaN or inf values")
+        return x.copy(), None, 0
     y = np.frombuffer(raw, "<i4", count, off + 4 * count * size)
     bad = np.flatnonzero((y < 0) | (y >= classes))
     if bad.size:
@@ -621,11 +642,93 @@ def read_spds(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, int]:
 
 def pack(source: str, out_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> list[Path]:
     """``spidec dataset pack``: a named data set or an ``.npz`` (x_train, y_train, x_test, y_test)
-    into ``NAME.train.spds`` and ``NAME.test.spds`` (``data_dir`` as for :func:`load`)."""
+    into ``NAME.train.spds`` and ``NAME.test.spds`` (``data_dir`` as for :func:`load`); an ``.npz``
+    holding ``x`` (and no split) into one ``NAME.spds``: labelled when it also holds ``y``, else
+    samples without labels for the C program's ``predict``."""
     out_dir = Path(out_dir)
+    if source.endswith(".npz"):
+        arrays = _npz_arrays(source)
+        if "x" in arrays and not any(k in arrays for k in NPZ_SPLIT):
+            if set(arrays) - {"x", "y"}:
+                raise SpidecError(f"{source} holds {', '.join(arrays)}; expected {NPZ_HOLDS}")
+            x = arrays["x"]
+            y = _check_split(source, x, arrays.get("y"), "x", "y", "sample")
+            classes = 0 if y is None else int(y.max()) + 1
+            return [write_spds(out_dir / f"{data_name(source)}.spds", x, y, classes)]
     ds = load(source, data_dir)
     return [write_spds(out_dir / f"{ds.name}.train.spds", ds.x_train, ds.y_train, ds.classes),
             write_spds(out_dir / f"{ds.name}.test.spds", ds.x_test, ds.y_test, ds.classes)]
+
+
+NPZ_SPLIT = ("x_train", "y_train", "x_test", "y_test")
+NPZ_HOLDS = "x_train, y_train, x_test, y_test to train on, or x (samples without labels) or x and y to pack"
+
+
+def _npz_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` (no pickles), the way every command and API reads one."""
+    try:
+        z = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise SpidecError(f"data file {str(path)!r} not found") from None
+    except (ValueError, OSError, EOFError) as e:
+        raise SpidecError(f"{path}: not a readable .npz ({e})") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise SpidecError(f"{path}: a single array (.npy), not an .npz archive of named arrays: {NPZ_HOLDS}")
+    try:
+        with z:
+            return {k: z[k] for k in z.files}
+    except (ValueError, OSError, EOFError, KeyError) as e:
+        raise SpidecError(f"{path}: not a readable .npz ({e})") from None
+
+
+def _check_split(path: str | os.PathLike, x: np.ndarray, y: np.ndarray | None, xname: str, yname: str,
+                 what: str) -> np.ndarray | None:
+    """Checks samples ``x`` and labels ``y`` of one set; returns the labels as int64 (floats that
+    hold whole numbers, as np.zeros gives, are labels too)."""
+    if x.ndim < 2:
+        raise SpidecError(f"{path}: {xname} of shape {list(x.shape)}: expected samples [N, ...], one per row")
+    if len(x) == 0:
+        raise SpidecError(f"{path}: the {what} set is empty ({xname} holds no samples)")
+    if x.dtype.kind not in "biuf":
+        raise SpidecError(f"{path}: the samples {xname} must be numbers, got {x.dtype}")
+    if x.dtype.kind == "f" and not np.all(np.isfinite(x)):
+        raise SpidecError(f"{path}: the samples {xname} hold NaN or inf values")
+    if y is None:
+        return None
+    if y.size == 0:
+        raise SpidecError(f"{path}: {yname} is empty")
+    whole = y.dtype.kind == "f" and bool(np.all(np.isfinite(y))) and bool(np.all(y == np.round(y)))
+    if y.dtype.kind not in "iub" and not whole:
+        raise SpidecError(f"{path}: the labels {yname} must be integers, got {y.dtype}")
+    if y.ndim != 1 or len(y) != len(x):
+        raise SpidecError(f"{path}: {yname} of shape {list(y.shape)} for {len(x)} samples in {xname}: expected "
+                          f"one label per sample, shape [{len(x)}]")
+    if y.min() < 0:
+        raise SpidecError(f"{path}: {yname} holds the label {int(y.min())}; labels are classes 0, 1, ...")
+    if y.max() > SPDS_MAX_CLASSES:
+        raise SpidecError(f"{path}: {yname} holds the label {int(y.max())}, past {SPDS_MAX_CLASSES} classes")
+    return y.astype(np.int64)
+
+
+def read_npz(path: str | os.PathLike) -> Dataset:
+    """A data set from an ``.npz`` holding ``x_train``, ``y_train``, ``x_test``, ``y_test`` (samples
+    [N, ...], integer labels [N]); classes: the largest label + 1. The one reader of ``.npz`` data
+    behind :func:`load`, ``spidec train``/``run``/``demo``/``report``, ``dataset pack`` and Lava."""
+    arrays = _npz_arrays(path)
+    missing = [k for k in NPZ_SPLIT if k not in arrays]
+    if missing:
+        held = ", ".join(arrays) or "no arrays"
+        if "x" in arrays and not any(k in arrays for k in NPZ_SPLIT):
+            raise SpidecError(f"{path} holds samples without a training/test split ({held}): training needs "
+                              f"x_train, y_train, x_test, y_test",
+                              hint=f"spidec dataset pack {path} writes its samples for the C program's predict")
+        raise SpidecError(f"{path} lacks {', '.join(missing)}: it holds {held}; expected {NPZ_HOLDS}")
+    for split, what in (("train", "training"), ("test", "test")):
+        arrays[f"y_{split}"] = _check_split(path, arrays[f"x_{split}"], arrays[f"y_{split}"], f"x_{split}",
+                                            f"y_{split}", what)
+    classes = int(max(arrays["y_train"].max(), arrays["y_test"].max())) + 1
+    return Dataset(data_name(str(path)), arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],
+                   classes)
 
 
 def data_name(source: str) -> str:
@@ -640,22 +743,7 @@ def load(name: str, data_dir: str | os.PathLike | None = None) -> Dataset:
     cifar10, cifar100 and cifar10-dvs are read from ``data_dir`` (the CLI's ``--data-dir DIR``), see
     :data:`DIR_DATASETS` for what it must hold."""
     if name.endswith(".npz"):
-        try:
-            with np.load(name, allow_pickle=False) as z:
-                parts = {k: z[k] for k in ("x_train", "y_train", "x_test", "y_test")}
-        except FileNotFoundError:
-            raise SpidecError(f"data file {name!r} not found") from None
-        except KeyError as e:
-            raise SpidecError(f"{name} lacks the array {e} (needs x_train, y_train, x_test, y_test)") from None
-        except (ValueError, OSError) as e:
-            raise SpidecError(f"{name}: not a readable .npz ({e})") from None
-        for key in ("y_train", "y_test"):
-            if parts[key].size == 0:
-                raise SpidecError(f"{name}: {key} is empty")
-            if parts[key].dtype.kind not in "iub":
-                raise SpidecError(f"{name}: the labels {key} must be integers, got {parts[key].dtype}")
-        classes = int(max(parts["y_train"].max(), parts["y_test"].max())) + 1
-        return Dataset(data_name(name), parts["x_train"], parts["y_train"], parts["x_test"], parts["y_test"], classes)
+        return read_npz(name)
     if name in DIR_DATASETS:
         loader, holds = DIR_DATASETS[name]
         if data_dir is None:

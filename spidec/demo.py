@@ -27,29 +27,44 @@ from .errors import SpidecError
 from .ir import Graph, Neuron
 
 DEFAULT_EPOCHS = {"digits": 20, "mnist": 3}
+BUILTIN = {"digits": ((64,), 128), "mnist": ((1, 28, 28), 256)}  # per-sample shape, hidden neurons
 
 
-def builtin_model(data: str, seed: int = 0) -> Graph:
+def builtin_model(data: str, seed: int = 0, shape: tuple[int, ...] | None = None, classes: int = 10) -> Graph:
     """A feedback MLP for ``data``: input -> hidden with delayed hidden->hidden feedback -> 10,
-    initialised like PyTorch's nn.Linear, the feedback weight at Frobenius norm 1."""
+    initialised like PyTorch's nn.Linear, the feedback weight at Frobenius norm 1. Other data
+    (an ``.npz``, CIFAR ...): give its per-sample ``shape`` and ``classes`` (hidden: 128 neurons
+    for up to 256 inputs, else 256)."""
+    from .data import data_name
+    from .ir import code_name
     from .ops import Dense, Flatten
 
-    shape, hidden = {"digits": ((64,), 128), "mnist": ((1, 28, 28), 256)}[data]
+    if data in BUILTIN:
+        shape, hidden = BUILTIN[data]
+        classes = 10
+    elif shape is None:
+        raise SpidecError(f"no built-in model for data set {data!r} without its sample shape",
+                          hint="pass shape= (and classes=), or give a model file")
+    else:
+        shape = tuple(int(d) for d in shape)
+        hidden = 128 if int(np.prod(shape)) <= 256 else 256
+        classes = max(2, int(classes))
     n_in = int(np.prod(shape))
     rng = np.random.default_rng(seed)
 
     def u(*s: int, fan_in: int) -> np.ndarray:
         return rng.uniform(-1 / np.sqrt(fan_in), 1 / np.sqrt(fan_in), s).astype(np.float32)
 
-    g = Graph(f"{data}_fb")
+    base = code_name(data_name(data))
+    g = Graph(f"{base if base[:1].isalpha() else 'data_' + base}_fb")
     g.add_input("x", shape)
     g.add_population("z", [hidden], Neuron("IF", 1.0), bias=u(hidden, fan_in=n_in))
-    g.add_readout("logits", [10], bias=u(10, fan_in=hidden))
+    g.add_readout("logits", [classes], bias=u(classes, fan_in=hidden))
     fc = [Dense(u(hidden, n_in, fan_in=n_in))]
     g.add_synapse("x", "z", [Flatten(), *fc] if len(shape) > 1 else fc, name="fc_in")
     fb = rng.standard_normal((hidden, hidden)).astype(np.float32)
     g.add_synapse("z", "z", Dense(fb / np.linalg.norm(fb)), delay=1, name="fb")
-    g.add_synapse("z", "logits", Dense(u(10, hidden, fan_in=hidden)), name="readout")
+    g.add_synapse("z", "logits", Dense(u(classes, hidden, fan_in=hidden)), name="readout")
     return g.validate()
 
 
@@ -77,9 +92,12 @@ def _bar(label: str, enabled: bool) -> tuple[Any, Callable[[], None]]:
 
 def run_demo(model: str | None = None, data: str = "digits", epochs: int | None = None, batch: int = 64,
              out: str | Path = "build/demo", quiet: bool = False, progress: bool | None = None,
-             log: Callable[[str], None] = print, dt: float | None = None) -> dict[str, Any]:
+             log: Callable[[str], None] = print, dt: float | None = None,
+             data_dir: str | Path | None = None) -> dict[str, Any]:
     """Compile, train and report; returns the summary (also written to ``out/summary.json``).
-    ``dt``: the time step of a NIR model file (see ``spidec.from_nir``)."""
+    ``data``: what :func:`spidec.data.load` reads (a named data set, ``data_dir`` for those read from
+    a folder, or an ``.npz`` with x_train, y_train, x_test, y_test). ``dt``: the time step of a NIR
+    model file (see ``spidec.from_nir``)."""
     from . import passes, reference
     from .backends import c as cback
     from .data import load as load_data
@@ -92,11 +110,13 @@ def run_demo(model: str | None = None, data: str = "digits", epochs: int | None 
     out.mkdir(parents=True, exist_ok=True)
     if dt is not None and not (model and str(model).lower().endswith(".nir")):
         raise SpidecError("--dt applies to NIR files (.nir) only")
-    g = (load_model(model, dt=dt) if dt is not None else load_model(model)) if model else builtin_model(data)
     epochs = DEFAULT_EPOCHS.get(data, 5) if epochs is None else epochs
     if epochs < 0 or batch < 1:
         raise SpidecError("epochs must be >= 0 and batch >= 1")
-    ds = load_data(data).reshaped(g.inputs[0].shape)
+    ds = load_data(data, data_dir)
+    g = ((load_model(model, dt=dt) if dt is not None else load_model(model)) if model else
+         builtin_model(data, shape=ds.x_train.shape[1:], classes=ds.classes))
+    ds = ds.reshaped(g.inputs[0].shape)
     say(f"model {g.name}: {len(g.populations)} population(s), {sum(p.size for p in g.populations):,} neurons, "
         f"{g.num_parameters():,} parameters; data {data}: {len(ds.y_train):,} training, "
         f"{len(ds.y_test):,} test samples")
@@ -113,7 +133,7 @@ def run_demo(model: str | None = None, data: str = "digits", epochs: int | None 
     order = tg.schedule.forward
     sizes = [tg.node(p).size for p in order]
     couples = [tg.training.couple_of(p).name for p in order]
-    probe = np.ascontiguousarray(ds.x_test[:64].reshape(64, -1), dtype=np.float32)
+    probe = np.ascontiguousarray(ds.x_test[:64].reshape(min(64, len(ds.x_test)), -1), dtype=np.float32)
     history: list[dict[str, Any]] = []
     work_total: dict[str, dict[str, int]] = {"synops": {}, "macs": {}}
     trained = 0
@@ -162,7 +182,11 @@ def run_demo(model: str | None = None, data: str = "digits", epochs: int | None 
     trained_graph = tg.with_tensors(tensors)
     save(trained_graph, out / "model.spir")  # the training graph with the trained tensors (model.npz)
     (out / "history.json").write_text(json.dumps(history, indent=1) + "\n")
-    (out / "run.json").write_text(json.dumps({"model": g.name, "data": data, "target": "c"}) + "\n")
+    # (an .npz by its absolute path: spidec report finds it from any folder)
+    source = str(Path(data).resolve()) if data.endswith(".npz") else data
+    (out / "run.json").write_text(json.dumps({"model": g.name, "data": source, "target": "c",
+                                              **({"data_dir": str(Path(data_dir).resolve())} if data_dir else {})})
+                                  + "\n")
     summary: dict[str, Any] = {"model": g.name, "data": data, "epochs": epochs, "batch": batch,
                                "test_accuracy": history[-1]["test_accuracy"] if history else None,
                                "history": history}

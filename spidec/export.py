@@ -505,16 +505,17 @@ def to_torch(g: Graph, path: str | Path, module: Any = None) -> Path:
 # ====================================================================== build folders
 
 def _read_c_checkpoint(path: Path, g: Graph, build_hash: str | None) -> tuple[dict[str, np.ndarray], int]:
-    """A C runtime checkpoint (``SPCK``: version, model hash, epoch, float count, every tensor in
-    the training graph's tensor order then every momentum buffer, CRC32) -> tensors, epoch."""
+    """A C runtime checkpoint (``SPCK``: version, model hash, epoch, float count, [version 2: the
+    position in the epoch, 16 bytes], every tensor in the training graph's tensor order then every
+    momentum buffer, CRC32) -> tensors, epoch (the epochs complete)."""
     raw = path.read_bytes()
     if len(raw) < 40 or raw[:4] != b"SPCK":
         raise SpidecError(f"{path}: not a spidec C checkpoint")
     if zlib.crc32(raw[:-4]) != struct.unpack("<I", raw[-4:])[0]:
         raise SpidecError(f"{path}: CRC mismatch: the checkpoint is corrupt or truncated")
     version, = struct.unpack("<I", raw[4:8])
-    if version != 1:
-        raise SpidecError(f"{path}: checkpoint format version {version}, this spidec reads 1")
+    if version not in (1, 2):
+        raise SpidecError(f"{path}: checkpoint format version {version}, this spidec reads 1 and 2")
     hash_ = raw[8:24].decode("ascii", "replace")
     if build_hash is not None and hash_ != build_hash:
         raise SpidecError(f"{path}: the checkpoint belongs to another model (hash {hash_}, this build {build_hash})")
@@ -523,12 +524,15 @@ def _read_c_checkpoint(path: Path, g: Graph, build_hash: str | None) -> tuple[di
     slots = g.tensor_slots()
     sizes = {name: int(g.tensor(name).size) for name in slots}
     want = sum(sizes.values()) + sum(s for name, s in sizes.items() if slots[name].learnable)
-    if n != want or len(raw) != 36 + 4 * n + 4:
+    head = 36 if version == 1 else 52  # (version 2: samples done, correct, loss of the epoch in progress)
+    if n != want or len(raw) != head + 4 * n + 4:
         raise SpidecError(f"{path}: the checkpoint holds {n} values, this build's model needs {want}")
-    flat = np.frombuffer(raw[36: 36 + 4 * n], "<f4")
+    flat = np.frombuffer(raw[head: head + 4 * n], "<f4")
     out, k = {}, 0
     for name, size in sizes.items():
         out[name] = flat[k: k + size].reshape(g.tensor(name).shape).copy()
+        if not np.isfinite(out[name]).all():  # (the runtime never writes one; its reader refuses one too)
+            raise SpidecError(f"{path}: tensor {name} holds NaN or inf (a diverged run?): refused")
         k += size
     return out, int(epoch)
 

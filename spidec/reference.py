@@ -3,7 +3,9 @@
 Forward: the equilibrium ``a* = clamp(W a* + F x + b, 0, 1)`` of every population, found by damped
 fixed-point iteration in the order a time step updates the network (undelayed synapses read this
 sweep's rates, delayed ones the previous sweep's), with a convergence check that fails loudly
-when the feedback loop does not contract.
+when the feedback loop does not contract. Every population is modelled by this IF rate equation,
+whatever its neuron: the leak of a LIF population is ignored (its spikes approximate the equilibrium
+as SPIDE's leak-weighted average rate, not as spike count / T; ``spidec reference`` warns).
 
 Backward: the exact implicit gradient. With ``m = 1[0 < a* < 1]`` and ``g = dL/da*`` (from the
 readouts' loss), ``delta`` solves ``delta = g + W^T (m * delta)`` — by a direct dense solve for

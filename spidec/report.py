@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -118,11 +119,18 @@ def _plt() -> Any:
     return plt
 
 
-def _integer_epochs(*axes: Any) -> None:
+def _integer_epochs(epochs: list[int], *axes: Any) -> None:
+    """Whole epochs on the x axis: every epoch when there are few (MaxNLocator's integer mode falls
+    back to fractional ticks on a span under one epoch, e.g. a single epoch), else integer ticks."""
     from matplotlib.ticker import MaxNLocator
 
     for a in axes:
-        a.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(epochs) <= 12:
+            a.set_xticks(sorted(set(epochs)))
+            if len(set(epochs)) == 1:
+                a.set_xlim(epochs[0] - 0.5, epochs[0] + 0.5)
+        else:
+            a.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def plot_curves(history: list[dict], path: Path) -> Path:
@@ -142,7 +150,7 @@ def plot_curves(history: list[dict], path: Path) -> Path:
     a2.set_ylabel("accuracy (%)")
     a2.set_title("accuracy")
     a2.legend()
-    _integer_epochs(a1, a2)
+    _integer_epochs(epochs, a1, a2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -162,34 +170,47 @@ def plot_rates(history: list[dict], path: Path) -> Path:
     for a in (a1, a2):
         a.set_xlabel("epoch")
         a.legend(fontsize=8)
-    _integer_epochs(a1, a2)
+    _integer_epochs(epochs, a1, a2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
+def raster_neurons(n: int, max_neurons: int = 80) -> tuple[np.ndarray, str]:
+    """The neurons a raster shows of a population of ``n`` (flat indices, C order): all, or one in
+    every k from 0, and the words that say which."""
+    step = max(1, -(-n // max_neurons))
+    pick = np.arange(0, n, step)
+    if step == 1:
+        return pick, f"all {n} neurons"
+    return pick, f"neurons 0, {step}, {2 * step}, ..., {int(pick[-1])}: one in {step}, {len(pick)} of {n}"
+
+
 def plot_raster(forward: dict[str, np.ndarray], backward: dict[str, np.ndarray], path: Path,
                 max_neurons: int = 80) -> Path:
-    """``forward``: population -> spikes [T, N]; ``backward``: couple -> ternary spikes [T_back, N]."""
+    """``forward``: population -> spikes [T, N]; ``backward``: couple -> ternary spikes [T_back, N].
+    A population of more than ``max_neurons`` shows one neuron in k (:func:`raster_neurons`), each
+    at its own index (flat, C order) on the y axis; the titles say which."""
     plt = _plt()
     rows = len(forward)
     fig, axes = plt.subplots(rows, 2, figsize=(11, 2.6 * rows), squeeze=False)
-    rng = np.random.default_rng(0)
     for k, ((p, s), (c, b)) in enumerate(zip(forward.items(), backward.items())):
         n = s.shape[1]
-        pick = np.sort(rng.choice(n, size=min(n, max_neurons), replace=False))
+        pick, which = raster_neurons(n, max_neurons)
         t, i = np.nonzero(s[:, pick])
-        axes[k, 0].scatter(t, i, s=4, c="black", marker="|")
-        axes[k, 0].set_title(f"{p}: forward spikes ({len(pick)} of {n} neurons)")
+        axes[k, 0].scatter(t, pick[i], s=4, c="black", marker="|")
+        axes[k, 0].set_title(f"{p}: forward spikes ({which})", fontsize=9)
         axes[k, 0].set_xlim(-0.5, s.shape[0] - 0.5)
         axes[k, 0].set_ylabel("neuron")
         bb = b[:, pick]
         tp, ip = np.nonzero(bb > 0)
         tn, i_n = np.nonzero(bb < 0)
-        axes[k, 1].scatter(tp, ip, s=4, c="tab:blue", marker="|", label="+1")
-        axes[k, 1].scatter(tn, i_n, s=4, c="tab:red", marker="|", label="-1")
-        axes[k, 1].set_title(f"{c}: ternary backward spikes")
+        axes[k, 1].scatter(tp, pick[ip], s=4, c="tab:blue", marker="|", label="+1")
+        axes[k, 1].scatter(tn, pick[i_n], s=4, c="tab:red", marker="|", label="-1")
+        axes[k, 1].set_title(f"{c}: ternary backward spikes (the same neurons' couples)", fontsize=9)
+        for a in axes[k]:
+            a.set_ylim(-0.5 - 0.01 * n, n - 0.5 + 0.01 * n)
         axes[k, 1].set_xlim(-0.5, b.shape[0] - 0.5)
         axes[k, 1].legend(loc="upper right", fontsize=7)
     axes[-1, 0].set_xlabel("forward time step")
@@ -214,27 +235,42 @@ def plot_graph(g: Graph, path: Path) -> Path:
     couples = {c.of: c.name for c in g.training.couples} if g.training else {}
     for p, c in couples.items():
         pos[c] = (pos[p][0], -1.6)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.8 * (len(order) + 1)), 4.2))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.8 * (len(order) + 1)), 4.6))
+    drawn: dict[tuple[str, str], int] = {}  # arrows so far between the same two nodes (either way)
 
-    def arrow(a: str, b: str, **kw: Any) -> None:
+    def arrow(a: str, b: str, gid: str, delayed: bool = False, **kw: Any) -> None:
+        """One arrow with a filled head (visible on a dashed line too). Straight only when undelayed
+        between neighbours; a delayed arrow or one that skips a column bows away from the other row
+        (above the populations, below the couples), and each further arrow between the same two
+        nodes bows further, so no two arrows coincide."""
         (x0, y0), (x1, y1) = pos[a], pos[b]
-        props = {"arrowstyle": "-|>", "lw": 1.4, **kw}
+        props = {"arrowstyle": "-|>", "mutation_scale": 14, "lw": 1.4, "linestyle": "--" if delayed else "-", **kw}
+        k = drawn.get((min(a, b), max(a, b)), 0)
+        drawn[(min(a, b), max(a, b))] = k + 1
+        up = 1.0 if y0 >= 0 else -1.0  # bow away from the other row
         if a == b:  # a self-loop: an arc above a population, below a couple
-            up = 1.0 if y0 >= 0 else -1.0
-            ax.annotate("", xy=(x0 + 0.14, y0 + 0.22 * up), xytext=(x0 - 0.14, y0 + 0.22 * up),
+            w = 0.14 + 0.08 * k
+            ax.annotate("", xy=(x0 + w, y0 + 0.22 * up), xytext=(x0 - w, y0 + 0.22 * up), gid=gid,
                         arrowprops={**props, "connectionstyle": f"arc3,rad={-2.2 * up}"})
             return
-        rad = 0.35 if x1 < x0 else 0.0
-        ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
-                    arrowprops={**props, "shrinkA": 16, "shrinkB": 16, "connectionstyle": f"arc3,rad={rad}"})
+        straight = y0 == y1 and abs(x1 - x0) == 1 and not delayed and k == 0
+        if y0 != y1:  # between rows (loss injection) or from a second input
+            rad = 0.0 if k == 0 and not delayed else 0.25 * (k + 1)
+        elif straight:
+            rad = 0.0
+        else:  # arc3 bends to the right of the travel direction for rad > 0
+            side = 1.0 if x1 < x0 else -1.0  # right of a leftward arrow is up, of a rightward one down
+            rad = side * up * (0.35 + 0.2 * k)
+        ax.annotate("", xy=(x1, y1), xytext=(x0, y0), gid=gid,
+                    arrowprops={**props, "shrinkA": 16, "shrinkB": 16, "connectionstyle": f"arc3,rad={rad:g}"})
 
     for e in g.synapses():
-        arrow(e.src, e.dst, color="black", linestyle="--" if e.synapse.delay else "-")
+        arrow(e.src, e.dst, f"synapse:{e.name}", bool(e.synapse.delay), color="black")
     if g.training:
         for b in g.training.backward:
-            arrow(b.src, b.dst, color="tab:red", linestyle="--" if b.delay else "-")
+            arrow(b.src, b.dst, f"backward:{b.name}", bool(b.delay), color="tab:red")
         for inj in g.training.injections:
-            arrow(inj.readout, inj.couple, color="tab:orange")
+            arrow(inj.readout, inj.couple, f"injection:{inj.forward}", color="tab:orange")
     for name, (x, y) in pos.items():
         if name in couples.values():
             style = {"boxstyle": "round", "fc": "#fde0dc", "ec": "tab:red"}
@@ -247,7 +283,7 @@ def plot_graph(g: Graph, path: Path) -> Path:
         label = name if name in couples.values() else f"{name}\n{list(g.node(name).shape)}"
         ax.text(x, y, label, ha="center", va="center", fontsize=8, bbox=style)
     ax.set_xlim(-0.8, len(order) + 0.8)
-    ax.set_ylim(-2.4, max(1.0, len(g.inputs) - 0.2))
+    ax.set_ylim(-2.7, max(1.3, len(g.inputs) - 0.2))
     ax.axis("off")
     ax.set_title(f"{g.name}: forward (black, feedback dashed), backward through couples (red), loss (orange)",
                  fontsize=9)
@@ -296,18 +332,65 @@ def write_report(run: Path, g: Graph, history: list[dict], tensors: dict[str, np
     return out
 
 
-def report_dir(run: Path, data: str | None = None) -> list[Path]:
-    """``spidec report RUN``: the plots of a demo run (run.json) or of a trained sim program."""
+def _sample_of_build(run: Path, g: Graph) -> tuple[tuple[np.ndarray, int] | None, str | None]:
+    """A c build's data as ``spidec train`` packed it (``data/NAME.test.spds``, the newest): its
+    first labelled test sample, and the file it came from."""
+    from .data import read_spds
+
+    files = sorted((run / "data").glob("*.test.spds"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for f in files:
+        x, y, _ = read_spds(f)
+        if y is not None and int(np.prod(x.shape[1:])) == int(np.prod(g.inputs[0].shape)):
+            return (x[0].reshape(g.inputs[0].shape), int(y[0])), str(f)
+    return None, None
+
+
+def report_dir(run: Path, data: str | None = None, data_dir: str | Path | None = None,
+               note: Callable[[str], None] | None = None) -> list[Path]:
+    """``spidec report RUN``: the plots of a demo run (run.json), of a sim program after training
+    (checkpoint.pt) or of a c build (its model.spir and weights.c; trained weights from
+    checkpoint.bin when ``spidec train BUILD --checkpoint BUILD/checkpoint.bin`` wrote one). The raster's
+    sample: ``data`` (``data_dir`` as for :func:`spidec.data.load`), else the run's data set
+    (a demo's run.json; a c build's packed test file). Each plot it cannot draw is said in one line
+    to ``note`` (default: a :class:`SpidecWarning`), never skipped silently."""
+    import warnings
+
+    from .errors import SpidecWarning
     from .text import load
+
+    def say(text: str) -> None:
+        if note is not None:
+            note(text)
+        else:
+            warnings.warn(text, SpidecWarning, stacklevel=3)
 
     run = Path(run)
     spir = run / "model.spir"
     if not spir.exists():
         raise SpidecError(f"{run} holds no model.spir: pass a folder written by spidec demo, spidec compile or "
                           "spidec train")
-    g = load(spir)
+    from .runs import MANIFEST, read_manifest
+
+    target = read_manifest(run).get("target") if (run / MANIFEST).is_file() else None
     history = json.loads((run / "history.json").read_text()) if (run / "history.json").exists() else []
+    meta = json.loads((run / "run.json").read_text()) if (run / "run.json").exists() else {}
     tensors = None
+    weights = ""
+    if target == "c":  # model.spir names no tensors file: the initial weights are in weights.c
+        from .export import _c_build_graph, _read_c_checkpoint
+
+        g = _c_build_graph(run)
+        if (run / "checkpoint.bin").is_file():
+            tensors, _ = _read_c_checkpoint(run / "checkpoint.bin", g, read_manifest(run).get("hash"))
+        else:
+            tensors = g.parameters(learnable_only=False)
+            weights = (f" of the compiled initial weights (no checkpoint.bin: spidec train {run} --checkpoint "
+                       f"{run / 'checkpoint.bin'} keeps the trained ones)")
+        if not history:
+            say("curves.png and rates.png skipped: a c build keeps no history.json (its epoch lines are what "
+                "spidec train printed)")
+    else:
+        g = load(spir)
     if (run / "checkpoint.pt").exists():  # a trained sim program: its model.spir holds the initial weights
         import torch
 
@@ -320,18 +403,35 @@ def report_dir(run: Path, data: str | None = None) -> list[Path]:
         except Exception as e:
             raise SpidecError(f"{run / 'checkpoint.pt'} is not a checkpoint spidec can read safely "
                               f"({type(e).__name__}); nothing in it was run") from None
-    elif history:  # a demo run: model.spir holds the trained weights
+    elif history and target is None:  # a demo run: model.spir holds the trained weights
         tensors = g.parameters(learnable_only=False)
-    meta = json.loads((run / "run.json").read_text()) if (run / "run.json").exists() else {}
+    if target not in (None, "c") and not history:
+        say(f"curves.png and rates.png skipped: {run} holds no history.json (train it first: spidec train {run})")
     sample = None
     name = data or meta.get("data")
-    if tensors is not None and name:
+    if tensors is None:
+        say(f"raster.png skipped: {run} holds no trained weights (no checkpoint)")
+    elif name:
         from .data import load as load_data
 
-        ds = load_data(name).reshaped(g.inputs[0].shape)
+        ds = load_data(name, data_dir or (meta.get("data_dir") if not data else None)).reshaped(g.inputs[0].shape)
         sample = (ds.x_test[0], int(ds.y_test[0]))
+    elif target == "c":
+        sample, source = _sample_of_build(run, g)
+        if sample is not None:
+            say(f"raster.png: the first sample of {source} (the test data spidec train packed for the build)")
+        else:
+            say("raster.png skipped: it needs a sample, and the build holds no packed test data (data/*.test.spds): "
+                "give --data NAME")
+    else:
+        say("raster.png skipped: it needs a sample and the run does not record its data set: give --data NAME "
+            "(digits, mnist, FILE.npz ...)")
+    if weights and sample is not None:
+        say("raster.png shows the spikes" + weights)
+    if g.program is not None and g.program.quant is not None and sample is not None:
+        say("raster.png simulates the fixed-point build's weights in float: the integer runtime's spikes may differ "
+            "slightly")
     return write_report(run, g, history, tensors, sample)
 
-
 __all__ = ["dense_work", "energy", "energy_text", "plot_curves", "plot_graph", "plot_raster", "plot_rates",
-           "report_dir", "spike_record", "write_report"]
+           "raster_neurons", "report_dir", "spike_record", "write_report"]

@@ -61,10 +61,11 @@ COMMON = {"data", "epochs", "batch", "lr", "seed", "quiet", "json"}
 def write_manifest(out: Path, target: str, prog: Any, **extra: Any) -> None:
     """The build manifest every backend writes beside what it emits."""
     from . import __version__
+    from .fileio import write_text
 
-    (out / MANIFEST).write_text(json.dumps({"target": target, "model": prog.model, "hash": prog.build_hash,
-                                            "fixed": prog.quant is not None, "spidec": __version__, **extra},
-                                           indent=1) + "\n")
+    write_text(out / MANIFEST, json.dumps({"target": target, "model": prog.model, "hash": prog.build_hash,
+                                           "fixed": prog.quant is not None, "spidec": __version__, **extra},
+                                          indent=1) + "\n")
 
 
 def read_manifest(out: Path) -> dict[str, Any]:
@@ -129,6 +130,11 @@ def train_build(build: str | Path, opts: TrainOptions, say: Callable[[str], None
                           f"{DIR_DATASETS[opts.data][1]} (nothing is downloaded)")
     if opts.warmup < 0:
         raise SpidecError(f"--warmup must be at least 0, got {opts.warmup}")
+    for flag in ("limit_train", "limit_test"):
+        if getattr(opts, flag) is not None and getattr(opts, flag) < 1:
+            raise SpidecError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(opts, flag)}")
+    if opts.timeout is not None and not (math.isfinite(opts.timeout) and opts.timeout > 0):
+        raise SpidecError(f"--timeout must be a positive number of seconds, got {opts.timeout}")
     if opts.threads is not None and opts.threads < 1:
         raise SpidecError(f"--threads must be at least 1, got {opts.threads}")
     if opts.lr is not None and not (math.isfinite(opts.lr) and opts.lr > 0):

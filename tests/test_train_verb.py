@@ -67,8 +67,8 @@ def test_train_any_build_with_the_same_options_and_output(target, tmp_path, caps
     if target in ("c", "board"):  # a whole digits epoch: both learn to well above chance
         assert summary["test_accuracy"] > 0.6, summary
     # an option the target cannot honour: one line, exit 1
-    refused = {"sim": "--qemu", "c": "--device", "board": "--limit-train", "lava": "--resume"}[target]
-    value = {"--device": ["cpu"], "--limit-train": ["5"]}.get(refused, [])
+    refused = {"sim": "--qemu", "c": "--device", "board": "--device", "lava": "--resume"}[target]
+    value = {"--device": ["cpu"]}.get(refused, [])
     assert main(["train", str(out), refused, *value]) == 1
     err = capsys.readouterr().err
     assert f"cannot honour {refused}" in err and len(err.strip().splitlines()) == 1
@@ -144,7 +144,7 @@ def test_run_keeps_its_c_defaults_and_sim_builds_take_their_own_options(tmp_path
     c, sim = tmp_path / "c", tmp_path / "sim"
     assert main(["compile", model, "--target", "c", "-o", str(c), "--quiet"]) == 0
     assert main(["compile", model, "-o", str(sim), "--quiet"]) == 0
-    # spidec run (the alias) trains a c build as spidec train does (its default batch is 1)
+    # spidec run (the alias) trains a c build as spidec train does (with the executable's own batch)
     assert main(["run", str(c), "--epochs", "1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["target"] == "c"
     # an .npz data set on a c build

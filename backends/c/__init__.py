@@ -29,7 +29,7 @@ from __future__ import annotations
 import ctypes
 import json
 import math
-import shutil
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -43,7 +43,8 @@ import numpy as np
 
 from ...artifact import Artifact
 from ...errors import SpidecError
-from ...ir import Graph, code_name
+from ...fileio import BuildFiles, write_text
+from ...ir import Graph, code_name, short_name
 from ...masks import dropout_sites
 from ...ops import OPS
 from ...program import BiasRule, Chain, Program, ReadoutWeightRule, WeightRule, lowered, require_program
@@ -434,41 +435,85 @@ def emit(g: Graph, out: str | Path, board: str | None = None) -> CArtifact:
     fixed = g.quant is not None
     ctx = fixed_context(g) if fixed else context(g)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     template = "fixed.c.j2" if fixed else "model.c.j2"
     env = _env()
-    (out / "model.c").write_text(env.get_template(template).render(**ctx, fixed=fixed))
-    (out / "weights.c").write_text(env.get_template("weights.c.j2").render(**ctx, fixed=fixed))
-    rt = _runtime_dir()
-    for sub in ("include", "src"):
-        (out / "runtime" / sub).mkdir(parents=True, exist_ok=True)
-        for f in sorted((rt / sub).iterdir()):
-            if f.suffix in (".c", ".h"):
-                shutil.copyfile(f, out / "runtime" / sub / f.name)
-    makefile = MAKEFILE.format(name=_lib_name(g), hash=ctx["hash"])
-    if board is not None:
-        (out / "runtime" / "board").mkdir(parents=True, exist_ok=True)
-        for f in sorted((rt / "board").iterdir()):
-            if f.suffix in (".c", ".h", ".ld"):
-                shutil.copyfile(f, out / "runtime" / "board" / f.name)
-        makefile += BOARD_MAKEFILE.format(board=board, n_inputs=ctx["n_inputs"], **BOARDS[board])
-        from .board import memory_plan
+    model_c = env.get_template(template).render(**ctx, fixed=fixed)
+    weights_c = env.get_template("weights.c.j2").render(**ctx, fixed=fixed)
+    check_static_size(g.program, model_c, weights_c)  # (before a file is written)
+    with BuildFiles(out) as files:  # all or nothing (a full disk leaves no truncated model.c), no symlink followed
+        files.write_text("model.c", model_c)
+        files.write_text("weights.c", weights_c)
+        rt = _runtime_dir()
+        for sub in ("include", "src"):
+            for f in sorted((rt / sub).iterdir()):
+                if f.suffix in (".c", ".h"):
+                    files.copy(f, f"runtime/{sub}/{f.name}")
+        makefile = MAKEFILE.format(name=_lib_name(g), hash=ctx["hash"])
+        if board is not None:
+            for f in sorted((rt / "board").iterdir()):
+                if f.suffix in (".c", ".h", ".ld"):
+                    files.copy(f, f"runtime/board/{f.name}")
+            makefile += BOARD_MAKEFILE.format(board=board, n_inputs=ctx["n_inputs"], **BOARDS[board])
+            from .board import memory_plan
 
-        (out / "board.json").write_text(json.dumps({"board": board, **BOARDS[board], "model": g.name,
-                                                    "hash": ctx["hash"], "n_inputs": ctx["n_inputs"],
-                                                    "update": g.quant.update, "plan": memory_plan(g.program)},
-                                                   indent=1))
-    (out / "Makefile").write_text(makefile)
-    text, _ = dumps(g, inline_max=0)
-    (out / "model.spir").write_text(text)
+            files.write_text("board.json", json.dumps({"board": board, **BOARDS[board], "model": g.name,
+                                                       "hash": ctx["hash"], "n_inputs": ctx["n_inputs"],
+                                                       "update": g.quant.update, "plan": memory_plan(g.program)},
+                                                      indent=1))
+        files.write_text("Makefile", makefile)
+        text, _ = dumps(g, inline_max=0)
+        files.write_text("model.spir", text)
+        if fixed:  # the scales the quantize pass chose (model.spir holds them too, as lower statements)
+            files.write_text("quantization.json", json.dumps(g.quant.as_json(), indent=1))
     write_manifest(out, "c", g.program, **({"board": board} if board else {}))
-    if fixed:  # the scales the quantize pass chose (model.spir holds them too, as lower statements)
-        (out / "quantization.json").write_text(json.dumps(g.quant.as_json(), indent=1))
     return CArtifact(out, g, board)
 
 
 def _lib_name(g: Graph) -> str:
-    return code_name(g.name)
+    return short_name(code_name(g.name), 64)  # (lib{name}.so stays a short file name)
+
+
+# The static arrays of the generated program (file-scope declarations, state and weights): x86-64's
+# default code model addresses its static data and its thread-local block with 32-bit offsets, so
+# each must stay under 2 GiB or the link fails ("relocation truncated to fit"); spike lists index
+# with int. 16 MiB are left for the runtime's own statics and the code.
+STATIC_LIMIT = 2**31 - 2**24
+_ELEM_BYTES = {"float": 4, "double": 8, "int": 4, "long": 8, "short": 2, "char": 1, "unsigned char": 1,
+               "signed char": 1, "size_t": 8, "int8_t": 1, "uint8_t": 1, "int16_t": 2, "uint16_t": 2,
+               "int32_t": 4, "uint32_t": 4, "int64_t": 8, "uint64_t": 8}
+_DECL = re.compile(r"^(?:static\s+)?(?P<tls>SPIDE_LOCAL\s+)?(?:const\s+)?"
+                   r"(?P<type>unsigned char|signed char|[A-Za-z_][A-Za-z0-9_]*)\s+(?P<decl>[^;={(]*)", re.M)
+_ARRAY = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*\[(\d+)\]")
+
+
+def static_bytes(*sources: str) -> tuple[int, int]:
+    """Bytes of the file-scope arrays the C ``sources`` define: (thread-local, other static)."""
+    tls = other = 0
+    for src in sources:
+        for m in _DECL.finditer(src):
+            size = _ELEM_BYTES.get(m["type"])
+            if size is None:
+                continue
+            n = size * sum(int(k) for _, k in _ARRAY.findall(m["decl"]))
+            if m["tls"]:
+                tls += n
+            else:
+                other += n
+    return tls, other
+
+
+def check_static_size(prog: Program, *sources: str) -> None:
+    """Refuse a model whose C program could not be linked: its static arrays past 2 GiB."""
+    tls, other = static_bytes(*sources)
+    if max(tls, other) <= STATIC_LIMIT:
+        return
+    big = max(prog.populations, key=lambda p: p.size, default=None)
+    which = f"; the largest population is '{big.name}' with {big.size:,} neurons" if big is not None else ""
+    what = "per-thread state" if tls >= other else "weights and shared state"
+    raise SpidecError(f"the C program's static arrays ({what}) would take {max(tls, other) / 2**30:.1f} GiB, more "
+                      f"than the 2 GiB a C program's static data can address{which}",
+                      node=big.name if big is not None else None,
+                      hint="use --target sim, or make the model smaller")
 
 
 @dataclass
@@ -489,7 +534,7 @@ class CArtifact(Artifact):
         target = ["all", "sanitize"] if sanitize else ["all"]
         done = subprocess.run(["make", "-C", str(self.out), *target], capture_output=True, text=True)
         if done.returncode != 0:
-            raise SpidecError(f"building the C program failed:\n{done.stdout[-2000:]}{done.stderr[-4000:]}")
+            raise SpidecError("building the C program failed:", detail=done.stdout[-2000:] + done.stderr[-4000:])
         if not quiet:
             print(done.stdout)
         self._rt = CRuntime(self.out / f"lib{_lib_name(self.graph)}.so")
@@ -497,7 +542,8 @@ class CArtifact(Artifact):
 
     def memory_report(self, quiet: bool = False) -> dict[str, Any]:
         """``spidec compile --report``: the fixed-point build's RAM and flash by part from the buffer
-        plan, checked against the board image when there is one; written to memory.json."""
+        plan, checked against the board image when there is one, and against the board's RAM and
+        flash (``fits``); written to memory.json."""
         from . import board as brd
 
         plan = brd.memory_plan(self.graph.program)
@@ -505,9 +551,11 @@ class CArtifact(Artifact):
         if self.board is not None and not brd.missing_tools():
             check = brd.check_plan(plan, brd.build(self.out))
         report = {"plan": plan, "check": check}
-        (self.out / "memory.json").write_text(json.dumps(report, indent=1, default=str))
+        if self.board is not None:
+            report["fits"] = brd.fits(self.board, *brd.report_totals(plan, check))
+        write_text(self.out / "memory.json", json.dumps(report, indent=1, default=str))
         if not quiet:
-            print(brd.format_report(plan, check))
+            print(brd.format_report(plan, check, board=self.board))
             if self.board is None:
                 print("(plan only: add --board to build the image and check it)")
             elif check is None:
@@ -557,10 +605,11 @@ FIXED_POINT = True
 
 # what `spidec train` takes for a c build besides the common options (spidec.runs)
 TRAIN_OPTIONS = ("checkpoint", "resume", "qemu", "host", "out", "timeout", "lr_schedule", "warmup", "augment",
-                 "normalize", "data_dir", "threads")
+                 "normalize", "data_dir", "threads", "limit_train", "limit_test")
 
 
-def _data_files(out: Path, data: str, data_dir: str | None = None) -> tuple[Path, Path]:
+def _data_files(out: Path, data: str, data_dir: str | None = None, limit_train: int | None = None,
+                limit_test: int | None = None) -> tuple[Path, Path]:
     from ... import data as data_mod
 
     ddir = out / "data"
@@ -568,7 +617,21 @@ def _data_files(out: Path, data: str, data_dir: str | None = None) -> tuple[Path
     train, test = ddir / f"{name}.train.spds", ddir / f"{name}.test.spds"
     if data.endswith(".npz") or not (train.exists() and test.exists()):  # a file may have changed
         data_mod.pack(data, ddir, data_dir)
-    return train, test
+    return _first(train, limit_train), _first(test, limit_test)
+
+
+def _first(path: Path, limit: int | None) -> Path:
+    """--limit-train/--limit-test: the first ``limit`` samples of data file ``path`` (those a sim
+    build's limits take) in a file beside it; ``path`` itself when it holds no more."""
+    if not limit:
+        return path
+    from ... import data as data_mod
+
+    x, y, classes = data_mod.read_spds(path)
+    if limit >= len(y):
+        return path
+    return data_mod.write_spds(path.with_name(path.name.replace(".spds", f".first{limit}.spds")), x[:limit],
+                               y[:limit], classes)
 
 
 def train_build(out: Path, opts: Any, say: Any) -> dict[str, Any]:
@@ -582,7 +645,7 @@ def train_build(out: Path, opts: Any, say: Any) -> dict[str, Any]:
         raise SpidecError("--qemu and --host exclude each other")
     if opts.qemu and board is None:
         raise SpidecError(f"{str(out)!r} is no board build", hint="compile with --board mps2-an386")
-    train, test = _data_files(out, opts.data, opts.data_dir)
+    train, test = _data_files(out, opts.data, opts.data_dir, opts.limit_train, opts.limit_test)
     if board is not None and not opts.host:
         for o in ("lr_schedule", "augment", "normalize"):
             if getattr(opts, o):
@@ -598,8 +661,8 @@ def train_build(out: Path, opts: Any, say: Any) -> dict[str, Any]:
             raise SpidecError(f"--{o} is for board builds under QEMU")
     done = subprocess.run(["make", "-C", str(out), "train"], capture_output=True, text=True)
     if done.returncode != 0:
-        raise SpidecError(f"building the host program failed:\n{done.stderr[-3000:]}")
-    cmd = [str(out / "train"), "train", "--train", str(train), "--test", str(test), *_trainer_args(opts, 64)]
+        raise SpidecError("building the host program failed:", detail=done.stderr[-3000:])
+    cmd = [str(out / "train"), "train", "--train", str(train), "--test", str(test), *_trainer_args(opts)]
     if opts.checkpoint:
         cmd += ["--checkpoint", opts.checkpoint]
     if opts.resume:
@@ -617,14 +680,18 @@ def train_build(out: Path, opts: Any, say: Any) -> dict[str, Any]:
             epochs.append(entry)
             say(epoch_line(entry))
     if proc.wait() != 0:
-        raise SpidecError(f"the host trainer of {out} exited with {proc.returncode}")
+        why = " (training diverged: see its message above)" if proc.returncode == 3 else ""
+        raise SpidecError(f"the host trainer of {out} exited with {proc.returncode}{why}")
     return {"epochs": epochs}
 
 
-def _trainer_args(opts: Any, batch: int) -> list[str]:
-    """The options the host trainer and the board program share (``batch``: the default)."""
-    args = ["--epochs", str(opts.epochs if opts.epochs is not None else 1), "--batch", str(opts.batch or batch),
-            "--seed", str(opts.seed)]
+def _trainer_args(opts: Any) -> list[str]:
+    """The options the host trainer and the board program share. The batch size is passed only when
+    given: each program's own default applies (the host executable's 64, for which the compiled
+    sf is meant; a board's 1), the same as running the program by hand."""
+    args = ["--epochs", str(opts.epochs if opts.epochs is not None else 1), "--seed", str(opts.seed)]
+    if opts.batch is not None:
+        args += ["--batch", str(opts.batch)]
     for flag, v in (("--lr-schedule", getattr(opts, "lr_schedule", None)), ("--warmup", getattr(opts, "warmup", 0)),
                     ("--augment", getattr(opts, "augment", "")), ("--normalize", _normalize_text(opts))):
         if v:
@@ -656,7 +723,7 @@ def _train_board(out: Path, opts: Any, say: Any, train: Path, test: Path) -> dic
 
     if opts.checkpoint or opts.resume:
         raise SpidecError("a board build keeps no checkpoint (use --out to write the trained weights)")
-    argv = ["train", str(train.relative_to(out)), str(test.relative_to(out)), *_trainer_args(opts, 1)]
+    argv = ["train", str(train.relative_to(out)), str(test.relative_to(out)), *_trainer_args(opts)]
     if opts.out:
         argv += ["--out", opts.out]
 
@@ -671,35 +738,46 @@ def _train_board(out: Path, opts: Any, say: Any, train: Path, test: Path) -> dic
 
     result = brd.run_qemu(out, argv, timeout=opts.timeout, echo=echo,
                           progress=not (opts.quiet or opts.json) and sys.stderr.isatty())
+    wanted = opts.epochs if opts.epochs is not None else 1
+    ran = [e["epoch"] for e in result["epochs"] if e.get("epoch", 0) >= 1]
+    if len(ran) != wanted:  # (a board program that stopped early yet exited 0: no result to keep)
+        raise SpidecError(f"the board program stopped after {len(ran)} of {wanted} epochs")
     info = brd.board_info(out)
     check = brd.check_plan(info["plan"], out / f"spide-{info['board']}.elf")
     result["memory"] = {"check": check, "stack_used": result.get("stack_used"), "heap_used": result.get("heap_used")}
-    (out / f"run-{info['board']}.json").write_text(json.dumps(result, indent=1, default=str))
-    say(brd.format_report(info["plan"], check, {k: result[k] for k in ("stack_used", "heap_used") if k in result}))
+    measured = {k: result[k] for k in ("stack_used", "heap_used") if k in result}
+    result["memory"]["fits"] = brd.fits(info["board"], *brd.report_totals(info["plan"], check, measured))
+    write_text(out / f"run-{info['board']}.json", json.dumps(result, indent=1, default=str))
+    say(brd.format_report(info["plan"], check, measured, board=info["board"]))
     epochs = [_epoch_entry(e) for e in result["epochs"] if e["epoch"] >= 1]
     return {**{k: v for k, v in result.items() if k != "epochs"}, "epochs": epochs}
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
-    """The sample order of an epoch on a board (spide_epoch_order in spide_train.c): sample k is
-    ``(a k + b) mod n`` with ``a`` coprime to ``n``; ``a``, ``b`` from xorshift64* of (seed, epoch)."""
-    mask = (1 << 64) - 1
-    s = ((seed * 0x9E3779B97F4A7C15) ^ ((epoch + 1) * 0xD1B54A32D192ED03)) & mask or 1
+    """The sample order of epoch ``epoch`` (0, 1, ...) for ``--seed seed`` on every C trainer, the
+    host executable and a board alike (spide_order_index in spide_train.c, which a board computes
+    position by position): a 4-round Feistel permutation of the smallest even number of bits
+    holding ``n``, keyed by splitmix64 of (seed, epoch), cycle-walked into [0, n)."""
+    from ...masks import mix64
 
-    def nxt() -> int:
-        nonlocal s
-        s ^= s >> 12
-        s ^= (s << 25) & mask
-        s ^= s >> 27
-        return (s * 2685821657736338717) & mask
-
-    a, b = 1, 0
-    if n > 1:
-        a = 1 + nxt() % (n - 1)
-        while math.gcd(a, n) != 1:
-            a = 1 + nxt() % (n - 1)
-        b = nxt() % n
-    return ((a * np.arange(n, dtype=np.int64) + b) % n).astype(np.int32)
+    if n <= 1:
+        return np.zeros(n, np.int32)
+    bits = 2
+    while bits < 32 and (1 << bits) < n:
+        bits += 2
+    h = np.uint64(bits // 2)
+    mask = np.uint64((1 << (bits // 2)) - 1)
+    key = mix64(mix64(np.uint64(seed & (2**64 - 1))) ^ np.uint64((epoch << 32 | 0x5EED) & (2**64 - 1)))
+    x = np.arange(n, dtype=np.uint64)
+    todo = np.ones(n, bool)
+    while todo.any():  # cycle-walking: positions whose image falls past n go round again
+        hi, lo = x[todo] >> h, x[todo] & mask
+        for rnd in range(4):
+            f = mix64(key ^ np.uint64(rnd << 40) ^ lo) & mask
+            hi, lo = lo, hi ^ f
+        x[todo] = hi << h | lo
+        todo = x >= np.uint64(n)
+    return x.astype(np.int32)
 
 
 def read_weights_dump(path: str | Path) -> tuple[str, dict[int, np.ndarray]]:
@@ -800,6 +878,12 @@ class CRuntime:
         if self._has_threads:
             lib.spide_set_threads.argtypes = [ctypes.c_int]
             lib.spide_threads.restype = ctypes.c_int
+        self._has_divergence = hasattr(lib, "spide_divergence")  # (a library built before the runtime checked)
+        if self._has_divergence:
+            lib.spide_divergence.argtypes = [ctypes.POINTER(ctypes.c_double)]
+            lib.spide_divergence.restype = ctypes.c_long
+            lib.spide_nonfinite_tensor.argtypes = [ctypes.POINTER(ctypes.c_int)]
+            lib.spide_nonfinite_tensor.restype = ctypes.c_int
         info = lib.spide_info().contents
         self.name, self.hash = info.name.decode(), info.hash.decode()
         self.n_inputs, self.n_classes, self.T, self.T_back = info.n_inputs, info.n_classes, info.T, info.T_back
@@ -854,8 +938,38 @@ class CRuntime:
             getter(i, buf)
         return out
 
+    @staticmethod
+    def _lr(lr: Any) -> float:
+        """A learning rate the runtime can step with: a finite float32 > 0."""
+        try:
+            v = float(lr)
+        except (TypeError, ValueError):
+            raise SpidecError(f"the learning rate must be a number, got {lr!r}") from None
+        if not (math.isfinite(v) and 0 < v <= 1e30 and np.float32(v) > 0):
+            raise SpidecError(f"the learning rate must be a finite number > 0 (at most 1e30), got {v}")
+        return v
+
+    def _check_finite(self, where: str, lr: float) -> None:
+        """SpidecError when a tensor or momentum buffer holds NaN or inf (the weights diverged)."""
+        if not self._has_divergence:
+            return
+        mom = ctypes.c_int(0)
+        i = self.lib.spide_nonfinite_tensor(ctypes.byref(mom))
+        if i >= 0:
+            what = "the momentum of tensor" if mom.value else "tensor"
+            raise SpidecError(f"training diverged {where}: {what} '{self.tensor_names[i]}' holds NaN or inf "
+                              f"(learning rate {lr:g} too high?)")
+
+    def _diverged_loss(self, epoch: int | None, first_batch: int, lr: float) -> SpidecError:
+        """The error of a pass spide_train stopped on a non-finite loss (SPIDE_DIVERGED)."""
+        bad = ctypes.c_double(float("nan"))
+        it = self.lib.spide_divergence(ctypes.byref(bad)) if self._has_divergence else first_batch
+        at = "" if epoch is None else f"epoch {epoch + 1}, "
+        return SpidecError(f"training diverged at {at}batch {it - first_batch + 1}: the loss is {bad.value} "
+                           f"(learning rate {lr:g} too high?)")
+
     def set_lr(self, lr: float) -> None:
-        self.lib.spide_set_lr(ctypes.c_float(lr))
+        self.lib.spide_set_lr(ctypes.c_float(self._lr(lr)))
 
     def set_threads(self, n: int | None) -> None:
         """Threads of train and evaluate (None or <= 0: the cores available, the default). The
@@ -927,7 +1041,11 @@ class CRuntime:
         """Accumulate the local updates of a batch (no step); returns the summed loss."""
         x = self._x(x)
         y = self._y(y, len(x))
-        return float(sum(self.lib.spide_learn(x[k], int(y[k]), len(x)) for k in range(len(x))))
+        loss = float(sum(self.lib.spide_learn(x[k], int(y[k]), len(x)) for k in range(len(x))))
+        if not math.isfinite(loss):
+            self.lib.spide_zero_grads()  # (this batch's gradients dropped, as spide_train drops them)
+            raise SpidecError(f"training diverged: the loss of this batch is {loss} (learning rate too high?)")
+        return loss
 
     def take_work(self) -> dict[str, dict[str, int]]:
         """Work since the last call: spike-driven synaptic operations and multiply-accumulates per
@@ -947,7 +1065,7 @@ class CRuntime:
         return self._per_neuron(self.lib.spide_get_back_counts)
 
     def step(self, lr: float | None = None) -> None:
-        self.lib.spide_step(ctypes.c_float(self.lr if lr is None else lr))
+        self.lib.spide_step(ctypes.c_float(self.lr if lr is None else self._lr(lr)))
 
     def train(self, x: Any, y: Any, *, epochs: int = 1, batch: int = 64, lr: float | None = None,
               seed: int = 0, lr_schedule: str | None = None, warmup: int = 0, augment: str = "",
@@ -963,7 +1081,7 @@ class CRuntime:
             self.set_threads(threads)
         x = self._x(x)
         y = self._y(y, len(x))
-        opts = TrainOpts(lr=self.lr if lr is None else lr, seed=seed, epochs=epochs, warmup=warmup)
+        opts = TrainOpts(lr=self.lr if lr is None else self._lr(lr), seed=seed, epochs=epochs, warmup=warmup)
         keep: list[Any] = []  # arrays the struct points into
         if lr_schedule is not None:
             keep.append(opts.set_schedule(lr_schedule))
@@ -985,8 +1103,11 @@ class CRuntime:
             opts.epoch, opts.iteration = epoch, epoch * per_epoch
             self.lib.spide_begin_epoch()
             loss = self.lib.spide_train(x, y, len(y), perm, batch, ctypes.byref(opts), ctypes.byref(correct), None)
+            if loss == -2.0:  # SPIDE_DIVERGED
+                raise self._diverged_loss(epoch, epoch * per_epoch, opts.lr)
             if loss < 0:
                 raise SpidecError("the C trainer could not augment these samples (an image-shaped input is needed)")
+            self._check_finite(f"in epoch {epoch + 1}", opts.lr)
             history.append({"epoch": epoch + 1, "loss": loss / len(y), "train_accuracy": correct.value / len(y)})
         return history
 
@@ -996,9 +1117,12 @@ class CRuntime:
         y = self._y(y, len(x))
         perm = np.ascontiguousarray(np.asarray(order, np.int32))
         correct = ctypes.c_int(0)
+        lr = self.lr if lr is None else self._lr(lr)
         self.lib.spide_begin_epoch()
-        loss = self.lib.spide_train_epoch(x, y, len(perm), perm, batch, ctypes.c_float(self.lr if lr is None else lr),
-                                          ctypes.byref(correct), None)
+        loss = self.lib.spide_train_epoch(x, y, len(perm), perm, batch, ctypes.c_float(lr), ctypes.byref(correct), None)
+        if loss == -2.0:  # SPIDE_DIVERGED
+            raise self._diverged_loss(None, 0, lr)
+        self._check_finite("in this epoch", lr)
         return {"loss": loss / len(perm), "train_accuracy": correct.value / len(perm)}
 
     def evaluate(self, x: Any, y: Any) -> dict:

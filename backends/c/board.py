@@ -10,19 +10,25 @@ the runtime's and newlib's own static data (reported as such).
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ...errors import SpidecError
 
+# ram_bytes, flash_bytes: the part's memories as runtime/board/link.ld lays them out (RAM: the 16 MiB
+# PSRAM holding data, bss, heap and stack; flash: the 4 MiB code memory at 0x0)
 BOARDS = {
-    "mps2-an386": {"cpu": "Cortex-M4F", "arch": "-mcpu=cortex-m4 -mfpu=fpv4-sp-d16 -mfloat-abi=hard -mthumb"},
-    "mps2-an385": {"cpu": "Cortex-M3", "arch": "-mcpu=cortex-m3 -mfloat-abi=soft -mthumb"},
+    "mps2-an386": {"cpu": "Cortex-M4F", "arch": "-mcpu=cortex-m4 -mfpu=fpv4-sp-d16 -mfloat-abi=hard -mthumb",
+                   "ram_bytes": 16 << 20, "flash_bytes": 4 << 20},
+    "mps2-an385": {"cpu": "Cortex-M3", "arch": "-mcpu=cortex-m3 -mfloat-abi=soft -mthumb",
+                   "ram_bytes": 16 << 20, "flash_bytes": 4 << 20},
 }
 
 BOARD_MAKEFILE = """
@@ -87,7 +93,7 @@ def memory_plan(prog: Any) -> list[dict[str, Any]]:
 def _run(cmd: list[str], cwd: Path | None = None) -> str:
     done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
     if done.returncode != 0:
-        raise SpidecError(f"{' '.join(cmd)} failed:\n{done.stdout[-2000:]}{done.stderr[-3000:]}")
+        raise SpidecError(f"{' '.join(cmd)} failed:", detail=done.stdout[-2000:] + done.stderr[-3000:])
     return done.stdout
 
 
@@ -122,8 +128,39 @@ def check_plan(plan: list[dict[str, Any]], elf: Path) -> dict[str, Any]:
             "planned_flash_data": sum(p["flash"] for p in plan), "code_and_constants": size["text"]}
 
 
+def report_totals(plan: list[dict[str, Any]], check: dict[str, Any] | None = None,
+                  measured: dict[str, int] | None = None) -> tuple[int, int]:
+    """(RAM, flash) in bytes as the report's total line counts them."""
+    ram = sum(p["ram"] for p in plan) + (check["runtime_static_ram"] if check else 0) \
+        + (measured.get("heap_used", 0) if measured else 0)
+    return ram, check["size"]["flash"] if check else sum(p["flash"] for p in plan)
+
+
+def fits(board: str, ram: int, flash: int) -> dict[str, Any]:
+    """``ram`` and ``flash`` bytes against the part's capacity (BOARDS): ``fits``, and by how much
+    each is over (negative: room left)."""
+    b = BOARDS[board]
+    over = {"ram": ram - b["ram_bytes"], "flash": flash - b["flash_bytes"]}
+    return {"board": board, "cpu": b["cpu"], "ram": ram, "flash": flash, "ram_bytes": b["ram_bytes"],
+            "flash_bytes": b["flash_bytes"], "over": over, "fits": all(v <= 0 for v in over.values())}
+
+
+def fits_line(v: dict[str, Any], counted: str = "") -> str:
+    """The verdict of :func:`fits` in words."""
+    def kib(n: int) -> str:
+        return f"{n / 1024:,.1f} KiB"
+
+    use = (f"RAM {kib(v['ram'])} of {kib(v['ram_bytes'])}, flash {kib(v['flash'])} of {kib(v['flash_bytes'])}"
+           f"{counted}")
+    if v["fits"]:
+        return f"fits {v['board']} ({v['cpu']}): {use}"
+    over = " and ".join(f"{what} by {math.ceil(n / 1024):,} KiB" for what, n in
+                        (("RAM", v["over"]["ram"]), ("flash", v["over"]["flash"])) if n > 0)
+    return f"does not fit {v['board']} ({v['cpu']}): over its {over}; {use}"
+
+
 def format_report(plan: list[dict[str, Any]], check: dict[str, Any] | None = None,
-                  measured: dict[str, int] | None = None) -> str:
+                  measured: dict[str, int] | None = None, board: str | None = None) -> str:
     rows = [(p["part"], p["ram"], p["flash"]) for p in plan]
     lines = [f"{'part':<26}{'RAM bytes':>12}{'flash bytes':>13}"]
     lines += [f"{name:<26}{ram:>12,}{fl:>13,}" for name, ram, fl in rows]
@@ -133,7 +170,7 @@ def format_report(plan: list[dict[str, Any]], check: dict[str, Any] | None = Non
                      f"{check['code_and_constants']:>13,}")
         total_ram += check["runtime_static_ram"]
     if measured:
-        lines.append(f"{'heap (measured, stdio)':<26}{measured.get('heap_used', 0):>12,}{0:>13,}")
+        lines.append(f"{'heap (measured)':<26}{measured.get('heap_used', 0):>12,}{0:>13,}")
         total_ram += measured.get("heap_used", 0)
     flash = check["size"]["flash"] if check else sum(f for _, _, f in rows)
     lines.append(f"{'total':<26}{total_ram:>12,}{flash:>13,}   ({total_ram / 1024:.1f} KiB RAM, "
@@ -145,6 +182,9 @@ def format_report(plan: list[dict[str, Any]], check: dict[str, Any] | None = Non
                      f"{s['flash']:,}, static RAM {s['static_ram']:,}; the plan {ok} symbol by symbol")
     if measured and "stack_used" in measured:
         lines.append(f"stack measured on the board: {measured['stack_used']:,} bytes (budget {STACK_BUDGET:,})")
+    if board is not None:
+        lines.append(fits_line(fits(board, *report_totals(plan, check, measured)),
+                               "" if check else " (the plan's arrays only: add the toolchain to count the code)"))
     return "\n".join(lines)
 
 
@@ -201,6 +241,12 @@ def run_qemu(out: Path, args: list[str], *, timeout: float | None = None,
                             text=True)
     result: dict[str, Any] = {"board": info["board"], "epochs": [], "command": cmd}
     drawn = False
+    # the deadline holds while the board is silent too (a loop reading its output would wait for it)
+    stopped = threading.Event()
+    timer = threading.Timer(timeout, lambda: (stopped.set(), proc.kill())) if timeout is not None else None
+    if timer is not None:
+        timer.daemon = True
+        timer.start()
     try:
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -224,16 +270,28 @@ def run_qemu(out: Path, args: list[str], *, timeout: float | None = None,
                 result["epochs"].append(f)
             elif line.startswith(("memory ", "calibration ", "board ")):
                 result.update(f)
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise SpidecError(f"QEMU ran past {timeout} s and was stopped") from None
+        proc.wait()
+    finally:
+        if timer is not None:
+            timer.cancel()
+        if proc.poll() is None:  # (interrupted: QEMU goes too)
+            proc.kill()
+            proc.wait()
+        if drawn:
+            sys.stderr.write("\n")
     err = proc.stderr.read() if proc.stderr else ""
+    if proc.stderr:
+        proc.stderr.close()
+    if stopped.is_set():
+        done = [e["epoch"] for e in result["epochs"] if e.get("epoch", 0) >= 1]
+        raise SpidecError(f"QEMU ran past the timeout of {timeout:g} s and was stopped "
+                          + (f"after epoch {done[-1]}" if done else "before the first epoch ended"),
+                          hint="a longer --timeout, or fewer samples: --limit-train N --limit-test N")
     result["returncode"] = proc.returncode
     if proc.returncode != 0:
-        raise SpidecError(f"the board program exited with {proc.returncode}: {err.strip()[-2000:]}")
+        raise SpidecError(f"the board program exited with {proc.returncode}", detail=err[-2000:])
     return result
 
 
-__all__ = ["BOARDS", "STACK_BUDGET", "board_info", "build", "check_plan", "elf_size", "elf_symbols",
-           "format_report", "memory_plan", "missing_tools", "parse_line", "run_qemu"]
+__all__ = ["BOARDS", "STACK_BUDGET", "board_info", "build", "check_plan", "elf_size", "elf_symbols", "fits",
+           "fits_line", "format_report", "memory_plan", "missing_tools", "parse_line", "report_totals", "run_qemu"]

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import io
 import json
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +27,7 @@ import numpy as np
 
 from ...artifact import Artifact
 from ...errors import SpidecError
+from ...fileio import BuildFiles
 from ...ir import Graph
 from ...program import BiasRule, Chain, ReadoutBiasRule, ReadoutWeightRule, WeightRule, lowered, require_program
 from ...runs import write_manifest
@@ -117,15 +118,16 @@ def emit(g: Graph, out: str | Path) -> LavaArtifact:
     g = lowered(g, "the lava backend")
     cfg = config(g)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     env = environment(TEMPLATES)
-    for name in ("processes.py", "network.py", "train.py"):
-        (out / name).write_text(env.get_template(name + ".j2").render(**cfg))
-    shutil.copyfile(Path(__file__).with_name("shim.py"), out / "lava_shim.py")
-    (out / "config.json").write_text(json.dumps(cfg, indent=1) + "\n")
-    with open(out / "weights.npz", "wb") as f:
-        np.savez(f, **{k: np.asarray(v) for k, v in g.parameters(learnable_only=False).items()})
-    (out / "model.spir").write_text(dumps(g, inline_max=0, tensors_file="weights.npz")[0])
+    with BuildFiles(out) as files:  # all or nothing, never through a symbolic link
+        for name in ("processes.py", "network.py", "train.py"):
+            files.write_text(name, env.get_template(name + ".j2").render(**cfg))
+        files.copy(Path(__file__).with_name("shim.py"), "lava_shim.py")
+        files.write_text("config.json", json.dumps(cfg, indent=1) + "\n")
+        buf = io.BytesIO()
+        np.savez(buf, **{k: np.asarray(v) for k, v in g.parameters(learnable_only=False).items()})
+        files.write_bytes("weights.npz", buf.getvalue())
+        files.write_text("model.spir", dumps(g, inline_max=0, tensors_file="weights.npz")[0])
     write_manifest(out, "lava", g.program)
     return LavaArtifact(out, g)
 
@@ -209,7 +211,7 @@ def _lr_at(cfg: dict[str, Any], epoch: int, lr: float | None) -> float:
 
 
 # what `spidec train` takes for a lava build besides the common options (spidec.runs)
-TRAIN_OPTIONS = ("limit_train", "limit_test")
+TRAIN_OPTIONS = ("limit_train", "limit_test", "data_dir")
 
 
 def train_build(out: Path, opts: Any, say: Any) -> dict[str, Any]:
@@ -218,8 +220,15 @@ def train_build(out: Path, opts: Any, say: Any) -> dict[str, Any]:
 
     from ...data import load
     from ...runs import epoch_line
+    from ...text import load as load_model
 
-    ds = load(opts.data)
+    ds = load(opts.data, opts.data_dir)  # (spidec.data: every named data set and .npz, as every target reads them)
+    g = load_model(out / "model.spir")
+    ds = ds.reshaped(g.inputs[0].shape)  # (samples of another size: one line, not a numpy error in the network)
+    classes = g.readouts[0].shape[0]
+    if ds.classes > classes:
+        raise SpidecError(f"data set '{ds.name}' has labels up to {ds.classes - 1}; the model's readout "
+                          f"'{g.readouts[0].name}' has {classes} classes")
     x, y = ds.x_train.reshape(len(ds.x_train), -1), ds.y_train
     xt, yt = ds.x_test.reshape(len(ds.x_test), -1), ds.y_test
     if opts.limit_test:
