@@ -40,6 +40,7 @@ def compile(g: Graph, target: str = "sim", out: str | os.PathLike = "build", *, 
             able = [t for t in TARGETS if getattr(get(t), "FIXED_POINT", False)] if target in TARGETS else []
             raise SpidecError(f"fixed point and boards are for the {', '.join(able) or 'c'} target, not {target}",
                               hint=f"add --target {able[0] if able else 'c'}")
-        g = passes.quantize(g, **(quantize or {}))
+        if quantize is not None or g.quant is None:  # (a quantized graph keeps its scales and update mode)
+            g = passes.quantize(g, **(quantize or {}))
         return backend.emit(g, out, board=board)
     return backend.emit(g, out)
