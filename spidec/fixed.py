@@ -141,9 +141,6 @@ def fixed_buffers(prog: Program, update: str) -> tuple[Buffer, ...]:
         size = prog_tensor_size(prog, name)
         c = "t_" + code_name(name)
         add(Buffer(c, "i16", size, "update", name, "weights", "weights W * 2^F (initial values in flash)"))
-        if name in prog.restricted("reparam"):
-            add(Buffer(c + "_E", "i16", size, "update", name, "weights",
-                       "the feedback weight scaled to its norm bound, as both stages read it"))
         if update == "momentum" and name in {r.tensor for r in prog.rules}:
             add(Buffer(c + "_M", "i32", size, "update", name, "momentum",
                        "momentum buffer: the batch's gradients accumulate here"))

@@ -22,6 +22,7 @@ from spidec.backends.c import emit, epoch_order, fixed_context, read_weights_dum
 from spidec.frontends.onnx import load_onnx
 
 from spidec import data, passes
+from spidec import from_torch as spidec_from_torch
 from spidec.errors import SpidecError
 from spidec.fixed import EXP2_TABLE, I32, W_MAX, FixedModel, exp_neg_q16, quantize
 from spidec.ir import Graph
@@ -56,7 +57,7 @@ def digits() -> data.Dataset:
     return data.digits()
 
 
-def _lockstep(g: Graph, x: np.ndarray, y: np.ndarray, out: Path, batch: int, steps: int) -> None:
+def _lockstep(g: Graph, x: np.ndarray, y: np.ndarray, out: Path, batch: int, steps: int) -> FixedModel:
     """Train the numpy model and the host C build side by side; compare everything after each sample/step."""
     rt = emit(g, out).build()
     fm = FixedModel(g)
@@ -89,6 +90,7 @@ def _lockstep(g: Graph, x: np.ndarray, y: np.ndarray, out: Path, batch: int, ste
         qw = rt.qweights()
         for name in fm.w:
             np.testing.assert_array_equal(qw[name], fm.w[name].ravel(), err_msg=f"weights of {name}")
+    return fm
 
 
 @pytest.mark.parametrize(("update", "batch", "steps"), [("momentum", 8, 6), ("online", 8, 6), ("online", 1, 70)])
@@ -109,6 +111,24 @@ def test_c_equals_numpy_model_bit_for_bit_two_layers(tmp_path, update):
     x = rng.uniform(-3, 3, (40, 10)).astype(np.float32)
     y = rng.integers(0, 4, 40)
     _lockstep(g, x, y, tmp_path / "c", batch=4, steps=8)
+
+
+@pytest.mark.parametrize("update", ["momentum", "online"])
+def test_c_equals_numpy_model_bit_for_bit_beyond_the_norm_bound(tmp_path, update):
+    """A feedback weight three times its Frobenius bound: both stages read (W * k) >> 16 on the fly
+    (no effective copy in RAM), sample by sample as FixedModel does."""
+    import torch
+    from test_training import DropNet
+
+    torch.manual_seed(2)
+    net = DropNet(0.0, 0.0, fb_scale=3.0)
+    net.drop = net.drop_fb = torch.nn.Identity()
+    g = quantize(passes.run(spidec_from_torch(net), T=20, T_back=40), update=update)
+    rng = np.random.default_rng(4)
+    x, y = rng.uniform(0, 1, (24, 20)).astype(np.float32), rng.integers(0, 4, 24)
+    fm = _lockstep(g, x, y, tmp_path / "c", batch=1 if update == "online" else 4, steps=12)
+    assert fm.k["fb.weight"] < 1 << 16  # the restriction stayed active
+    assert "_E[" not in (tmp_path / "c" / "model.c").read_text()
 
 
 def test_fixed_training_within_two_points_of_float(digits_graph, digits, tmp_path):

@@ -330,17 +330,26 @@ def fixed_context(g: Graph) -> dict[str, Any]:
     n_of = prog.size
     reparam = {t["name"] for t in tensors if t["reparam"]}
 
-    def _read(name: str) -> str:  # what the stages read: a reparametrised weight's effective copy
-        return _cname(name) + ("_E" if name in reparam else "")
+    def _k(name: str) -> str | None:  # a reparametrised weight's Q16 factor: the stages scale it as they read
+        return "k_" + _cname(name) if name in reparam else None
+
+    def _plain(feeds: list[dict], where: str) -> list[dict]:
+        for f in feeds:
+            if f["w"] in {_cname(t) for t in reparam}:
+                raise SpidecError(f"fixed point: the norm-restricted weight {f['w']} feeds {where}, where only "
+                                  "population-to-population synapses can be restricted")
+        return feeds
     S = {c.of: c.S for c in prog.couples}
     steps = {p.name: p for p in prog.populations}
     pops = []
     for p in ctx["pops"]:
         name = p["name"]
         step, couple = steps[name], prog.couple_of(name)
-        ifeeds = [{"w": _read(chains[f.syn].weight), "n": ctx["n_inputs"]} for f in step.feeds if f.kind == "input"]
-        pfeeds = [{"w": _read(chains[f.syn].weight), "n": n_of[f.src], "src_c": cname[f.src], "syn": f.syn,
-                   "delayed": f.kind == "delayed"} for f in step.feeds if f.kind != "input"]
+        ifeeds = _plain([{"w": _cname(chains[f.syn].weight), "n": ctx["n_inputs"]}
+                         for f in step.feeds if f.kind == "input"], "a population from the input")
+        pfeeds = [{"w": _cname(chains[f.syn].weight), "k": _k(chains[f.syn].weight), "n": n_of[f.src],
+                   "src_c": cname[f.src], "syn": f.syn, "delayed": f.kind == "delayed"}
+                  for f in step.feeds if f.kind != "input"]
         pops.append({**p, "frac": q.pop_frac[name], "bp": q.couple_frac[name], "th": fx.threshold(step, q),
                      "cth": fx.couple_threshold(couple, q), "kmax": q.k_max[name], "gmax": q.g_max[name],
                      "si": 2 ** (q.couple_frac[name] + round(math.log2(couple.S))),
@@ -349,12 +358,14 @@ def fixed_context(g: Graph) -> dict[str, Any]:
     back = []
     for c in prog.couples:
         p = by[c.of]
-        bfeeds = [{"w": _read(chains[f.syn].weight), "syn": f.syn, "src_c": cname[f.gate], "delayed": f.delayed,
+        bfeeds = [{"w": _cname(chains[f.syn].weight), "k": _k(chains[f.syn].weight), "syn": f.syn,
+                   "src_c": cname[f.gate], "delayed": f.delayed,
                    "shift": p["bp"] - q.pop_frac[f.gate] + round(math.log2(S[f.gate]))} for f in c.feeds]
-        injections = [{"w": _read(chains[syn].weight)} for syn in c.injections]
+        injections = _plain([{"w": _cname(chains[syn].weight)} for syn in c.injections], "a readout")
         back.append({**p, "bfeeds": bfeeds, "injections": injections, "ishift": q.readout_frac + fx.Q - p["bp"]})
     ro = prog.readouts[0]
-    rfeeds = [{"w": _read(chains[f.syn].weight), "n": n_of[f.src], "src_c": cname[f.src]} for f in ro.feeds]
+    rfeeds = _plain([{"w": _cname(chains[f.syn].weight), "n": n_of[f.src], "src_c": cname[f.src]}
+                     for f in ro.feeds], "a readout")
     updates = []
     for r in prog.rules:
         c = _cname(r.tensor)
