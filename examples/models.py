@@ -68,6 +68,24 @@ class MnistMlpFB(nn.Module):
         return z_next, self.readout(z_next)
 
 
+class MnistMcuFB(MnistMlpFB):
+    """MNIST for a microcontroller with 256 KiB of RAM (STM32F4/F7, nRF52840 class): 784 -> 128 with
+    self-feedback -> 10, trained integer-only with online updates. Its int16 weights are 231 KiB
+    and the whole training state stays under 256 KiB (no momentum buffers: online updates). Train it
+    with ``MCU_SETTINGS`` (sf 10 and lr 0.03 at batch 1, see bench/mcu.py)."""
+
+    spidec_inputs = {"x": (1, 28, 28), "z": (128,)}
+
+    def __init__(self) -> None:
+        super().__init__(hidden=128)
+
+
+# pass options of the microcontroller examples at batch 1 (online updates): SPIDE's sf 100 is for
+# batch 128; one sample's loss gradient is 128x larger, so a smaller sf keeps the couples from
+# saturating (the digits board measured it), and lr 0.03 learns MNIST best in one epoch (bench/mcu.py)
+MCU_SETTINGS = {"T": 30, "T_back": 100, "sf": 10.0, "lr": 0.03}
+
+
 class ConvNetF(nn.Module):
     """SPIDE's ConvNet-F for MNIST: conv5 1->c s2, conv5 c->c s2, conv5 c->c, feedback convT3 s2
     from the last conv layer into the first, readout Linear(c*7*7, 10)."""
@@ -138,7 +156,8 @@ class LeNetF(nn.Module):
         return z_next, self.readout(h)
 
 
-EXAMPLES = {"digits_fb": DigitsFB, "mnist_mlp_fb": MnistMlpFB, "convnet_f": ConvNetF, "lenet_f": LeNetF}
+EXAMPLES = {"digits_fb": DigitsFB, "mnist_mlp_fb": MnistMlpFB, "mnist_mcu": MnistMcuFB, "convnet_f": ConvNetF,
+            "lenet_f": LeNetF}
 
 
 # ====================================================================== the SPIDE authors' models
