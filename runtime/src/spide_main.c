@@ -54,6 +54,18 @@ static void progress(int done, int total, double loss, int correct) {
 }
 
 
+/* save the checkpoint at position `at`, which becomes the last good one */
+static int save_position(const char *ckpt, spide_position_t at, spide_position_t *good, int *have_good) {
+    char err[512];
+    if (spide_checkpoint_save_at(ckpt, &at, err, sizeof err) != 0) {
+        fprintf(stderr, "error: %s\n", err);
+        return 1;
+    }
+    *good = at;
+    *have_good = 1;
+    return 0;
+}
+
 /* --lr-schedule: multistep:E1,E2[:GAMMA], cosine, constant (spidec/schedule.py) */
 static int parse_schedule(const char *v, spide_train_opts_t *o, int *ms, int max) {
     if (!strcmp(v, "constant")) { o->schedule = SPIDE_LR_CONSTANT; return 0; }
@@ -468,15 +480,10 @@ int main(int argc, char **argv) {
                 rc = 3;
                 break;
             }
-            if (ckpt && save_every > 0 && done < tr.count) {
-                spide_position_t at = {e, done, correct, loss};
-                if (spide_checkpoint_save_at(ckpt, &at, err, sizeof err) != 0) {
-                    fprintf(stderr, "error: %s\n", err);
-                    rc = 1;
-                    break;
-                }
-                good = at;
-                have_good = 1;
+            if (ckpt && save_every > 0 && done < tr.count &&
+                save_position(ckpt, (spide_position_t){e, done, correct, loss}, &good, &have_good) != 0) {
+                rc = 1;
+                break;
             }
         }
         if (rc) break;
@@ -488,15 +495,9 @@ int main(int argc, char **argv) {
                "events_per_s %.3g\n", e + 1, (double)lr_e, loss / tr.count, (double)correct / tr.count, test_acc,
                secs, tr.count / secs, (double)events / secs);
         fflush(stdout);
-        if (ckpt) {
-            spide_position_t at = {e + 1, 0, 0, 0.0};
-            if (spide_checkpoint_save_at(ckpt, &at, err, sizeof err) != 0) {
-                fprintf(stderr, "error: %s\n", err);
-                rc = 1;
-                break;
-            }
-            good = at;
-            have_good = 1;
+        if (ckpt && save_position(ckpt, (spide_position_t){e + 1, 0, 0, 0.0}, &good, &have_good) != 0) {
+            rc = 1;
+            break;
         }
     }
     free(perm);
