@@ -32,6 +32,29 @@ Per sample (IF neurons, constant input):
     worth ``unit`` of the float gradient (``S / (T_back T)``, ``S / (T_back 2**F_x)``,
     ``S / T_back``, ``1 / (2**16 T)``, ``2**-16``).
 
+LIF (a population or couple with ``leak < 1``; all the rest as above): the leak is held as
+``lq = round(leak * 2**15)`` (0 < lq < 2**15 or refused) and applied as ``leak_mul(v) = (v * lq + 2**14)
+>> 15`` (round half up, an int64 product), the float runtime's order of operations:
+  * forward, each step: ``u += K`` and the spike columns; ``s = u >= th``; ``u = leak_mul(u - 2**F_p * s)``;
+    ``cnt = leak_mul(cnt) + 2**C_p * s``: the leak-weighted count at scale ``2**C_p`` (``cnt_frac``);
+  * backward, each step: ``ub += g`` and the rows; ``v`` as above; ``ub = leak_mul(ub - v * S)``;
+    ``sb = leak_mul(sb) + 2**D_p * v`` (``sb_frac``);
+  * rate 1 is the integer ``N_p`` (``norm_q``) that the same recurrence gives for a spike every step
+    (``weighted_norm``; ``T`` for IF), beta's 1 likewise ``NB_p`` (``norm_b_q``; ``T_back`` for IF):
+    the mask is ``0 < cnt < N_p``, the readout is ``L = N b + W_c @ cnt`` at scale ``2**F_c * N`` (the
+    populations it reads must share one leak, hence one ``N``), and the gradient units read ``N_p``
+    and ``NB_p`` where IF reads ``T`` and ``T_back``. ``C_p`` and ``D_p`` are the largest that keep
+    ``N_p, NB_p <= 2**10`` (``NORM_CAP``): counts stay int16 (``|cnt| <= N_p``, ``|sb| <= NB_p``, by
+    monotonicity of ``leak_mul``), a count's resolution is at most 2^-9 of rate 1 (IF at T = 30:
+    1/30), and the gradient products ``post * cnt`` stay within ``2**20`` per sample as IF's do for
+    ``T, T_back <= 2**10``. (A readout gradient summed over a batch is at most ``sf * 2**16 * N``:
+    below 2^31 for ``sf < 32``, beyond that only a degenerate batch saturates the int32 momentum.)
+  * the bounds: ``leak_mul`` never increases ``|v|`` (``v >= 0``: ``floor(v lq / 2^15 + 1/2) <= v``;
+    ``v < 0``: ``v <= floor(v lq / 2^15 + 1/2) <= 0``), so by induction over the steps the IF bounds
+    below (the worst step's additions times the steps) bound ``|u|`` and ``|ub|`` under a leak too.
+  The leak's rounding makes each weighted count differ from ``round(sum leak^k s * 2**C_p)`` by at most
+  ``1 / (1 - leak)`` units (half a unit per step, geometrically damped).
+
 Updates (``update``):
   * ``momentum`` (SGD with momentum, the model's optimiser): an int32 buffer ``M`` per tensor
     accumulates the samples' gradients (saturating); the step adds ``round_shift(W * wd_mult,
@@ -51,8 +74,8 @@ Updates (``update``):
   of ``W`` is ``round_shift(G * k, 16)``.
 
 Overflow: int32 membranes cannot overflow because ``k_max`` and ``g_max`` are chosen from the
-int16 weight range, the layer sizes and ``T`` so that the worst case fits (``bounds``); buffers
-and weights saturate.
+int16 weight range, the layer sizes and ``T`` so that the worst case fits (``bounds``), with or
+without a leak (LIF above); buffers and weights saturate.
 """
 
 from __future__ import annotations
@@ -96,9 +119,46 @@ def _exponent(x: float) -> int:
     return math.floor(math.log2(x))
 
 
+NORM_CAP = 2**10  # a LIF count's integer norm stays at or below this (see "LIF" in the docstring)
+
+
+def leak_q15(leak: float) -> int:
+    """The leak as a Q15 integer ``round(leak * 2**15)``."""
+    return math.floor(leak * 2**15 + 0.5)
+
+
+def leak_mul(v: Any, lq: int) -> Any:
+    """``leak * v`` in integers: ``round_shift(v * lq, 15)`` (round half up). Never grows ``|v|``
+    for ``0 < lq < 2**15``: ``v >= 0`` gives ``floor(v lq / 2^15 + 1/2) <= v`` and ``v < 0`` gives
+    ``v <= floor(v lq / 2^15 + 1/2) <= 0``; and it is monotone in ``v``."""
+    return (v * lq + (1 << 14)) >> 15
+
+
+def weighted_norm(lq: int, steps: int, frac: int) -> int:
+    """The leak-weighted count of a spike at every one of ``steps`` steps, at scale ``2**frac``, by
+    the very recurrence the runtime runs (``c <- leak_mul(c) + 2**frac``, leak applied after the
+    add): the integer that stands for rate 1."""
+    c = 0
+    for _ in range(steps):
+        c = leak_mul(c, lq) + (1 << frac)
+    return c
+
+
+def count_scale(leak: float, steps: int) -> tuple[int, int, int]:
+    """``(leak_q15, frac, norm)`` of a leak-weighted count over ``steps``: ``frac`` the largest (<= 15)
+    whose integer norm is at most NORM_CAP (or 0); ``(0, 0, steps)`` for no leak (IF: plain counts)."""
+    if leak == 1.0:
+        return 0, 0, steps
+    lq = leak_q15(leak)
+    frac = 0
+    while frac < 15 and weighted_norm(lq, steps, frac + 1) <= NORM_CAP:
+        frac += 1
+    return lq, frac, weighted_norm(lq, steps, frac)
+
+
 def _structure(g: Graph) -> Program:
     """The step program of ``g``, checked against what fixed point supports (dense synapses without
-    scale, IF neurons, full biases, couples with a power-of-two S, one input, one cross-entropy
+    scale, IF or LIF neurons with a Q15 leak, full biases, couples with a power-of-two S, one input, one cross-entropy
     readout)."""
     prog = require_program(g, "quantize")
     if prog.encoding != "constant" or len(prog.inputs) != 1:
@@ -107,14 +167,20 @@ def _structure(g: Graph) -> Program:
         raise SpidecError("fixed point trains one cross-entropy readout (a classifier)")
     for p in prog.populations:
         c = prog.couple_of(p.name)
-        if p.leak != 1.0 or c.leak != 1.0:
-            raise SpidecError(f"population '{p.name}': fixed point supports IF neurons only (LIF's leak is a "
-                              "multiplication every step)", hint="use the float C backend (drop --fixed) for LIF")
+        for what, leak in ((f"population '{p.name}'", p.leak), (f"couple of '{p.name}'", c.leak)):
+            if leak != 1.0 and not 0 < leak_q15(leak) < 2**15:
+                raise SpidecError(f"{what}: leak {leak} is 0 or 1 in Q15 (fixed point holds the leak as "
+                                  "round(leak * 2^15))", hint="use leak=1 (IF) or a leak in (2^-16, 1 - 2^-16)")
         if p.bias_channels:
             raise SpidecError(f"population '{p.name}': fixed point supports full biases only (per-channel "
                               "biases come with conv layers)")
         if c.S <= 0 or 2.0 ** round(math.log2(c.S)) != c.S:
             raise SpidecError(f"couple of '{p.name}': fixed point needs S = 2 vth_b to be a power of two, got {c.S}")
+    ro = prog.readouts[0]
+    read = {f.src for f in ro.feeds}
+    if len({p.leak for p in prog.populations if p.name in read}) > 1:
+        raise SpidecError(f"readout '{ro.name}': fixed point needs the populations it reads to share one leak "
+                          "(their counts are summed at one rate norm)")
     for ch in prog.chains:
         if ch.dropout:
             raise SpidecError(f"synapse '{ch.name}': fixed point does not run dropout yet (p = {ch.dropout})",
@@ -277,8 +343,18 @@ def quantize(g: Graph, *,
         if g_max < 2 ** (bp + sh + 1):
             raise SpidecError(f"couple of '{p}': int32 couple potentials cannot be proven safe ({T_back} steps of "
                               f"{bev:,} from ternary spikes); lower headroom or T_back")
+        # LIF: the leak multiply never grows |u| (leak_mul), so the IF bounds above, sums of the
+        # worst step's additions over the steps, still bound |u| and |ub| (induction on the steps)
+        lq, cf, nq = count_scale(pops[p].leak, T)
+        clq, sbf, nbq = count_scale(prog.couple_of(p).leak, T_back)
+        lif = {} if not (lq or clq) else {"leak_q15": lq, "cnt_frac": cf, "norm_q": nq, "cleak_q15": clq,
+                                          "sb_frac": sbf, "norm_b_q": nbq}
         qpops.append(QPopulation(p, fp, bp, k_max, g_max, T * (k_max + events + 2**fp),
-                                 T_back * (g_max + bev + 2 ** (bp + sh))))
+                                 T_back * (g_max + bev + 2 ** (bp + sh)), **lif))
+    qp_of = {qp.name: qp for qp in qpops}
+    N = {p: norm_of(qp_of[p], T) for p in pops}  # the integers standing for rate 1 (T for IF)
+    NB = {p: norm_b_of(qp_of[p], T_back) for p in pops}  # and for beta's 1 (T_back for IF)
+    RN = readout_norm(prog, qpops)
     # every tensor's fraction bits; the gradient units and step multipliers of the learnable ones
     frac_of: dict[str, int] = {}
     for ch in chains:
@@ -298,11 +374,11 @@ def quantize(g: Graph, *,
         k, r = rules[name]
         # one unit of the integer gradient in rate units, with the rule's 1/V^2 (the authors' step)
         if isinstance(r, WeightRule):
-            unit = S[r.gate] / (T_back * (T if r.pre in pops else 2**fx)) * r.scale
+            unit = S[r.gate] / (NB[r.gate] * (N[r.pre] if r.pre in pops else 2**fx)) * r.scale
         elif isinstance(r, BiasRule):
-            unit = S[r.gate] / T_back * r.scale
+            unit = S[r.gate] / NB[r.gate] * r.scale
         elif isinstance(r, ReadoutWeightRule):
-            unit = 1.0 / (2**Q * T)
+            unit = 1.0 / (2**Q * RN)
         else:
             unit = 1.0 / 2**Q
         scale = opt.lr / sf * unit * 2**f
@@ -327,6 +403,21 @@ def quantize(g: Graph, *,
     out = g.copy()
     out.program = replace(prog, quant=qz, buffers=fixed_buffers(prog, update))
     return out
+
+
+def norm_of(qp: QPopulation, T: int) -> int:
+    """The integer count that stands for rate 1: ``T`` (IF), the LIF weighted norm at ``2**cnt_frac``."""
+    return qp.norm_q if qp.leak_q15 else T
+
+
+def norm_b_of(qp: QPopulation, T_back: int) -> int:
+    return qp.norm_b_q if qp.cleak_q15 else T_back
+
+
+def readout_norm(prog: Program, qpops: Any) -> int:
+    """The common count norm of the populations the readout reads (``_structure`` checks they share a leak)."""
+    by = {qp.name: qp for qp in qpops}
+    return max(norm_of(by[f.src], prog.T) for f in prog.readouts[0].feeds)
 
 
 def integer_weights(g: Graph) -> dict[str, np.ndarray]:
@@ -427,6 +518,9 @@ class FixedModel:
         self.wd_phase = 0
         self.syn_w = {ch.name: ch.weight for ch in prog.chains}
         self.syn_src = {ch.name: ch.src for ch in prog.chains}
+        self.qp = {qp.name: qp for qp in q.populations}
+        self.norm = {p.name: norm_of(self.qp[p.name], self.T) for p in self.pops}  # rate 1 as a count
+        self.rnorm = readout_norm(prog, q.populations)
 
     def frac(self, name: str) -> int:
         return self.q.frac[name]
@@ -482,22 +576,28 @@ class FixedModel:
                     u[name] += self.e[self.syn_w[f.syn]][:, s].sum(axis=1)
                 s = u[name] >= threshold(p, q)
                 u[name] -= s.astype(np.int64) << q.pop_frac[name]
-                cnt[name] += s
+                lq = self.qp[name].leak_q15
+                if lq:  # LIF: u <- leak (u - V s), cnt <- leak cnt + s (at 2^cnt_frac)
+                    u[name] = leak_mul(u[name], lq)
+                    cnt[name] = leak_mul(cnt[name], lq) + (s.astype(np.int64) << self.qp[name].cnt_frac)
+                else:
+                    cnt[name] += s
                 spikes[name] = s
             for p in self.pops:
                 prev[p.name] = spikes[p.name].copy()
         self.cnt = cnt
-        self.mask = {p: (c > 0) & (c < T) for p, c in cnt.items()}
+        self.mask = {p: (c > 0) & (c < self.norm[p]) for p, c in cnt.items()}
+        RN = self.rnorm
         L = np.zeros(self.n_classes, np.int64)
         if self.ro.bias is not None:
-            L += T * self.w[self.ro.bias]
+            L += RN * self.w[self.ro.bias]
         for f in self.ro.feeds:
             L += self.e[self.syn_w[f.syn]] @ cnt[f.src]
         self.logits_q = L
-        return L / (T * 2.0**q.readout_frac)
+        return L / (RN * 2.0**q.readout_frac)
 
     def softmax_q16(self, L: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        d16 = ((L.max() - L) << Q) // (self.T << self.q.readout_frac)
+        d16 = ((L.max() - L) << Q) // (self.rnorm << self.q.readout_frac)
         e = exp_neg_q16(d16)
         return (e << Q) // e.sum(), e
 
@@ -540,7 +640,12 @@ class FixedModel:
                 th = couple_threshold(c, q)
                 v = (ub[name] >= th).astype(np.int64) - (ub[name] <= -th).astype(np.int64)
                 ub[name] -= v << (bp + sh)
-                sb[name] += v
+                clq = self.qp[name].cleak_q15
+                if clq:  # leaky couple: ub <- cleak (ub - v S), sb <- cleak sb + v (at 2^sb_frac)
+                    ub[name] = leak_mul(ub[name], clq)
+                    sb[name] = leak_mul(sb[name], clq) + (v << self.qp[name].sb_frac)
+                else:
+                    sb[name] += v
                 ts[name] = np.where(self.mask[name], v, 0)
             for c in self.back:
                 pts[c.of] = ts[c.of].copy()

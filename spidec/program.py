@@ -257,6 +257,27 @@ class QPopulation:
     g_max: int
     u_bound: int
     ub_bound: int
+    # LIF (spidec.fixed): the leaks in Q15 (0: IF, no leak), the fraction bits of the leak-weighted
+    # count and ternary sum, and their integer norms (the weighted count of a spike every step)
+    leak_q15: int = 0
+    cnt_frac: int = 0
+    norm_q: int = 0
+    cleak_q15: int = 0
+    sb_frac: int = 0
+    norm_b_q: int = 0
+
+
+LIF_FIELDS = ("leak_q15", "cnt_frac", "norm_q", "cleak_q15", "sb_frac", "norm_b_q")
+
+
+def _is_lif(p: QPopulation) -> bool:
+    return any(getattr(p, f) for f in LIF_FIELDS)
+
+
+def _qpop_dict(p: QPopulation) -> dict[str, Any]:
+    """A QPopulation as JSON: an IF population's (all-zero) LIF fields left out, as before LIF."""
+    d = asdict(p)
+    return d if _is_lif(p) else {k: v for k, v in d.items() if k not in LIF_FIELDS}
 
 
 @dataclass(frozen=True)
@@ -325,7 +346,7 @@ class Quantization:
         head = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("populations", "qtensors")}
         return {**head, "frac": self.frac, "pop_frac": self.pop_frac, "couple_frac": self.couple_frac,
                 "k_max": self.k_max, "g_max": self.g_max, "bounds": self.bounds,
-                "populations": [asdict(p) for p in self.populations],
+                "populations": [_qpop_dict(p) for p in self.populations],
                 "tensors": {n: asdict(t) for n, t in self.tensors.items()},  # the learnable ones, as before
                 "frozen": [t.name for t in self.qtensors if not t.learnable]}
 
@@ -775,7 +796,8 @@ def quant_lines(q: Quantization) -> list[str]:
     lines = [f"lower quantization {_fields_text(q, skip=COLLECTIONS[Quantization])}"]
     for coll in COLLECTIONS[Quantization]:
         for item in getattr(q, coll):
-            lines.append(f"lower {KIND_OF[type(item)]} {_fields_text(item)}")
+            skip = LIF_FIELDS if isinstance(item, QPopulation) and not _is_lif(item) else ()
+            lines.append(f"lower {KIND_OF[type(item)]} {_fields_text(item, skip=skip)}")
     return lines
 
 

@@ -187,8 +187,8 @@ def test_refusals(digits_graph):
         quantize(passes.run(conv.validate()))
     with pytest.raises(SpidecError, match="fixed point supports"):
         quantize(passes.run(conv_feedback()))
-    with pytest.raises(SpidecError, match="IF neurons only"):
-        quantize(passes.run(deep_dense(), neuron="LIF", leak=0.9))
+    with pytest.raises(SpidecError, match="is 0 or 1 in Q15"):  # (LIF itself: tests/test_fixed_lif.py)
+        quantize(passes.run(deep_dense(), neuron="LIF", leak=1e-6))
     with pytest.raises(SpidecError, match="training graph"):
         quantize(deep_dense())
     with pytest.raises(SpidecError, match="update must be"):

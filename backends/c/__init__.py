@@ -298,6 +298,15 @@ def _declared(prog: Program) -> list[dict[str, Any]]:
     return out
 
 
+def _lif(qp: Any, prog: Program) -> dict[str, Any]:
+    """A population's leak constants for fixed.c.j2 (spidec.fixed: Q15 leaks, weighted counts at
+    2^cnt_frac and ternary sums at 2^sb_frac); IF (no leak) gives lq = clq = 0."""
+    from ... import fixed as fx
+
+    return {"lq": qp.leak_q15, "one": 2**qp.cnt_frac, "norm": fx.norm_of(qp, prog.T),
+            "clq": qp.cleak_q15, "oneb": 2**qp.sb_frac, "normb": fx.norm_b_of(qp, prog.T_back)}
+
+
 def fixed_context(g: Graph) -> dict[str, Any]:
     """What fixed.c.j2 needs: context(g) plus the quantize pass's scales (spidec.fixed)."""
     from ... import fixed as fx
@@ -341,6 +350,7 @@ def fixed_context(g: Graph) -> dict[str, Any]:
         return feeds
     S = {c.of: c.S for c in prog.couples}
     steps = {p.name: p for p in prog.populations}
+    qpop = {qp.name: qp for qp in q.populations}
     pops = []
     for p in ctx["pops"]:
         name = p["name"]
@@ -353,7 +363,7 @@ def fixed_context(g: Graph) -> dict[str, Any]:
         pops.append({**p, "frac": q.pop_frac[name], "bp": q.couple_frac[name], "th": fx.threshold(step, q),
                      "cth": fx.couple_threshold(couple, q), "kmax": q.k_max[name], "gmax": q.g_max[name],
                      "si": 2 ** (q.couple_frac[name] + round(math.log2(couple.S))),
-                     "ifeeds": ifeeds, "pfeeds": pfeeds})
+                     "ifeeds": ifeeds, "pfeeds": pfeeds, **_lif(qpop[name], prog)})
     by = {p["name"]: p for p in pops}
     back = []
     for c in prog.couples:
@@ -385,7 +395,9 @@ def fixed_context(g: Graph) -> dict[str, Any]:
             updates.append({"tensor": r.tensor, "kind": "delta_bias", "c": c, "rows": ctx["n_classes"],
                             "post": "dls[k]"})
     return {**ctx, "q": q, "tensors": tensors, "tmap": {t["name"]: t for t in tensors}, "pops": pops, "back": back,
-            "readout": {"bias": _cname(ro.bias) if ro.bias else None, "feeds": rfeeds},
+            "readout": {"bias": _cname(ro.bias) if ro.bias else None, "feeds": rfeeds,
+                        "norm": "T_STEPS" if all(not qpop[f.src].leak_q15 for f in ro.feeds)
+                        else str(fx.readout_norm(prog, q.populations))},
             "updates": updates, "w_max": fx.W_MAX, "log2e": fx.LOG2E_Q16,
             "exp2": ", ".join(str(v) for v in fx.EXP2_TABLE), "sf_q16": (float(ctx["sf"]) * 2.0**fx.Q).hex(),
             "plan": prog.buffers}
