@@ -114,6 +114,7 @@ class Run:
     grads: dict[str, np.ndarray]  # one learn step over the batch: the estimate of sf * dL/dW (flat)
     back: dict[str, np.ndarray] | None = None  # signed ternary spike sums per couple, [B, n], in units of S
     ints: dict[str, np.ndarray] | None = None  # fixed point: the accumulated integer gradients
+    norms: dict[str, float] | None = None  # fixed point: rate 1 as a count (LIF: the integer norm / 2^cnt_frac)
 
 
 def _split(flat: np.ndarray, prog: Any) -> dict[str, np.ndarray]:
@@ -136,8 +137,17 @@ def _counted(values: np.ndarray, integral: bool) -> np.ndarray:
     return counts
 
 
-def _rates(counts: dict[str, np.ndarray], prog: Any) -> dict[str, np.ndarray]:
-    return {p.name: counts[p.name] / p.norm for p in prog.populations}
+def _rates(counts: dict[str, np.ndarray], prog: Any, norms: dict[str, float] | None = None) -> dict[str, np.ndarray]:
+    return {p.name: counts[p.name] / (norms[p.name] if norms else p.norm) for p in prog.populations}
+
+
+def _fixed_norms(g: Graph) -> dict[str, float]:
+    """Fixed point's rate 1 in count units: T (IF), LIF's integer weighted norm over 2^cnt_frac (the
+    leak's rounding moves it from the float norm by up to 1 / (1 - leak) units of 2^-cnt_frac)."""
+    from spidec.fixed import norm_of
+
+    q = g.program.quant
+    return {qp.name: norm_of(qp, g.program.T) / 2.0**qp.cnt_frac for qp in q.populations}
 
 
 class Target:
@@ -243,6 +253,7 @@ class CFixed(Target):
     def load(self, art: Any) -> Any:
         rt = art.build()
         assert rt.fixed
+        rt.norms = _fixed_norms(art.graph)
         return rt
 
     def run(self, rt: Any, g: Graph, x: np.ndarray, y: np.ndarray) -> Run:
@@ -257,8 +268,9 @@ class CFixed(Target):
             counts.append(c)
             back.append(rt.back_sums() / S)
         counts_ = _split(np.array(counts), prog)
-        return Run(counts_, _rates(counts_, prog), logits, {k: v.astype(np.float64) for k, v in rt.grads().items()},
-                   _split(np.array(back), prog), {k: v.astype(np.int64) for k, v in rt.qmomentum().items()})
+        return Run(counts_, _rates(counts_, prog, rt.norms), logits,
+                   {k: v.astype(np.float64) for k, v in rt.grads().items()}, _split(np.array(back), prog),
+                   {k: v.astype(np.int64) for k, v in rt.qmomentum().items()}, rt.norms)
 
 
 class FixedNumpy(Target):
@@ -275,12 +287,15 @@ class FixedNumpy(Target):
         for k in range(len(x)):
             logits.append(fm.forward(x[k]).astype(np.float32))  # the C runtime returns float32 logits
             fm.learn(x[k], int(y[k]), len(x))
-            counts.append(np.concatenate([fm.cnt[p.name] for p in prog.populations]))
-            back.append(np.concatenate([fm.sb[p.name] for p in prog.populations]))
+            # (LIF: weighted counts and sums at 2^cnt_frac / 2^sb_frac, in spike units as the C runtime reports them)
+            counts.append(np.concatenate([fm.cnt[p.name] / 2.0 ** fm.qp[p.name].cnt_frac for p in prog.populations]))
+            back.append(np.concatenate([fm.sb[p.name] / 2.0 ** fm.qp[p.name].sb_frac for p in prog.populations]))
         counts_ = _split(np.array(counts, np.float64), prog)
         grads = {n: (m * fm.q.tensors[n].unit).ravel() for n, m in fm.m.items()}
-        return Run(counts_, _rates(counts_, prog), np.array(logits, np.float64), grads,
-                   _split(np.array(back, np.float64), prog), {n: m.ravel().astype(np.int64) for n, m in fm.m.items()})
+        norms = _fixed_norms(fm.g)
+        return Run(counts_, _rates(counts_, prog, norms), np.array(logits, np.float64), grads,
+                   _split(np.array(back, np.float64), prog), {n: m.ravel().astype(np.int64) for n, m in fm.m.items()},
+                   norms)
 
 
 class Lava(Target):
@@ -329,7 +344,6 @@ for _name, _t in TARGETS.items():
 OK = None  # a supported cell; any other value is the regex of the refusal
 _FIXED_CONV = r"synapse 'conv1': fixed point supports dense synapses only, not conv"
 _FIXED_PER_CHANNEL = r"population 'c1': fixed point supports full biases only \(per-channel biases come with conv"
-_FIXED_LIF = r"population 'h': fixed point supports IF neurons only"
 
 SUPPORT: dict[tuple[str, str], str | None] = {
     # sim runs every graph (float64 and float32)
@@ -339,10 +353,10 @@ SUPPORT: dict[tuple[str, str], str | None] = {
     ("c", "conv"): OK,
     ("c", "conv_if"): r"synapse 'conv1': the C backend does not support op pad yet.*--target sim",
     ("c", "lif"): OK,
-    # fixed point (both refused by the quantize pass): dense synapses, IF neurons, full biases only
+    # fixed point (both refused by the quantize pass): dense synapses, full biases only (IF or LIF)
     **{(t, g): v for t in ("c_fixed", "fixed_model") for g, v in (
         ("dense_fb", OK), ("two_pop", OK), ("conv", _FIXED_CONV), ("conv_if", _FIXED_PER_CHANNEL),
-        ("lif", _FIXED_LIF))},
+        ("lif", OK))},
     # Lava: synapses between populations all delayed, dense, IF, full biases
     ("lava", "dense_fb"): OK,
     ("lava", "two_pop"): r"synapse 'a_b' \(a -> b\) is not delayed.*use --target sim or c",
@@ -514,7 +528,8 @@ def test_forward_rates_against_the_reference(target, graph, lab):
     # the spike counts are counts: integers for IF, between 0 and the norm
     for p in lab.graph(graph).program.populations:
         c = run.counts[p.name]
-        assert c.min() >= 0 and c.max() <= p.norm + 1e-4, (p.name, c.min(), c.max())
+        norm = run.norms[p.name] if run.norms else p.norm
+        assert c.min() >= 0 and c.max() <= norm + 1e-4, (p.name, c.min(), c.max())
         if p.model == "IF":
             np.testing.assert_array_equal(c, np.round(c), err_msg=p.name)
 
