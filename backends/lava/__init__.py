@@ -5,11 +5,25 @@
     net.train_epoch(x, y); net.evaluate(x_test, y_test); net.close()
 
 Lava (lava-nc 0.10.0) is archived upstream: it is an optional extra and ``lava_shim.py`` (a copy of
-:mod:`spidec.backends.lava.shim`) makes it import on Python 3.11. Lava's Dense process delivers a
-spike one step after it was sent, which is exactly the model's delayed (feedback) synapse; the
-backend therefore reads models whose synapses between populations are all delayed (the feedback
-MLPs), with dense weights and one input and one readout, computed on the host. Other models are
-refused with a message.
+:mod:`spidec.backends.lava.shim`) makes it import on Python 3.11.
+
+Synapses between populations, and when they deliver. Lava's Python runtime runs every process's
+``run_spk`` of a time step concurrently and a port's ``recv`` blocks until each connected sender
+has sent *that step's* message; Lava's own Dense sends the current computed in the previous step
+before it receives (so that loops cannot deadlock): a one-step delay, which is exactly the model's
+delayed (feedback) synapse, and such synapses stay Lava Dense processes. An undelayed synapse is
+a ``SameStepDense`` process of the generated processes.py that receives the sender's spikes and
+sends ``W s`` in the same step, so the receiving population integrates them in the step they were
+fired, as in the sim and c targets (no pipeline delay, the same spike counts). That cannot
+deadlock because the undelayed synapses of a model form no cycle (the check pass refuses one):
+every chain of same-step receives ends at a delayed Dense or at a population's constant current.
+The backward stage is the same graph transposed: the transpose of an undelayed synapse is a
+``SameStepDense`` from the successor's couple to the predecessor's, of a delayed one a Dense.
+
+The backend reads models with one constant data input and one cross-entropy readout, computed on
+the host, whose synapses are one dense weight each, and whose populations form one network
+(Lava runs the processes connected to the one it is asked to run). Other models are refused with a
+message naming the synapse or population.
 """
 
 from __future__ import annotations
@@ -46,6 +60,21 @@ def _weight(ch: Chain) -> tuple[str, float]:
     return ch.weight, ch.factor  # type: ignore[return-value]
 
 
+def _connected(pops: list[dict[str, Any]], between: list[dict[str, Any]]) -> None:
+    """Refuse populations that no synapse joins to the first one: the emitted network runs the
+    Lava processes connected to the first population (forward) and to its couple (backward)."""
+    reached, todo = set(), [pops[0]["name"]]
+    while todo:
+        n = todo.pop()
+        if n not in reached:
+            reached.add(n)
+            todo += [r["dst"] if r["src"] == n else r["src"] for r in between if n in (r["src"], r["dst"])]
+    alone = [p["name"] for p in pops if p["name"] not in reached]
+    if alone:
+        raise SpidecError(f"population '{alone[0]}' is joined to population '{pops[0]['name']}' by no chain of "
+                          "synapses; the lava backend runs one connected network", hint="use --target sim or c")
+
+
 def config(g: Graph) -> dict[str, Any]:
     """What the Lava templates (and config.json) need, read from the step program."""
     from ... import __version__
@@ -55,7 +84,7 @@ def config(g: Graph) -> dict[str, Any]:
         raise SpidecError("the lava backend reads one data input as a constant current")
     if len(prog.readouts) != 1 or prog.readouts[0].loss != "cross_entropy":
         raise SpidecError("the lava backend trains one cross-entropy readout")
-    pops, recurrent, inputs = [], [], []
+    pops, between, inputs = [], [], []
     names = {p.name for p in prog.populations}
     for p in prog.populations:
         if p.model != "IF":
@@ -73,17 +102,11 @@ def config(g: Graph) -> dict[str, Any]:
             continue
         weight, factor = _weight(ch)
         if ch.src in names:
-            if not ch.delay:
-                raise SpidecError(f"synapse '{ch.name}' ({ch.src} -> {ch.dst}) is not delayed; Lava's Dense delivers "
-                                  "spikes one step later, so the lava backend reads delayed (feedback) synapses "
-                                  "between populations only", hint="use --target sim or c for this model")
-            recurrent.append({"name": ch.name, "src": ch.src, "dst": ch.dst, "weight": weight, "factor": factor})
+            between.append({"name": ch.name, "src": ch.src, "dst": ch.dst, "weight": weight, "factor": factor,
+                            "delayed": bool(ch.delay)})
         else:
             inputs.append({"name": ch.name, "dst": ch.dst, "weight": weight, "factor": factor})
-    fed = {r["dst"] for r in recurrent}
-    if any(p["name"] not in fed for p in pops):
-        raise SpidecError("every population needs a feedback synapse into it for the lava backend "
-                          f"({', '.join(p['name'] for p in pops if p['name'] not in fed)} has none)")
+    _connected(pops, between)
     ro = prog.readouts[0]
     rsyn = []
     for f in ro.feeds:
@@ -105,7 +128,7 @@ def config(g: Graph) -> dict[str, Any]:
         "optimizer": {"lr": opt.lr, "momentum": opt.momentum, "weight_decay": opt.weight_decay,
                       "milestones": list(opt.milestones), "gamma": opt.gamma,
                       "reparam": prog.restricted("reparam"), "project": prog.restricted("project")},
-        "populations": pops, "recurrent": recurrent, "input_synapses": inputs,
+        "populations": pops, "between": between, "input_synapses": inputs,
         "readout": {"name": ro.name, "n": ro.size, "bias": ro.bias, "synapses": rsyn},
         "updates": updates,
         "learnable": [r.tensor for r in prog.rules],
