@@ -46,7 +46,8 @@ def _both(g: spidec.Graph, tmp_path):
 
 def _stages_equal_sim(g: spidec.Graph, net, snet, prog, x, y) -> int:
     """Forward and backward spikes of every population as the sim program's (one spike per
-    neuron); returns how many rates were strictly inside (0, 1) (the test must exercise some)."""
+    neuron; Lava's vectors are the populations flattened in C order); returns how many rates
+    were strictly inside (0, 1) (the test must exercise some)."""
     T, T_b = g.simulation.T, g.training.T_back
     fwd = snet.forward_stage({"x": torch.from_numpy(x)})
     _, dy, _ = prog.loss_and_grad(fwd, torch.from_numpy(y), len(y))
@@ -56,9 +57,9 @@ def _stages_equal_sim(g: spidec.Graph, net, snet, prog, x, y) -> int:
         rates, logits = net.forward(x[k])
         beta, fired = net.backward(rates, dy["y"].numpy()[k])
         for name in rates:
-            assert np.max(np.abs(rates[name] - fwd[f"a_{name}"].numpy()[k])) * T <= 1.0 + 1e-9, name
-            assert np.max(np.abs(beta[name] - bwd[f"beta_{name}"].numpy()[k])) * T_b <= 1.0 + 1e-9, name
-            np.testing.assert_allclose(fired[name], bwd[f"rate_{name}"].numpy()[k], atol=1.0 / T_b + 1e-12)
+            assert np.max(np.abs(rates[name] - fwd[f"a_{name}"].numpy()[k].reshape(-1))) * T <= 1.0 + 1e-9, name
+            assert np.max(np.abs(beta[name] - bwd[f"beta_{name}"].numpy()[k].reshape(-1))) * T_b <= 1.0 + 1e-9, name
+            np.testing.assert_allclose(fired[name], bwd[f"rate_{name}"].numpy()[k].reshape(-1), atol=1.0 / T_b + 1e-12)
             inside += int(np.sum((rates[name] > 0) & (rates[name] < 1)))
         np.testing.assert_allclose(logits, fwd["y_y"].numpy()[k], atol=1e-9)
     return inside
@@ -113,3 +114,54 @@ def test_same_step_rates_reach_the_reference_equilibrium_at_large_T(tmp_path):
             net.close()
     assert err[400].max() <= 0.005, err[400].max()
     assert err[400].mean() * 8 <= err[30].mean(), (err[30].mean(), err[400].mean())
+
+
+# ---------------------------------------------------------------------------------------------- 2. LIF
+
+
+def test_lif_populations_and_couples_equal_sim(tmp_path):
+    """LIF (leak 0.9) in both stages: u = leak (u - V s), leak-weighted counts and couple sums over
+    the program's norms, with the same-step synapse of the chain net: spikes and two training
+    steps as the sim program's."""
+    g = spidec.passes.run(chain_net(), neuron="LIF", leak=0.9, sf=20.0, T=30, T_back=60)
+    assert {p.model for p in g.program.populations} == {"LIF"}
+    assert {c.leak for c in g.program.couples} == {0.9}
+    net, snet, sprog = _both(g, tmp_path)
+    try:
+        x, y = _sample()
+        assert _stages_equal_sim(g, net, snet, sprog, x, y) >= 8
+        _training_equals_sim(net, snet, sprog, x, y)
+    finally:
+        net.close()
+
+
+# ---------------------------------------------------------------------------------------------- 3. per-channel bias
+
+
+def channel_net(seed: int = 3) -> spidec.Graph:
+    """x[8] -> h[3, 2, 2] with a per-channel bias (3,), h -> o[5] undelayed, o -> h delayed
+    (reshaped to [3, 2, 2]), readout y[3] from o."""
+    rng = np.random.default_rng(seed)
+    g = spidec.Graph("channels")
+    g.add_input("x", [8])
+    g.add_population("h", [3, 2, 2], bias=np.array([0.3, -0.1, 0.1]))
+    g.add_population("o", [5], bias=rng.normal(0.0, 0.1, 5))
+    g.add_readout("y", [3])
+    g.add_synapse("x", "h", [spidec.Dense(rng.normal(0.05, 0.3, (12, 8))), spidec.Reshape((3, 2, 2))])
+    g.add_synapse("h", "o", [spidec.Flatten(), spidec.Dense(rng.normal(0.1, 0.4, (5, 12)))])
+    g.add_synapse("o", "h", [spidec.Dense(rng.normal(0, 0.3, (12, 5))), spidec.Reshape((3, 2, 2))], delay=1)
+    g.add_synapse("o", "y", spidec.Dense(rng.normal(0, 1, (3, 5))))
+    return g
+
+
+def test_per_channel_bias_broadcasts_and_trains_as_in_sim(tmp_path):
+    g = spidec.passes.run(channel_net(), sf=20.0, T=30, T_back=60)
+    assert g.program.population("h").bias_channels == 3
+    net, snet, sprog = _both(g, tmp_path)
+    try:
+        x, y = _sample()
+        assert _stages_equal_sim(g, net, snet, sprog, x, y) >= 8
+        _training_equals_sim(net, snet, sprog, x, y)
+        assert net.tensors()["h.bias"].shape == (3,)
+    finally:
+        net.close()

@@ -20,6 +20,10 @@ every chain of same-step receives ends at a delayed Dense or at a population's c
 The backward stage is the same graph transposed: the transpose of an undelayed synapse is a
 ``SameStepDense`` from the successor's couple to the predecessor's, of a delayed one a Dense.
 
+Neurons: IF or LIF (the leak as in the sim program: u = leak (u - V s) after the spike, counts
+and couple sums leak-weighted, rates over the program's norms), the bias full or per channel
+(broadcast over H*W on the host: the constant current is computed there once per sample).
+
 The backend reads models with one constant data input and one cross-entropy readout, computed on
 the host, whose synapses are one dense weight each, and whose populations form one network
 (Lava runs the processes connected to the one it is asked to run). Other models are refused with a
@@ -87,13 +91,11 @@ def config(g: Graph) -> dict[str, Any]:
     pops, between, inputs = [], [], []
     names = {p.name for p in prog.populations}
     for p in prog.populations:
-        if p.model != "IF":
-            raise SpidecError(f"population '{p.name}' is LIF; the lava backend has IF models only")
-        if p.bias_channels:
-            raise SpidecError(f"population '{p.name}' has a per-channel bias; the lava backend needs a full one")
         c = prog.couple_of(p.name)
-        pops.append({"name": p.name, "n": p.size, "V": p.V, "vth": p.vth, "bias": p.bias, "couple": c.name,
-                     "S": c.S, "vth_back": c.vth})
+        # IF or LIF (leak 1: IF); the rates divide the leak-weighted counts by the program's norms
+        pops.append({"name": p.name, "n": p.size, "V": p.V, "vth": p.vth, "leak": p.leak, "norm": p.norm,
+                     "bias": p.bias, "bias_channels": p.bias_channels, "couple": c.name, "S": c.S,
+                     "vth_back": c.vth, "leak_back": c.leak, "norm_back": c.norm})
     for ch in prog.chains:
         if ch.dropout:
             raise SpidecError(f"synapse '{ch.name}' has dropout (p = {ch.dropout}); the lava backend does not run "
@@ -119,7 +121,8 @@ def config(g: Graph) -> dict[str, Any]:
     updates = []
     for r in prog.rules:
         u = {"tensor": r.tensor, "kind": kinds[type(r)], "synapse": getattr(r, "syn", None), "post": None,
-             "gate": getattr(r, "gate", None), "scale": getattr(r, "scale", 1.0)}
+             "gate": getattr(r, "gate", None), "scale": getattr(r, "scale", 1.0),
+             "channels": getattr(r, "channels", 0)}
         u["post"] = r.post if isinstance(r, (WeightRule, BiasRule)) else r.node  # type: ignore[union-attr]
         updates.append(u)
     return {
