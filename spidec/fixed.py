@@ -73,6 +73,20 @@ Updates (``update``):
   authors') keeps ``W`` and lets both stages read ``E = (W * k) >> 16``, and each sample's gradient
   of ``W`` is ``round_shift(G * k, 16)``.
 
+Average pooling (a synapse of one avgpool2d op between populations, with any scalar gain ``g``):
+its coefficient ``g / divisor(o)`` of window ``o`` is held once per output position as the integer
+``P[o] = floor(g / divisor(o) * 2**F_dst + 0.5)`` (round half up; ``pool_weights``), at the scale of
+the destination's weights, so it is an int16 "weight" shared by the window's taps and channels: a
+forward spike adds ``P[o]`` to every window ``o`` that holds it, a ternary spike of output ``j`` adds
+``+-P[o(j)]`` (shifted as a dense row) to every input of its window (``pool_matrix`` is the dense
+equivalent the numpy model multiplies). Not learnable; ``F_dst`` is capped so ``max |P| <= W_MAX``.
+Bounds: one step adds at most ``kh kw max|P|`` to a destination membrane (all of a window's inputs
+spike) and at most ``pf max|P| << shift`` to a source couple (``pf = ceil(kh/sh) ceil(kw/sw)``, the
+most windows one input lies in), in place of the dense ``n_src W_MAX`` and ``n_dst W_MAX << shift``.
+A per-channel bias ``b[c]`` of a ``[C, H, W]`` population is held like a full one (int16 at ``F_p``):
+``K[c*H*W + i] = b[c] + ...``; its gradient is the channel's sum ``sum_i post[c*H*W + i]`` (the
+adjoint of the broadcast), exact in int64, at the full bias's unit.
+
 Overflow: int32 membranes cannot overflow because ``k_max`` and ``g_max`` are chosen from the
 int16 weight range, the layer sizes and ``T`` so that the worst case fits (``bounds``), with or
 without a leak (LIF above); buffers and weights saturate.
@@ -92,6 +106,7 @@ from .options import Opt
 from .program import (
     BiasRule,
     Buffer,
+    Chain,
     CoupleStep,
     PopulationStep,
     Program,
@@ -158,8 +173,8 @@ def count_scale(leak: float, steps: int) -> tuple[int, int, int]:
 
 def _structure(g: Graph) -> Program:
     """The step program of ``g``, checked against what fixed point supports (dense synapses without
-    scale, IF or LIF neurons with a Q15 leak, full biases, couples with a power-of-two S, one input, one cross-entropy
-    readout)."""
+    scale, average pooling between populations with any scalar gain, IF or LIF neurons with a Q15 leak,
+    full or per-channel biases, couples with a power-of-two S, one input, one cross-entropy readout)."""
     prog = require_program(g, "quantize")
     if prog.encoding != "constant" or len(prog.inputs) != 1:
         raise SpidecError("fixed point reads one data input as a constant current")
@@ -171,12 +186,10 @@ def _structure(g: Graph) -> Program:
             if leak != 1.0 and not 0 < leak_q15(leak) < 2**15:
                 raise SpidecError(f"{what}: leak {leak} is 0 or 1 in Q15 (fixed point holds the leak as "
                                   "round(leak * 2^15))", hint="use leak=1 (IF) or a leak in (2^-16, 1 - 2^-16)")
-        if p.bias_channels:
-            raise SpidecError(f"population '{p.name}': fixed point supports full biases only (per-channel "
-                              "biases come with conv layers)")
         if c.S <= 0 or 2.0 ** round(math.log2(c.S)) != c.S:
             raise SpidecError(f"couple of '{p.name}': fixed point needs S = 2 vth_b to be a power of two, got {c.S}")
     ro = prog.readouts[0]
+    pops = {p.name for p in prog.populations}
     read = {f.src for f in ro.feeds}
     if len({p.leak for p in prog.populations if p.name in read}) > 1:
         raise SpidecError(f"readout '{ro.name}': fixed point needs the populations it reads to share one leak "
@@ -186,10 +199,15 @@ def _structure(g: Graph) -> Program:
             raise SpidecError(f"synapse '{ch.name}': fixed point does not run dropout yet (p = {ch.dropout})",
                               hint="train with dropout on the float C or sim target, or export the model "
                               "with its Dropout in eval mode")
-        if ch.kernel != "dense":
-            raise SpidecError(f"synapse '{ch.name}': fixed point supports dense synapses only, not {ch.kernel}",
-                              hint="use the float C backend (drop --fixed) for conv, pooling and identity synapses")
-        if ch.factor != 1.0:
+        pool_ok = ch.kernel == "pool" and ch.src in pops and ch.dst in pops
+        if ch.kernel == "pool" and not pool_ok:
+            raise SpidecError(f"synapse '{ch.name}': fixed point pools between populations only (not from an "
+                              "input or into a readout)", hint="put a population between the input and the pool")
+        if ch.kernel not in ("dense", "pool"):
+            raise SpidecError(f"synapse '{ch.name}': fixed point supports dense synapses only, not {ch.kernel} "
+                              "(and average pooling between populations)", hint="use the float C backend (drop "
+                              "--fixed) for conv and identity synapses")
+        if ch.factor != 1.0 and not pool_ok:
             raise SpidecError(f"synapse '{ch.name}': fixed point needs weights without a scale factor "
                               f"(got {ch.factor})")
         if ch.src in {r.name for r in prog.readouts} or (ch.dst in {r.name for r in prog.readouts}
@@ -263,6 +281,50 @@ def prog_tensor_size(prog: Program, name: str) -> int:
     raise SpidecError(f"no tensor '{name}' in the step program")
 
 
+def pool_geometry(g: Graph, ch: Chain) -> dict[str, int]:
+    """The window geometry of pooling synapse ``ch`` (the float C backend's ``_window`` keys), with
+    ``pf``: the most windows one input lies in."""
+    op = g.synapse(ch.name).synapse.ops[ch.kernel_op]  # type: ignore[index]
+    ci, h, wd = ch.shape_in
+    co, ho, wo = ch.shape_out
+    (kh, kw), (sh, sw), (ph, pw) = op.kernel, op.stride, op.padding
+    return {"ci": ci, "h": h, "wd": wd, "co": co, "ho": ho, "wo": wo, "kh": kh, "kw": kw, "sh": sh, "sw": sw,
+            "ph": ph, "pw": pw, "pf": -(-kh // sh) * -(-kw // sw)}
+
+
+def pool_coefficients(g: Graph, ch: Chain) -> np.ndarray:
+    """``g / divisor(o)`` per output position ``o`` of pooling synapse ``ch`` (float64, [ho * wo])."""
+    op = g.synapse(ch.name).synapse.ops[ch.kernel_op]  # type: ignore[index]
+    geo = pool_geometry(g, ch)
+    div = np.broadcast_to(np.asarray(op._divisor(ch.shape_in), np.float64), (geo["ho"], geo["wo"]))
+    return (ch.factor / div).ravel()
+
+
+def pool_weights(g: Graph, ch: Chain, frac: int) -> np.ndarray:
+    """The pool's integer coefficients ``P[o] = floor(g / divisor(o) * 2**frac + 0.5)`` (int64, [ho * wo])."""
+    return np.floor(pool_coefficients(g, ch) * 2.0**frac + 0.5).astype(np.int64)
+
+
+def pool_matrix(g: Graph, ch: Chain, frac: int) -> np.ndarray:
+    """The dense equivalent of pooling synapse ``ch`` in integers ([n_out, n_in]): ``P[o]`` at every tap
+    of window ``o`` of every channel (the numpy model multiplies it; the C runtime walks the windows)."""
+    geo = pool_geometry(g, ch)
+    P = pool_weights(g, ch, frac)
+    h, wd, ho, wo = geo["h"], geo["wd"], geo["ho"], geo["wo"]
+    out = np.zeros((ch.n_out, ch.n_in), np.int64)
+    for c in range(geo["co"]):
+        for oy in range(ho):
+            for ox in range(wo):
+                j = (c * ho + oy) * wo + ox
+                for ky in range(geo["kh"]):
+                    y = oy * geo["sh"] - geo["ph"] + ky
+                    for kx in range(geo["kw"]):
+                        x = ox * geo["sw"] - geo["pw"] + kx
+                        if 0 <= y < h and 0 <= x < wd:
+                            out[j, (c * h + y) * wd + x] = P[oy * wo + ox]
+    return out
+
+
 def quantize(g: Graph, *,
              update: Annotated[str | None, Opt("fixed-point updates: momentum (the model's SGD, a buffer per weight) "
                                                "or online (each sample's update at once, no buffers)",
@@ -303,19 +365,35 @@ def quantize(g: Graph, *,
     xq_max = 2 ** (input_bits - 1) - 1
     fx = max(0, min(24, _exponent(xq_max / input_max)))
 
-    def frac_for(names: list[str]) -> int:
+    def frac_for(names: list[str], pool: float = 0.0) -> int:
         big = max([float(np.max(np.abs(g.tensor(n)))) for n in names if g.tensor(n).size] + [1e-3])
-        return max(0, min(24, _exponent(W_MAX / max(headroom * big, weight_range))))
+        f = max(0, min(24, _exponent(W_MAX / max(headroom * big, weight_range))))
+        # a pool coefficient never grows (not learnable): it needs only to fit int16 itself
+        return min(f, _exponent(W_MAX / pool)) if pool > 0 else f
 
     pops = {p.name: p for p in prog.populations}
     S = {p: prog.couple_of(p).S for p in pops}
     n = {p: pops[p].size for p in pops}
     chains = prog.chains
     into: dict[str, list[str]] = {p: [] for p in pops}
+    pooled: dict[str, float] = {p: 0.0 for p in pops}  # the largest pool coefficient into each population
     for ch in chains:
-        if ch.dst in pops:
+        if ch.dst in pops and ch.kernel == "pool":
+            pooled[ch.dst] = max(pooled[ch.dst], float(np.max(np.abs(pool_coefficients(g, ch)))))
+        elif ch.dst in pops:
             into[ch.dst].append(ch.weight)  # type: ignore[arg-type]
-    pop_frac = {p: frac_for(into[p] + ([pops[p].bias] if pops[p].bias else [])) for p in pops}
+    pop_frac = {p: frac_for(into[p] + ([pops[p].bias] if pops[p].bias else []), pooled[p]) for p in pops}
+
+    def most(ch: Chain) -> int:  # the most one spike (forward) or event (backward) adds through ch per neuron
+        if ch.kernel != "pool":
+            return W_MAX
+        return int(np.max(np.abs(pool_weights(g, ch, pop_frac[ch.dst]))))
+
+    def fan(ch: Chain, forward: bool) -> int:  # how many of those can meet in one neuron in one step
+        if ch.kernel != "pool":
+            return n[ch.src] if forward else n[ch.dst]
+        geo = pool_geometry(g, ch)
+        return geo["kh"] * geo["kw"] if forward else geo["pf"]
     ro = prog.readouts[0]
     readout_frac = frac_for([ch.weight for ch in chains if ch.dst == ro.name]  # type: ignore[misc]
                             + ([ro.bias] if ro.bias else []))
@@ -328,7 +406,7 @@ def quantize(g: Graph, *,
     qpops = []
     for p in pops:
         fp = pop_frac[p]
-        events = sum(n[ch.src] for ch in chains if ch.dst == p and ch.src in pops) * W_MAX
+        events = sum(fan(ch, True) * most(ch) for ch in chains if ch.dst == p and ch.src in pops)
         room = I32 // T - events - 2**fp
         k_max = min(2 ** (fp + 10), room)
         if k_max < 2 ** (fp + 1):
@@ -336,7 +414,7 @@ def quantize(g: Graph, *,
                               f"{events:,} from spikes); lower headroom or T")
         bp = couple_frac[p]
         sh = round(math.log2(S[p]))
-        bev = sum(n[ch.dst] * (W_MAX << (bp - pop_frac[ch.dst] + round(math.log2(S[ch.dst]))))
+        bev = sum(fan(ch, False) * (most(ch) << (bp - pop_frac[ch.dst] + round(math.log2(S[ch.dst]))))
                   for ch in chains if ch.src == p and ch.dst in pops)
         room_b = I32 // T_back - bev - (2 ** (bp + sh))
         g_max = min(2 ** (bp + sh + 10), room_b)
@@ -358,7 +436,8 @@ def quantize(g: Graph, *,
     # every tensor's fraction bits; the gradient units and step multipliers of the learnable ones
     frac_of: dict[str, int] = {}
     for ch in chains:
-        frac_of[ch.weight] = pop_frac[ch.dst] if ch.dst in pops else readout_frac  # type: ignore[index]
+        if ch.weight:
+            frac_of[ch.weight] = pop_frac[ch.dst] if ch.dst in pops else readout_frac
     for p in pops.values():
         if p.bias:
             frac_of[p.bias] = pop_frac[p.name]
@@ -521,6 +600,13 @@ class FixedModel:
         self.qp = {qp.name: qp for qp in q.populations}
         self.norm = {p.name: norm_of(self.qp[p.name], self.T) for p in self.pops}  # rate 1 as a count
         self.rnorm = readout_norm(prog, q.populations)
+        # pooling synapses as dense integer matrices (P[o] at every tap; see "Average pooling")
+        self.pmat = {ch.name: pool_matrix(g, ch, q.pop_frac[ch.dst]) for ch in prog.chains if ch.kernel == "pool"}
+        self.channels = {p.bias: p.bias_channels for p in self.pops if p.bias and p.bias_channels}
+
+    def _syn(self, syn: str) -> np.ndarray:
+        """The integer matrix the stages read for synapse ``syn``: its (restricted) weight, or a pool's."""
+        return self.pmat[syn] if syn in self.pmat else self.e[self.syn_w[syn]]
 
     def frac(self, name: str) -> int:
         return self.q.frac[name]
@@ -557,7 +643,10 @@ class FixedModel:
         K, u, cnt, spikes, prev = {}, {}, {}, {}, {}
         for p in self.pops:
             name = p.name
-            k = self.w[p.bias].copy() if p.bias else np.zeros(p.size, np.int64)
+            if p.bias and p.bias_channels:  # one bias per channel, broadcast over its positions
+                k = np.repeat(self.w[p.bias], p.size // p.bias_channels)
+            else:
+                k = self.w[p.bias].copy() if p.bias else np.zeros(p.size, np.int64)
             for f in p.feeds:
                 if f.kind == "input":
                     k += round_shift(self.e[self.syn_w[f.syn]] @ xq, q.input_frac)
@@ -573,7 +662,7 @@ class FixedModel:
                     if f.kind == "input":
                         continue
                     s = prev[f.src] if f.kind == "delayed" else spikes[f.src]
-                    u[name] += self.e[self.syn_w[f.syn]][:, s].sum(axis=1)
+                    u[name] += self._syn(f.syn)[:, s].sum(axis=1)
                 s = u[name] >= threshold(p, q)
                 u[name] -= s.astype(np.int64) << q.pop_frac[name]
                 lq = self.qp[name].leak_q15
@@ -635,7 +724,7 @@ class FixedModel:
                 for f in c.feeds:
                     v = pts[f.gate] if f.delayed else ts[f.gate]
                     sh = bp - q.pop_frac[f.gate] + round(math.log2(self.S[f.gate]))
-                    ub[name] += (v @ self.e[self.syn_w[f.syn]]) << sh
+                    ub[name] += (v @ self._syn(f.syn)) << sh
                 sh = round(math.log2(c.S))
                 th = couple_threshold(c, q)
                 v = (ub[name] >= th).astype(np.int64) - (ub[name] <= -th).astype(np.int64)
@@ -658,6 +747,8 @@ class FixedModel:
             if isinstance(r, WeightRule):
                 pre = self.cnt[r.pre] if r.pre in self.cnt else self.xq
                 out[r.tensor] = np.outer(self.post[r.gate], pre)
+            elif isinstance(r, BiasRule) and r.tensor in self.channels:  # per channel: the channel's sum
+                out[r.tensor] = self.post[r.gate].reshape(self.channels[r.tensor], -1).sum(axis=1)
             elif isinstance(r, BiasRule):
                 out[r.tensor] = self.post[r.gate].copy()
             elif isinstance(r, ReadoutWeightRule):

@@ -344,7 +344,7 @@ for _name, _t in TARGETS.items():
 
 OK = None  # a supported cell; any other value is the regex of the refusal
 _FIXED_CONV = r"synapse 'conv1': fixed point supports dense synapses only, not conv"
-_FIXED_PER_CHANNEL = r"population 'c1': fixed point supports full biases only \(per-channel biases come with conv"
+_FIXED_CHAIN = r"synapse 'conv1': fixed point supports dense synapses only, not chain"  # (pad |> conv)
 
 SUPPORT: dict[tuple[str, str], str | None] = {
     # sim runs every graph (float64 and float32)
@@ -354,9 +354,10 @@ SUPPORT: dict[tuple[str, str], str | None] = {
     ("c", "conv"): OK,
     ("c", "conv_if"): r"synapse 'conv1': the C backend does not support op pad yet.*--target sim",
     ("c", "lif"): OK,
-    # fixed point (both refused by the quantize pass): dense synapses, full biases only (IF or LIF)
+    # fixed point (both refused by the quantize pass): dense synapses and pooling between populations, full
+    # or per-channel biases (IF or LIF): the conv graphs stop at their first conv synapse
     **{(t, g): v for t in ("c_fixed", "fixed_model") for g, v in (
-        ("dense_fb", OK), ("two_pop", OK), ("conv", _FIXED_CONV), ("conv_if", _FIXED_PER_CHANNEL),
+        ("dense_fb", OK), ("two_pop", OK), ("conv", _FIXED_CONV), ("conv_if", _FIXED_CHAIN),
         ("lif", OK))},
     # Lava: dense synapses (same step or delayed), IF or LIF, full or per-channel biases
     ("lava", "dense_fb"): OK,

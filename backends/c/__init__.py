@@ -351,6 +351,11 @@ def fixed_context(g: Graph) -> dict[str, Any]:
     S = {c.of: c.S for c in prog.couples}
     steps = {p.name: p for p in prog.populations}
     qpop = {qp.name: qp for qp in q.populations}
+    # average pooling: its integer coefficients P[o] (spidec.fixed.pool_weights) as a const table per
+    # synapse, in flash on a board; the stages walk the windows as the float kernel's tables do
+    pools = {ch.name: {**fx.pool_geometry(g, ch), "c": code_name(ch.name), "name": ch.name,
+                       "P": ", ".join(str(int(v)) for v in fx.pool_weights(g, ch, q.pop_frac[ch.dst]))}
+             for ch in prog.chains if ch.kernel == "pool"}
     pops = []
     for p in ctx["pops"]:
         name = p["name"]
@@ -358,7 +363,9 @@ def fixed_context(g: Graph) -> dict[str, Any]:
         ifeeds = _plain([{"w": _cname(chains[f.syn].weight), "n": ctx["n_inputs"]}
                          for f in step.feeds if f.kind == "input"], "a population from the input")
         pfeeds = [{"w": _cname(chains[f.syn].weight), "k": _k(chains[f.syn].weight), "n": n_of[f.src],
-                   "src_c": cname[f.src], "syn": f.syn, "delayed": f.kind == "delayed"}
+                   "src_c": cname[f.src], "syn": f.syn, "delayed": f.kind == "delayed", "pool": pools.get(f.syn)}
+                  if f.syn not in pools else {"pool": pools[f.syn], "src_c": cname[f.src], "syn": f.syn,
+                                              "delayed": f.kind == "delayed"}
                   for f in step.feeds if f.kind != "input"]
         pops.append({**p, "frac": q.pop_frac[name], "bp": q.couple_frac[name], "th": fx.threshold(step, q),
                      "cth": fx.couple_threshold(couple, q), "kmax": q.k_max[name], "gmax": q.g_max[name],
@@ -368,8 +375,9 @@ def fixed_context(g: Graph) -> dict[str, Any]:
     back = []
     for c in prog.couples:
         p = by[c.of]
-        bfeeds = [{"w": _cname(chains[f.syn].weight), "k": _k(chains[f.syn].weight), "syn": f.syn,
-                   "src_c": cname[f.gate], "delayed": f.delayed,
+        bfeeds = [{"w": _cname(chains[f.syn].weight) if f.syn not in pools else None,
+                   "k": _k(chains[f.syn].weight) if f.syn not in pools else None, "syn": f.syn,
+                   "src_c": cname[f.gate], "delayed": f.delayed, "pool": pools.get(f.syn),
                    "shift": p["bp"] - q.pop_frac[f.gate] + round(math.log2(S[f.gate]))} for f in c.feeds]
         injections = _plain([{"w": _cname(chains[syn].weight)} for syn in c.injections], "a readout")
         back.append({**p, "bfeeds": bfeeds, "injections": injections, "ishift": q.readout_frac + fx.Q - p["bp"]})
@@ -389,7 +397,8 @@ def fixed_context(g: Graph) -> dict[str, Any]:
                             "cols": n_of[r.pre], "pre": f"cnt_{cname[r.pre]}", "post": "dls[k]"})
         elif isinstance(r, BiasRule):
             gc = cname[r.gate]
-            updates.append({"tensor": r.tensor, "kind": "bias", "c": c, "rows": n_of[r.gate],
+            updates.append({"tensor": r.tensor, "kind": "bias_pc" if r.channels else "bias", "c": c,
+                            "rows": r.channels or n_of[r.gate], "hw": n_of[r.gate] // r.channels if r.channels else 1,
                             "post": f"m_{gc}[k] ? sb_{gc}[k] : 0"})
         else:
             updates.append({"tensor": r.tensor, "kind": "delta_bias", "c": c, "rows": ctx["n_classes"],
@@ -398,7 +407,7 @@ def fixed_context(g: Graph) -> dict[str, Any]:
             "readout": {"bias": _cname(ro.bias) if ro.bias else None, "feeds": rfeeds,
                         "norm": "T_STEPS" if all(not qpop[f.src].leak_q15 for f in ro.feeds)
                         else str(fx.readout_norm(prog, q.populations))},
-            "updates": updates, "w_max": fx.W_MAX, "log2e": fx.LOG2E_Q16,
+            "updates": updates, "pools": list(pools.values()), "w_max": fx.W_MAX, "log2e": fx.LOG2E_Q16,
             "exp2": ", ".join(str(v) for v in fx.EXP2_TABLE), "sf_q16": (float(ctx["sf"]) * 2.0**fx.Q).hex(),
             "plan": prog.buffers}
 
