@@ -14,10 +14,10 @@ command-line program) and a
 ``Makefile`` that builds the host executable ``train`` (``train``/``eval``/``predict``/``info``)
 and the shared library. Same graph, same bytes.
 
-Supported: synapses made of one dense, conv, transposed-conv or average-pooling op with
-flatten/reshape and constant scalar scales around it (or no weight: an identity with a scale),
-IF/LIF populations of any shape with full or per-channel biases, one data input (constant
-encoding) and one cross-entropy readout; other ops are refused with a message.
+Supported: synapses made of any chain of the IR's linear ops (dense, conv, transposed conv,
+average pooling, pad, scalar and tensor scales, flatten/reshape, zero; at most one learnable op:
+see :func:`chain_kernel`), IF/LIF populations of any shape with full or per-channel biases, one
+data input (constant encoding) and one cross-entropy readout; other ops are refused with a message.
 
 A graph that went through the ``quantize`` pass (``g.quant``) gets the integer-only runtime of
 ``templates/fixed.c.j2`` instead (both extend ``templates/base.c.j2``; ``spidec.fixed`` describes its
@@ -34,7 +34,7 @@ import subprocess
 import sys
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -115,12 +115,38 @@ def _pool(g: Graph, ch: Chain, op: Any) -> dict[str, Any]:
     return {**geo, "inv": ", ".join(_c_float(v) for v in inv.ravel()), "pf": windows}
 
 
+def _axes(shape: tuple[int, ...]) -> list[int]:
+    """The flat-index divisor of each axis of a C-order array of ``shape``."""
+    return [math.prod(shape[k + 1:]) for k in range(len(shape))]
+
+
+def _pad(g: Graph, ch: Chain, op: Any) -> dict[str, Any]:
+    # per axis: (input divisor, input size, output divisor, zeros before); flat index i of the
+    # input lands at sum_k ((i / id_k) % s_k + b_k) * od_k of the output
+    axes = [{"id": i_d, "s": n, "od": o_d, "os": no, "b": b} for i_d, n, o_d, no, (b, _) in
+            zip(_axes(ch.shape_in), ch.shape_in, _axes(ch.shape_out), ch.shape_out, op.pads)]
+    return {"axes": axes, "out": " + ".join(f"((i / {a['id']}) % {a['s']} + {a['b']}) * {a['od']}" for a in axes)}
+
+
+def _tensor_scale(g: Graph, ch: Chain, op: Any) -> dict[str, Any]:
+    # the factor tensor broadcast to the input shape (right-aligned, numpy rules): element i of the
+    # input is scaled by factor[sum over the factor's non-broadcast axes of coordinate_k * stride_k]
+    shape = ch.shape_in
+    f = (1,) * (len(shape) - op.factor.ndim) + tuple(op.factor.shape)
+    terms = [f"((i / {d}) % {n}) * {fs}" for d, n, fn, fs in zip(_axes(shape), shape, f, _axes(f)) if fn > 1]
+    return {"fidx": " + ".join(terms) or "0"}
+
+
 C_KERNELS: dict[str, CKernel] = {
     "dense": CKernel("dense", transposed=True),
     "identity": CKernel("identity"),
     "conv": CKernel("conv", _conv, refresh=True),
     "convt": CKernel("convt", _conv, refresh=True),
     "pool": CKernel("pool", _pool, refresh=True),
+    # ops that only come as links of a chain (chain_kernel; no Chain.kernel names them)
+    "pad": CKernel("pad", _pad),
+    "scale": CKernel("tensor_scale", _tensor_scale),
+    "zero": CKernel("zero"),
 }
 
 
@@ -128,14 +154,7 @@ def kernel(g: Graph, ch: Chain, env: jinja2.Environment | None = None) -> dict[s
     """What one synapse's kernel needs, and its C code (``code``), from the op table."""
     entry = C_KERNELS.get(ch.kernel)
     if entry is None:
-        kinds = [g.synapse(ch.name).synapse.ops[i].kind for i in ch.ops]
-        works = [k for k in kinds if k not in ("flatten", "reshape")]
-        known = {cls.kind for cls in OPS.values() if cls.step_kernel in C_KERNELS}
-        odd = [k for k in works if k not in known]
-        what = f"op {odd[0]}" if odd else f"a second weighted op ({works[1]})"
-        raise SpidecError(f"synapse '{ch.name}': the C backend does not support {what} yet (it reads one dense, "
-                          "conv2d, conv_transpose2d or avgpool2d op with flatten/reshape and scalar scales around "
-                          "it)", hint="use --target sim for this model")
+        return chain_kernel(g, ch, env)
     s: dict[str, Any] = {"name": ch.name, "c": code_name(ch.name), "n": ch.n_in, "m": ch.n_out,
                          "w": _cname(ch.weight) if ch.weight else None, "kind": ch.kernel,
                          "refresh": entry.refresh, "transposed": entry.transposed, "lazy": False}
@@ -146,12 +165,92 @@ def kernel(g: Graph, ch: Chain, env: jinja2.Environment | None = None) -> dict[s
     return s
 
 
+# The op kinds a chain's links may be (op.kind -> C_KERNELS key); views (flatten, reshape) are no
+# code on flat memory and scalar scales are folded into the chain's factor by the step program.
+CHAIN_LINKS = {cls.kind: cls.step_kernel for cls in OPS.values() if cls.step_kernel in C_KERNELS}
+CHAIN_LINKS.update(pad="pad", scale="scale", zero="zero")
+
+
+def chain_kernel(g: Graph, ch: Chain, env: jinja2.Environment | None = None) -> dict[str, Any]:
+    """The kernel of a synapse whose op chain is not one op (``Chain.kernel == "chain"``): e.g.
+    ``avgpool2d |> flatten |> dense`` (a pool before a classifier layer), ``pad |> conv2d``,
+    ``avgpool2d |> scale(tensor)``. Each non-view op ("link") gets the kernel of the op table it
+    would have alone (its own shapes, the name ``<synapse>_op<i>``), and the chain's macro
+    (kernels.c.j2, ``chain``) composes their fw_/fwv_/bw_/bwv_/gr_ through small thread-local float
+    buffers, one between two links (the output of link k is the input of link k+1):
+
+    * forward spikes go through the first link's event scatter (fw_), each later link scatters
+      the nonzero values of the buffer before it (fwv_), the last one into the destination;
+    * the backward stage is the transposed chain: the last link's ternary scatter (bw_), then the
+      earlier links' transposes in reverse order (bwv_);
+    * the gradient of the one learnable link L is gr_L(G, post', pre') with pre' = the links
+      before L applied to the pre rates and post' = the transposes of the links after L applied
+      to the couple's masked sums, as the sim program computes it (its ``grads``).
+
+    The chain's factor (its scalar scales, the step program's ``Chain.factor``) is applied by the
+    last link, every earlier one runs at 1; where the IR has the scale, in the middle of the chain,
+    the float32 results differ by rounding only. At most one op may be learnable (one gradient
+    per synapse: ``gr_``), any number may be frozen."""
+    e = g.synapse(ch.name)
+    ops = e.synapse.ops
+    shapes = e.synapse.shapes(g.node(e.src).shape)
+    tensor_of = {(sl.op, sl.field): name for name, sl in g.tensor_slots().items() if sl.owner == e.name}
+    c = code_name(ch.name)
+    links = [i for i in ch.ops if not ops[i].view]
+    odd = [ops[i].kind for i in links if ops[i].kind not in CHAIN_LINKS]
+    if odd:
+        raise SpidecError(f"synapse '{ch.name}': the C backend does not support op {odd[0]} yet",
+                          hint="use --target sim for this model")
+    learn = [i for i in links if ops[i].learnable()]
+    if len(learn) > 1:
+        raise SpidecError(f"synapse '{ch.name}': the C backend trains one learnable op per synapse, this one has "
+                          f"{len(learn)} ({', '.join(ops[i].kind for i in learn)})",
+                          hint="freeze all but one (trainable false), split the synapse with a population, or "
+                          "use --target sim")
+    parts = []
+    for i in links:
+        op, kind = ops[i], CHAIN_LINKS[ops[i].kind]
+        w = tensor_of.get((i, "weight")) or tensor_of.get((i, "factor"))
+        link = replace(ch, name=f"{ch.name} op {i} ({op.kind})", kernel=kind, kernel_op=i, weight=w,
+                       shape_in=tuple(shapes[i]), shape_out=tuple(shapes[i + 1]))
+        entry = C_KERNELS[kind]
+        p: dict[str, Any] = {"name": link.name, "c": f"{c}_op{i}", "n": link.n_in, "m": link.n_out,
+                             "w": _cname(w) if w else None, "tensor": w, "kind": kind, "refresh": entry.refresh,
+                             "transposed": entry.transposed, "lazy": False, "learn": i in learn}
+        if entry.geometry is not None:
+            p.update(entry.geometry(g, link, op))
+        p["code"] = kernel_code(p, env)
+        parts.append(p)
+    kinds = " |> ".join(ops[i].kind for i in ch.ops)
+    s: dict[str, Any] = {"name": ch.name, "c": c, "n": ch.n_in, "m": ch.n_out, "w": None, "kind": "chain",
+                         "ops": kinds, "parts": parts, "refresh": any(p["refresh"] for p in parts),
+                         "transposed": False, "lazy": False,
+                         "tensors_T": [p["tensor"] for p in parts if p["transposed"]],
+                         "learn": next((k for k, p in enumerate(parts) if p["learn"]), None)}
+    s["code"] = kernel_code(s, env)
+    return s
+
+
 def kernel_code(s: dict[str, Any], env: jinja2.Environment | None = None) -> str:
     """The C code of one synapse's kernel from its description ``s`` (see :func:`kernel`)."""
+    if s["kind"] == "chain":
+        return str((env or _env()).get_template("kernels.c.j2").module.chain(s))
     entry = C_KERNELS[s["kind"]]
     env = env or _env()
     module = env.from_string(entry.source).module if entry.source else env.get_template("kernels.c.j2").module
     return str(getattr(module, entry.macro)(s))
+
+
+def _unique_names(kernels: dict[str, dict[str, Any]]) -> None:
+    """The C names of the synapses and of their chains' links are distinct (a synapse code-named
+    like another one's link, ``<synapse>_op<i>``, would define its functions twice)."""
+    seen: dict[str, str] = {}
+    for s in kernels.values():
+        for k in [s, *s.get("parts", ())]:
+            if k["c"] in seen and seen[k["c"]] != k["name"]:
+                raise SpidecError(f"synapse '{s['name']}': its C name {k['c']} is that of {seen[k['c']]} too",
+                                  hint="rename one of the synapses")
+            seen[k["c"]] = k["name"]
 
 
 def _check(prog: Program, fixed: bool = False) -> None:
@@ -201,11 +300,19 @@ def context(g: Graph) -> dict[str, Any]:
     # forward spikes add W's columns: dense weights keep a transposed copy (conv kernels keep
     # permuted copies, see kernels.c.j2)
     transposed = {ch.weight for ch in prog.chains if kernels[ch.name]["transposed"]}
+    transposed |= {t for s in kernels.values() for t in s.get("tensors_T", ())}  # (dense links of chains)
+    _unique_names(kernels)
     reparam, project = prog.restricted("reparam"), prog.restricted("project")
     scale = {r.tensor: r.scale for r in prog.rules if isinstance(r, (WeightRule, BiasRule))}
     for s in kernels.values():  # the stages read a norm-restricted weight through its effective copy
         if s["w"] and any(_cname(t) == s["w"] for t in reparam):
             s.update(w=s["w"] + "_E")
+            s["code"] = kernel_code(s, env)
+        elif any(p["tensor"] in reparam for p in s.get("parts", ())):  # (a restricted weight in a chain)
+            for p in s["parts"]:
+                if p["tensor"] in reparam:
+                    p.update(w=p["w"] + "_E")
+                    p["code"] = kernel_code(p, env)
             s["code"] = kernel_code(s, env)
     lazy = _lazy_tensors(prog, kernels, reparam, project)
     lazy_c = {_cname(t) for t in lazy}
