@@ -199,6 +199,10 @@ def _structure(g: Graph) -> Program:
             raise SpidecError(f"synapse '{ch.name}': fixed point does not run dropout yet (p = {ch.dropout})",
                               hint="train with dropout on the float C or sim target, or export the model "
                               "with its Dropout in eval mode")
+        if ch.kernel == "chain":  # (the float C backend runs chains: backends/c chain_kernel)
+            raise SpidecError(f"synapse '{ch.name}': fixed point runs synapses of one weighted op, not a chain of "
+                              f"several ({len(ch.ops)} ops)", hint="use the float C backend (drop --fixed) for "
+                              "chains such as avgpool2d |> flatten |> dense")
         pool_ok = ch.kernel == "pool" and ch.src in pops and ch.dst in pops
         if ch.kernel == "pool" and not pool_ok:
             raise SpidecError(f"synapse '{ch.name}': fixed point pools between populations only (not from an "
