@@ -228,10 +228,16 @@ def test_runs_clean_under_address_and_undefined_behaviour_sanitizers(digits_c, d
 
 
 def test_unsupported_models_are_refused_with_a_pointer_to_sim(tmp_path):
-    from test_sim import conv_if_graph
+    from spidec import Dense, Graph
 
-    with pytest.raises(SpidecError, match=r"synapse 'conv1': the C backend does not support op pad yet.*sim"):
-        spidec.compile(conv_if_graph(), target="c", out=tmp_path)
+    g = Graph("two_dense")  # (chains of ops compile, test_c_chains; two learnable ops in one do not)
+    g.add_input("x", [6])
+    g.add_population("h", [5])
+    g.add_readout("y", [3])
+    g.add_synapse("x", "h", [Dense(np.ones((8, 6))), Dense(np.ones((5, 8)))], name="deep")
+    g.add_synapse("h", "y", Dense(np.ones((3, 5))), name="cls")
+    with pytest.raises(SpidecError, match=r"synapse 'deep': the C backend trains one learnable op per synapse.*sim"):
+        spidec.compile(g.validate(), target="c", out=tmp_path)
 
 
 def test_dataset_pack_cli_round_trip(run_cli, tmp_path):

@@ -233,7 +233,9 @@ class CFloat(Target):
         counts = _split(rt.counts(x), prog)
         logits = rt.forward(x).astype(np.float64)
         rt.learn_batch(x, y)
-        return Run(counts, _rates(counts, prog), logits, {k: v.astype(np.float64) for k, v in rt.grads().items()})
+        learnable = g.parameters()  # (the runtime lists frozen tensors too, e.g. a tensor scale's factor)
+        return Run(counts, _rates(counts, prog), logits,
+                   {k: v.astype(np.float64) for k, v in rt.grads().items() if k in learnable})
 
 
 class CFixed(Target):
@@ -352,7 +354,7 @@ SUPPORT: dict[tuple[str, str], str | None] = {
     ("c", "dense_fb"): OK,
     ("c", "two_pop"): OK,
     ("c", "conv"): OK,
-    ("c", "conv_if"): r"synapse 'conv1': the C backend does not support op pad yet.*--target sim",
+    ("c", "conv_if"): OK,  # (pad |> conv2d, avgpool2d |> scale(tensor) and a zero synapse: op chains)
     ("c", "lif"): OK,
     # fixed point (both refused by the quantize pass): dense synapses and pooling between populations, full
     # or per-channel biases (IF or LIF): the conv graphs stop at their first conv synapse
