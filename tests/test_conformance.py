@@ -346,7 +346,7 @@ for _name, _t in TARGETS.items():
 
 OK = None  # a supported cell; any other value is the regex of the refusal
 _FIXED_CONV = r"synapse 'conv1': fixed point supports dense synapses only, not conv"
-_FIXED_CHAIN = r"synapse 'conv1': fixed point supports dense synapses only, not chain"  # (pad |> conv)
+_FIXED_CHAIN = r"synapse 'conv1': fixed point runs synapses of one weighted op, not a chain"  # (pad |> conv)
 
 SUPPORT: dict[tuple[str, str], str | None] = {
     # sim runs every graph (float64 and float32)
