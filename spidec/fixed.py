@@ -639,14 +639,20 @@ class FixedModel:
         return np.clip(xq, -lim, lim).astype(np.int64)
 
     # -- forward
+    # (split into the host's part, the spiking loop and the readout so that another runner of the
+    # spiking stages, e.g. the lava target's fixed_pt processes, reuses the rest verbatim)
     def forward(self, x: np.ndarray) -> np.ndarray:
-        q, T = self.q, self.T
+        K = self.currents(x)
+        return self.readout(self.spikes(K))
+
+    def currents(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """The sample's constant currents ``K_p`` (restricted weights, quantised input ``.xq``)."""
+        q = self.q
         self._restrict()
         xq = self.quantize_input(x)
         self.xq = xq
-        K, u, cnt, spikes, prev = {}, {}, {}, {}, {}
+        K = {}
         for p in self.pops:
-            name = p.name
             if p.bias and p.bias_channels:  # one bias per channel, broadcast over its positions
                 k = np.repeat(self.w[p.bias], p.size // p.bias_channels)
             else:
@@ -654,7 +660,15 @@ class FixedModel:
             for f in p.feeds:
                 if f.kind == "input":
                     k += round_shift(self.e[self.syn_w[f.syn]] @ xq, q.input_frac)
-            K[name] = np.clip(k, -q.k_max[name], q.k_max[name])
+            K[p.name] = np.clip(k, -q.k_max[p.name], q.k_max[p.name])
+        return K
+
+    def spikes(self, K: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The forward stage's ``T`` steps from the constant currents: the (leak-weighted) counts."""
+        q, T = self.q, self.T
+        u, cnt, spikes, prev = {}, {}, {}, {}
+        for p in self.pops:
+            name = p.name
             u[name] = np.zeros(p.size, np.int64)
             cnt[name] = np.zeros(p.size, np.int64)
             prev[name] = np.zeros(p.size, bool)
@@ -678,6 +692,10 @@ class FixedModel:
                 spikes[name] = s
             for p in self.pops:
                 prev[p.name] = spikes[p.name].copy()
+        return cnt
+
+    def readout(self, cnt: dict[str, np.ndarray]) -> np.ndarray:
+        """Masks and integer logits (``.logits_q``) from the counts; returns the logits as floats."""
         self.cnt = cnt
         self.mask = {p: (c > 0) & (c < self.norm[p]) for p, c in cnt.items()}
         RN = self.rnorm
@@ -687,7 +705,7 @@ class FixedModel:
         for f in self.ro.feeds:
             L += self.e[self.syn_w[f.syn]] @ cnt[f.src]
         self.logits_q = L
-        return L / (RN * 2.0**q.readout_frac)
+        return L / (RN * 2.0**self.q.readout_frac)
 
     def softmax_q16(self, L: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         d16 = ((L.max() - L) << Q) // (self.rnorm << self.q.readout_frac)
@@ -708,15 +726,26 @@ class FixedModel:
         return float(math.log(float(e.sum())) - math.log(float(e[y]))) if e[y] > 0 else 23.0
 
     def _backward(self, dls: np.ndarray) -> None:
-        q = self.q
-        ub, sb, g, ts, pts = {}, {}, {}, {}, {}
+        self.sb = self.ternary(self.injections(dls))
+        self.post = {p: np.where(self.mask[p], s, 0) for p, s in self.sb.items()}
+
+    def injections(self, dls: np.ndarray) -> dict[str, np.ndarray]:
+        """Each couple's injected loss gradient ``g`` at its scale ``2**B_p``, clamped to ``g_max``."""
+        q, g = self.q, {}
         for c in self.back:
-            name = c.of  # state by population name
             acc = np.zeros(c.size, np.int64)
             for syn in c.injections:
                 acc += self.e[self.syn_w[syn]].T @ dls
-            g[name] = np.clip(round_shift(acc, q.readout_frac + Q - q.couple_frac[name]), -q.g_max[name],
-                              q.g_max[name])
+            g[c.of] = np.clip(round_shift(acc, q.readout_frac + Q - q.couple_frac[c.of]), -q.g_max[c.of],
+                              q.g_max[c.of])
+        return g
+
+    def ternary(self, g: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The backward stage's ``T_back`` steps (spikes gated by ``.mask``): the ternary sums."""
+        q = self.q
+        ub, sb, ts, pts = {}, {}, {}, {}
+        for c in self.back:
+            name = c.of  # state by population name
             ub[name] = np.zeros(c.size, np.int64)
             sb[name] = np.zeros(c.size, np.int64)
             pts[name] = np.zeros(c.size, np.int64)
@@ -742,8 +771,7 @@ class FixedModel:
                 ts[name] = np.where(self.mask[name], v, 0)
             for c in self.back:
                 pts[c.of] = ts[c.of].copy()
-        self.sb = sb
-        self.post = {p: np.where(self.mask[p], s, 0) for p, s in sb.items()}
+        return sb
 
     def _grads(self, dls: np.ndarray) -> dict[str, np.ndarray]:
         out = {}
