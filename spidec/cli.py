@@ -366,6 +366,7 @@ def _board_target(board: str) -> str:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
+    from .backends import get
     from .compile import compile as compile_graph
 
     g = _load(args)
@@ -373,6 +374,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
         args.target = _board_target(args.board) if args.board else ("c" if args.fixed else "sim")
     if args.report and not (args.fixed or args.board):
         raise SpidecError("--report plans the memory of a fixed-point build", hint="add --fixed or --board BOARD")
+    if args.report and not getattr(get(args.target), "BOARDS", None):  # (the lava target's fixed point has no plan)
+        raise SpidecError(f"--report plans the memory of a microcontroller build, not of the {args.target} target",
+                          hint="use --target c")
     art = compile_graph(g, target=args.target, out=args.out, board=args.board, quantize=_quant_options(args),
                         force=args.force, **_pass_options(args))
     if args.report:
@@ -531,7 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=EPILOG_COMPILE, formatter_class=argparse.RawDescriptionHelpFormatter)
     _model_arguments(p)
     p.add_argument("--target", choices=list(TARGETS),
-                   help="what to emit: sim (default), c or lava (c with --fixed or --board)")
+                   help="what to emit: sim (default), c or lava (c with --fixed or --board; lava takes --fixed too)")
     p.add_argument("--seed", dest="torch_seed", type=int, help="--torch: the seed of the module's initial weights "
                    "(default 0: the same weights at every compile)")
     p.add_argument("-o", "--out", default="build", help="output folder (default: build): new, empty or an earlier "
@@ -539,8 +543,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="write into an output folder that holds other files")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.add_argument("--json", action="store_true", help="print what was written as JSON")
-    fx = p.add_argument_group("fixed point and microcontrollers (target c)")
-    fx.add_argument("--fixed", action="store_true", help="integer-only fixed-point runtime (the quantize pass)")
+    fx = p.add_argument_group("fixed point (targets c and lava) and microcontrollers (target c)")
+    fx.add_argument("--fixed", action="store_true", help="integer-only fixed-point runtime (the quantize pass; "
+                    "--target lava: Lava fixed_pt processes)")
     fx.add_argument("--board", choices=list(_boards()),
                     help="also emit a Cortex-M image: mps2-an386 (M4F) or mps2-an385 (M3); implies --fixed")
     from .options import add_arguments

@@ -38,8 +38,11 @@ def compile(g: Graph, target: str = "sim", out: str | os.PathLike = "build", *, 
     if fixed:  # a backend that builds fixed point (and boards) says so: FIXED_POINT = True
         if not getattr(backend, "FIXED_POINT", False):
             able = [t for t in TARGETS if getattr(get(t), "FIXED_POINT", False)] if target in TARGETS else []
-            raise SpidecError(f"fixed point and boards are for the {', '.join(able) or 'c'} target, not {target}",
-                              hint=f"add --target {able[0] if able else 'c'}")
+            main = [t for t in able if getattr(get(t), "BOARDS", None)] or able or ["c"]  # (boards: c only)
+            also = [t for t in able if t not in main]
+            more = f" (fixed point also for {', '.join(also)})" if also else ""
+            raise SpidecError(f"fixed point and boards are for the {', '.join(main)} target{more}, not {target}",
+                              hint=f"add --target {main[0]}")
         if quantize is not None or g.quant is None:  # (a quantized graph keeps its scales and update mode)
             g = passes.quantize(g, **(quantize or {}))
         return backend.emit(g, out, board=board)

@@ -24,6 +24,18 @@ Neurons: IF or LIF (the leak as in the sim program: u = leak (u - V s) after the
 and couple sums leak-weighted, rates over the program's norms), the bias full or per channel
 (broadcast over H*W on the host: the constant current is computed there once per sample).
 
+Fixed point (``spidec.compile(q, "lava", out, fixed=True)``, ``--target lava --fixed``: a graph the
+quantize pass annotated): processes_fixed.py holds fixed_pt process models (FixedPopulation,
+FixedCouple, FixedDense) whose per-step integer arithmetic is spidec.fixed.FixedModel's (and the
+fixed-point C runtime's) bit for bit, in both update modes, IF and LIF. The generated network.py
+subclasses FixedModel and replaces only its two spiking loops (``spikes``, ``ternary``) by Lava runs,
+so the host's once-per-sample work (input currents, integer readout and softmax, loss injection) and
+the local updates are FixedModel's own code: on Loihi 2 the learning engines would take the local
+update; the spiking stages are what run as Lava processes. The synapses are FixedDense processes,
+not Lava's Dense, whose fixed_pt model truncates weights to 8 bits (Loihi 2's synapse format) while
+the pass holds int16 weights. What fixed point cannot express (dropout, conv, per-channel biases) is
+refused by the quantize pass's checks in one line, before a file is written.
+
 The backend reads models with one constant data input and one cross-entropy readout, computed on
 the host, whose synapses are one dense weight each, and whose populations form one network
 (Lava runs the processes connected to the one it is asked to run). Other models are refused with a
@@ -138,16 +150,39 @@ def config(g: Graph) -> dict[str, Any]:
     }
 
 
-def emit(g: Graph, out: str | Path) -> LavaArtifact:
-    if g.quant is not None:  # fixed-point scales are the c backend's business: a float program here
-        g = g.copy()
+# fixed point: a quantized graph (spidec.compile(..., fixed=True), --target lava --fixed) runs the
+# quantize pass's integer arithmetic in fixed_pt process models (see emit)
+FIXED_POINT = True
+
+
+def emit(g: Graph, out: str | Path, board: str | None = None) -> LavaArtifact:
+    """Write the Lava program of training graph ``g`` into ``out``: floating_pt processes, or, when
+    the quantize pass ran (``g.quant``, as the c backend decides), fixed_pt processes whose integer
+    arithmetic is :class:`spidec.fixed.FixedModel`'s bit for bit (processes_fixed.py.j2,
+    network_fixed.py.j2: the spiking stages in Lava, the once-per-sample host work and the local
+    updates by FixedModel's own code). What fixed point cannot express (dropout, conv, per-channel
+    biases, ...) the quantize pass refuses in one line; ``board`` (Cortex-M images) is the c target's."""
+    if board is not None:
+        raise SpidecError(f"board '{board}' is a Cortex-M image of the c target; the lava target builds no boards",
+                          hint="use --target c --board BOARD, or --target lava --fixed")
+    fixed = g.quant is not None
     g = lowered(g, "the lava backend")
     cfg = config(g)
+    if fixed:
+        from ...fixed import FixedModel
+
+        FixedModel(g)  # (the checks of fixed point, before a file is written)
+        cfg["fixed"] = {"update": g.quant.update}
     out = Path(out)
     env = environment(TEMPLATES)
+    suffix = "_fixed" if fixed else ""
     with BuildFiles(out) as files:  # all or nothing, never through a symbolic link
-        for name in ("processes.py", "network.py", "train.py"):
-            files.write_text(name, env.get_template(name + ".j2").render(**cfg))
+        # (the fixed processes' module has its own name: the networks import it by name from
+        # their folder, and a float build's `processes` may already be imported in this process)
+        files.write_text(f"processes{suffix}.py", env.get_template(f"processes{suffix}.py.j2").render(**cfg))
+        files.write_text("network.py", env.get_template(f"network{suffix}.py.j2").render(
+            **cfg, update=g.quant.update if fixed else None))
+        files.write_text("train.py", env.get_template("train.py.j2").render(**cfg))
         files.copy(Path(__file__).with_name("shim.py"), "lava_shim.py")
         files.write_text("config.json", json.dumps(cfg, indent=1) + "\n")
         buf = io.BytesIO()
@@ -278,4 +313,4 @@ def train_build(out: Path, opts: Any, say: Any) -> dict[str, Any]:
     return {"epochs": epochs}
 
 
-__all__ = ["TRAIN_OPTIONS", "LavaArtifact", "config", "emit", "train_build"]
+__all__ = ["FIXED_POINT", "TRAIN_OPTIONS", "LavaArtifact", "config", "emit", "train_build"]
