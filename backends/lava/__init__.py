@@ -24,6 +24,23 @@ Neurons: IF or LIF (the leak as in the sim program: u = leak (u - V s) after the
 and couple sums leak-weighted, rates over the program's norms), the bias full or per channel
 (broadcast over H*W on the host: the constant current is computed there once per sample).
 
+Op chains (conv, transposed conv, pooling, pad, tensor scales, zero: any chain of spidec.ops):
+Lava's processes deliver a matrix, so a synapse between populations that is not one dense weight
+is delivered as its *dense matrix* M (n_out x n_in), built by the network by applying the chain
+(spidec.ops' own ``apply``, scalar scales folded into the factor) to the identity, in column
+blocks; the backward process gets M transposed, which is the chain's adjoint exactly. Cost:
+n_out * n_in float64 entries per synapse, twice (forward and backward process): a 3x3 conv from
+[16, 32, 32] to [16, 32, 32] is 16384^2 = 268M entries (2 GiB), so a chain over
+MAX_MATRIX_ENTRIES (64M entries, 512 MiB each) is refused at compile time naming the synapse;
+conv_feedback's pool |> conv is 27 x 108. After every learning step (and ``set_tensors``) the
+matrices of chains that hold a learnable tensor are rebuilt from the stepped tensors (frozen
+chains keep theirs). A learnable op's gradient is its true gradient, as the sim program computes
+it: ``op.grad`` of (post carried back through the adjoints of the later ops, pre carried forward
+through the earlier ops), times the chain's factor. Input synapses and readouts need no matrix:
+the host applies their chains (and the readout's adjoint) to each sample directly. The emitted
+network imports :mod:`spidec.ops` for this only when the model has an op chain (a dense-only
+model's build runs without spidec, as before).
+
 Fixed point (``spidec.compile(q, "lava", out, fixed=True)``, ``--target lava --fixed``: a graph the
 quantize pass annotated): processes_fixed.py holds fixed_pt process models (FixedPopulation,
 FixedCouple, FixedDense) whose per-step integer arithmetic is spidec.fixed.FixedModel's (and the
@@ -33,13 +50,14 @@ so the host's once-per-sample work (input currents, integer readout and softmax,
 the local updates are FixedModel's own code: on Loihi 2 the learning engines would take the local
 update; the spiking stages are what run as Lava processes. The synapses are FixedDense processes,
 not Lava's Dense, whose fixed_pt model truncates weights to 8 bits (Loihi 2's synapse format) while
-the pass holds int16 weights. What fixed point cannot express (dropout, conv, per-channel biases) is
-refused by the quantize pass's checks in one line, before a file is written.
+the pass holds int16 weights. What fixed point cannot express (dropout, op chains) is refused by the
+quantize pass's checks in one line, before a file is written; so are pooling and conv synapses, which
+the C runtime's fixed point runs but the fixed_pt processes do not yet (they deliver one int16
+weight matrix per synapse, and the pass's pool and conv shifts are not carried over to them).
 
 The backend reads models with one constant data input and one cross-entropy readout, computed on
-the host, whose synapses are one dense weight each, and whose populations form one network
-(Lava runs the processes connected to the one it is asked to run). Other models are refused with a
-message naming the synapse or population.
+the host, and whose populations form one network (Lava runs the processes connected to the one it
+is asked to run). Other models are refused with a message naming the synapse or population.
 """
 
 from __future__ import annotations
@@ -67,13 +85,43 @@ from .. import environment
 TEMPLATES = Path(__file__).with_name("templates")
 
 
-def _weight(ch: Chain) -> tuple[str, float]:
-    """(weight tensor, scalar factor) of a synapse that is one dense weight with shape-only ops."""
-    if ch.kernel != "dense":
-        what = "no weight" if ch.kernel == "identity" else f"a {ch.kernel} op"
-        raise SpidecError(f"synapse '{ch.name}': the lava backend reads one dense weight per synapse, not {what}",
+# The largest dense matrix the backend builds for one op chain (n_out x n_in entries): 64M float64
+# entries are 512 MiB, held twice (the forward process's matrix and the backward one's transpose)
+MAX_MATRIX_ENTRIES = 64 * 2**20
+
+
+def _json_arg(value: Any) -> Any:
+    """An op argument as JSON (pairs, shapes and pads as lists)."""
+    if isinstance(value, tuple):
+        return [_json_arg(v) for v in value]
+    return value
+
+
+def _synapse(g: Graph, ch: Chain, slots: dict[tuple[str, int | None, str], str]) -> dict[str, Any]:
+    """A synapse as the network reads it: ``weight`` and ``factor`` for one dense weight (with
+    shape-only ops; ``ops`` None), otherwise ``ops``: its chain ``factor x ops`` (the scalar scales
+    folded into ``factor``) as spidec.ops kinds, arguments and tensor names, on ``shape_in`` (the
+    source node's shape). The network builds an op chain's dense matrix by applying it to the
+    identity (see the module docstring)."""
+    e = g.synapse(ch.name)
+    shape_in = tuple(g.node(e.src).shape)
+    if ch.kernel == "dense":
+        return {"name": ch.name, "weight": ch.weight, "factor": ch.factor, "ops": None, "shape_in": list(shape_in)}
+    ops = []
+    for i in ch.ops:
+        op = e.synapse.ops[i]
+        held = op.tensors()
+        ops.append({"kind": op.kind,
+                    "args": {a.name: _json_arg(getattr(op, a.name)) for a in op.args if a.name not in held},
+                    "tensors": {f: slots[(ch.name, i, f)] for f in held}})
+    return {"name": ch.name, "weight": None, "factor": ch.factor, "ops": ops, "shape_in": list(shape_in)}
+
+
+def _matrix_fits(ch: Chain, n_in: int, n_out: int) -> None:
+    if n_in * n_out > MAX_MATRIX_ENTRIES:
+        raise SpidecError(f"synapse '{ch.name}': the lava backend delivers its op chain as a dense {n_out} x {n_in} "
+                          f"matrix ({n_in * n_out} entries), over its limit of {MAX_MATRIX_ENTRIES}",
                           hint="use --target sim or c for this model")
-    return ch.weight, ch.factor  # type: ignore[return-value]
 
 
 def _connected(pops: list[dict[str, Any]], between: list[dict[str, Any]]) -> None:
@@ -108,26 +156,27 @@ def config(g: Graph) -> dict[str, Any]:
         pops.append({"name": p.name, "n": p.size, "V": p.V, "vth": p.vth, "leak": p.leak, "norm": p.norm,
                      "bias": p.bias, "bias_channels": p.bias_channels, "couple": c.name, "S": c.S,
                      "vth_back": c.vth, "leak_back": c.leak, "norm_back": c.norm})
+    slots = {(s.owner, s.op, s.field): n for n, s in g.tensor_slots().items()}
     for ch in prog.chains:
         if ch.dropout:
             raise SpidecError(f"synapse '{ch.name}' has dropout (p = {ch.dropout}); the lava backend does not run "
                               "dropout yet", hint="use --target sim or c, or export the model in eval mode")
         if ch.dst not in names:
             continue
-        weight, factor = _weight(ch)
+        syn = _synapse(g, ch, slots)
         if ch.src in names:
-            between.append({"name": ch.name, "src": ch.src, "dst": ch.dst, "weight": weight, "factor": factor,
-                            "delayed": bool(ch.delay)})
+            if syn["ops"] is not None:
+                _matrix_fits(ch, prog.population(ch.src).size, prog.population(ch.dst).size)
+            between.append({**syn, "src": ch.src, "dst": ch.dst, "delayed": bool(ch.delay)})
         else:
-            inputs.append({"name": ch.name, "dst": ch.dst, "weight": weight, "factor": factor})
+            inputs.append({**syn, "dst": ch.dst})
     _connected(pops, between)
     ro = prog.readouts[0]
     rsyn = []
     for f in ro.feeds:
-        weight, factor = _weight(prog.chain(f.syn))
         if f.src not in names:
             raise SpidecError("the lava backend's readout reads populations only")
-        rsyn.append({"name": f.syn, "src": f.src, "weight": weight, "factor": factor})
+        rsyn.append({**_synapse(g, prog.chain(f.syn), slots), "src": f.src})
     opt = prog.optimizer
     kinds = {WeightRule: "local", BiasRule: "bias", ReadoutWeightRule: "delta", ReadoutBiasRule: "delta_bias"}
     updates = []
@@ -172,6 +221,11 @@ def emit(g: Graph, out: str | Path, board: str | None = None) -> LavaArtifact:
         from ...fixed import FixedModel
 
         FixedModel(g)  # (the checks of fixed point, before a file is written)
+        for ch in g.program.chains:
+            if ch.kernel != "dense":
+                raise SpidecError(f"synapse '{ch.name}': the lava target's fixed point runs dense synapses only, "
+                                  f"not {ch.kernel}", hint="use --target c --fixed (or --board) for pooling and "
+                                  "conv in integers, or --target lava without --fixed")
         cfg["fixed"] = {"update": g.quant.update}
     out = Path(out)
     env = environment(TEMPLATES)
