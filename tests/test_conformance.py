@@ -45,7 +45,7 @@ T, T_BACK, SF, BATCH = 30, 100, 5.0, 8
 def conv_pool_feedback(seed: int = 0) -> Graph:
     """The shape of test_sim's conv_if_graph (conv, avgpool, a conv_transpose feedback, a dense
     layer) with only what the C backend reads (no pad, a scalar scale, no zero synapse) and full
-    biases, so that fixed point and Lava refuse it for its conv synapse:
+    biases, so that fixed point refuses it for its conv synapse:
     img[1,6,6] -conv3 p1-> c1[3,6,6] -avgpool2 * 1.2-> c2[3,3,3] -fc-> h[6] -> y[3], c2 -> c1
     through a delayed conv_transpose2d (stride 2)."""
     rng = np.random.default_rng(seed)
@@ -361,11 +361,11 @@ SUPPORT: dict[tuple[str, str], str | None] = {
     **{(t, g): v for t in ("c_fixed", "fixed_model") for g, v in (
         ("dense_fb", OK), ("two_pop", OK), ("conv", _FIXED_CONV), ("conv_if", _FIXED_CHAIN),
         ("lif", OK))},
-    # Lava: dense synapses (same step or delayed), IF or LIF, full or per-channel biases
+    # Lava: dense synapses and op chains (same step or delayed), IF or LIF, full or per-channel biases
     ("lava", "dense_fb"): OK,
     ("lava", "two_pop"): OK,
-    ("lava", "conv"): r"synapse 'conv1': the lava backend reads one dense weight per synapse, not a conv op",
-    ("lava", "conv_if"): r"synapse 'conv1': the lava backend reads one dense weight per synapse, not a",
+    ("lava", "conv"): OK,  # (op chains as their dense matrices, test_lava_conv)
+    ("lava", "conv_if"): OK,
     ("lava", "lif"): OK,
 }
 

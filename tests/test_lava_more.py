@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import spidec
-from spidec import SpidecError, reference
+from spidec import reference
 
 pytest.importorskip("lava", reason="Lava is an optional extra (the test command installs it)")
 torch = pytest.importorskip("torch")
@@ -165,18 +165,3 @@ def test_per_channel_bias_broadcasts_and_trains_as_in_sim(tmp_path):
         assert net.tensors()["h.bias"].shape == (3,)
     finally:
         net.close()
-
-
-# ---------------------------------------------------------------------------------------------- still refused
-
-
-def test_conv_and_pool_synapses_are_refused_naming_the_synapse(tmp_path):
-    """Conv / pool synapses are not built yet (issue 17's last item): one line naming the synapse
-    and its op, and nothing written."""
-    from conftest import conv_feedback
-
-    with pytest.raises(SpidecError, match=r"^synapse 'conv1': the lava backend reads one dense weight per synapse, "
-                                          r"not a conv op \(hint: use --target sim or c") as e:
-        lava_backend.emit(spidec.passes.run(conv_feedback()), tmp_path / "lava")
-    assert "\n" not in str(e.value)
-    assert not (tmp_path / "lava").exists()
