@@ -87,6 +87,22 @@ A per-channel bias ``b[c]`` of a ``[C, H, W]`` population is held like a full on
 ``K[c*H*W + i] = b[c] + ...``; its gradient is the channel's sum ``sum_i post[c*H*W + i]`` (the
 adjoint of the broadcast), exact in int64, at the full bias's unit.
 
+Convolutions (a synapse of one conv2d or conv_transpose2d op between populations, no scale): the
+kernel is an int16 tensor at the destination's ``F_p``, learnable with the same headroom as a dense
+weight. Every (output ``o``, input ``i``) pair is reached by at most one tap ``t(o, i)``, so the synapse
+is exactly the dense integer matrix ``M[o, i] = W[t(o, i)]`` (0 where no tap reaches: padding, stride
+gaps; ``conv_taps`` gives ``t``, ``conv_matrix`` builds ``M`` from the (restricted) kernel, which the
+numpy model multiplies): a forward spike adds ``M[:, i]`` (the C runtime walks the kernel taps of
+input ``i``), a ternary spike adds ``+-M[j, :]`` shifted as a dense row (the transposed taps). The
+kernel's gradient is the adjoint of that gather, ``G[t] = sum_{t(o, i) = t} post[o] pre[i]`` (a
+correlation over positions, exact in int64), then the dense rule's ``apply`` per tap. A reparametrised
+conv kernel is restricted elementwise before the gather (``E = (W k) >> 16``), as a dense weight.
+Bounds: one step adds at most ``fan_in W_MAX`` to a destination membrane, ``fan_in`` the most inputs
+one output reads (``kh kw C_in`` inside the image for conv; for convT the most (input, tap) pairs
+reaching one output), and at most ``fan_out W_MAX << shift`` to a source couple (``fan_out`` the most
+outputs one input reaches), both counted exactly from ``t``, in place of ``n_src`` and ``n_dst``.
+Refused: a conv from the input (the constant-current path) and a conv into the readout.
+
 Overflow: int32 membranes cannot overflow because ``k_max`` and ``g_max`` are chosen from the
 int16 weight range, the layer sizes and ``T`` so that the worst case fits (``bounds``), with or
 without a leak (LIF above); buffers and weights saturate.
@@ -173,8 +189,9 @@ def count_scale(leak: float, steps: int) -> tuple[int, int, int]:
 
 def _structure(g: Graph) -> Program:
     """The step program of ``g``, checked against what fixed point supports (dense synapses without
-    scale, average pooling between populations with any scalar gain, IF or LIF neurons with a Q15 leak,
-    full or per-channel biases, couples with a power-of-two S, one input, one cross-entropy readout)."""
+    scale, average pooling between populations with any scalar gain, conv / convT between populations,
+    IF or LIF neurons with a Q15 leak, full or per-channel biases, couples with a power-of-two S, one input,
+    one cross-entropy readout)."""
     prog = require_program(g, "quantize")
     if prog.encoding != "constant" or len(prog.inputs) != 1:
         raise SpidecError("fixed point reads one data input as a constant current")
@@ -207,10 +224,14 @@ def _structure(g: Graph) -> Program:
         if ch.kernel == "pool" and not pool_ok:
             raise SpidecError(f"synapse '{ch.name}': fixed point pools between populations only (not from an "
                               "input or into a readout)", hint="put a population between the input and the pool")
-        if ch.kernel not in ("dense", "pool"):
+        if ch.kernel in ("conv", "convt") and not (ch.src in pops and ch.dst in pops):
+            raise SpidecError(f"synapse '{ch.name}': fixed point runs {ch.kernel} between populations only (not "
+                              "from an input or into a readout)", hint="use a dense synapse there, or the float "
+                              "C backend (drop --fixed)")
+        if ch.kernel not in ("dense", "pool", "conv", "convt"):
             raise SpidecError(f"synapse '{ch.name}': fixed point supports dense synapses only, not {ch.kernel} "
-                              "(and average pooling between populations)", hint="use the float C backend (drop "
-                              "--fixed) for conv and identity synapses")
+                              "(and average pooling, conv and transposed conv between populations)",
+                              hint="use the float C backend (drop --fixed) for identity synapses and op chains")
         if ch.factor != 1.0 and not pool_ok:
             raise SpidecError(f"synapse '{ch.name}': fixed point needs weights without a scale factor "
                               f"(got {ch.factor})")
@@ -273,6 +294,10 @@ def _frozen(prog: Program) -> list[str]:
 
 
 def prog_tensor_size(prog: Program, name: str) -> int:
+    q = prog.quant
+    for qt in q.qtensors if q else ():
+        if qt.name == name and qt.size:  # a conv kernel (its size is not the chain's)
+            return qt.size
     for ch in prog.chains:
         if ch.weight == name:
             return ch.n_in * ch.n_out
@@ -327,6 +352,65 @@ def pool_matrix(g: Graph, ch: Chain, frac: int) -> np.ndarray:
                         if 0 <= y < h and 0 <= x < wd:
                             out[j, (c * h + y) * wd + x] = P[oy * wo + ox]
     return out
+
+
+def conv_geometry(g: Graph, ch: Chain) -> dict[str, int]:
+    """The geometry of conv / convT synapse ``ch`` (the float C backend's ``_window`` keys)."""
+    op = g.synapse(ch.name).synapse.ops[ch.kernel_op]  # type: ignore[index]
+    ci, h, wd = ch.shape_in
+    co, ho, wo = ch.shape_out
+    (kh, kw), (sh, sw), (ph, pw) = op.kernel, op.stride, op.padding
+    return {"ci": ci, "h": h, "wd": wd, "co": co, "ho": ho, "wo": wo, "kh": kh, "kw": kw, "sh": sh, "sw": sw,
+            "ph": ph, "pw": pw}
+
+
+def conv_taps(g: Graph, ch: Chain) -> np.ndarray:
+    """``t(o, i)``: the flat kernel index of the one tap joining output ``o`` and input ``i`` of conv /
+    convT synapse ``ch``, -1 where none does ([n_out, n_in], int64). Conv: kernel ``[co, ci, kh, kw]``,
+    input ``(ci, oy*sh - ph + ky, ox*sw - pw + kx)``; convT: kernel ``[ci, co, kh, kw]``, output
+    ``(co, y*sh - ph + ky, x*sw - pw + kx)`` (the float kernels' geometry)."""
+    geo = conv_geometry(g, ch)
+    ci, h, wd, co, ho, wo = (geo[k] for k in ("ci", "h", "wd", "co", "ho", "wo"))
+    kh, kw, sh, sw, ph, pw = (geo[k] for k in ("kh", "kw", "sh", "sw", "ph", "pw"))
+    out = np.full((ch.n_out, ch.n_in), -1, np.int64)
+    for ky in range(kh):
+        for kx in range(kw):
+            # (small-image position pairs (a, b): a the strided side, b = a*s - p + k on the other)
+            if ch.kernel == "conv":
+                a_y, a_x, big_h, big_w = np.arange(ho), np.arange(wo), h, wd
+            else:
+                a_y, a_x, big_h, big_w = np.arange(h), np.arange(wd), ho, wo
+            by, bx = a_y * sh - ph + ky, a_x * sw - pw + kx
+            vy, vx = (by >= 0) & (by < big_h), (bx >= 0) & (bx < big_w)
+            ay, ax = np.meshgrid(a_y[vy], a_x[vx], indexing="ij")
+            yy, xx = np.meshgrid(by[vy], bx[vx], indexing="ij")
+            for c_o in range(co):
+                for c_i in range(ci):
+                    if ch.kernel == "conv":
+                        o = (c_o * ho + ay) * wo + ax
+                        i = (c_i * h + yy) * wd + xx
+                        t = ((c_o * ci + c_i) * kh + ky) * kw + kx
+                    else:
+                        i = (c_i * h + ay) * wd + ax
+                        o = (c_o * ho + yy) * wo + xx
+                        t = ((c_i * co + c_o) * kh + ky) * kw + kx
+                    out[o.ravel(), i.ravel()] = t
+    return out
+
+
+def conv_matrix(taps: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """The dense integer matrix ``M[o, i] = kernel[t(o, i)]`` (0 where no tap joins them)."""
+    flat = np.asarray(kernel, np.int64).ravel()
+    return np.where(taps >= 0, flat[np.maximum(taps, 0)], 0)
+
+
+def conv_grad(taps: np.ndarray, post: np.ndarray, pre: np.ndarray, size: int) -> np.ndarray:
+    """``G[t] = sum_{t(o, i) = t} post[o] pre[i]`` in int64 (the adjoint of ``conv_matrix``)."""
+    outer = np.outer(np.asarray(post, np.int64), np.asarray(pre, np.int64))
+    on = taps >= 0
+    G = np.zeros(size, np.int64)
+    np.add.at(G, taps[on], outer[on])
+    return G
 
 
 def quantize(g: Graph, *,
@@ -393,7 +477,11 @@ def quantize(g: Graph, *,
             return W_MAX
         return int(np.max(np.abs(pool_weights(g, ch, pop_frac[ch.dst]))))
 
+    taps = {ch.name: conv_taps(g, ch) >= 0 for ch in chains if ch.kernel in ("conv", "convt")}
+
     def fan(ch: Chain, forward: bool) -> int:  # how many of those can meet in one neuron in one step
+        if ch.name in taps:  # the taps that meet in one output (forward) / input (backward), counted
+            return int(taps[ch.name].sum(axis=1 if forward else 0).max())
         if ch.kernel != "pool":
             return n[ch.src] if forward else n[ch.dst]
         geo = pool_geometry(g, ch)
@@ -448,11 +536,12 @@ def quantize(g: Graph, *,
     if ro.bias:
         frac_of[ro.bias] = readout_frac
     rules = {r.tensor: (k, r) for k, r in enumerate(prog.rules)}
+    ksize = {ch.weight: int(g.tensor(ch.weight).size) for ch in chains if ch.kernel in ("conv", "convt")}
     restricted = prog.restricted(opt.feedback_norm_mode)
     qtensors = []
     for name, f in frac_of.items():
         if name not in rules:
-            qtensors.append(QTensor(name, f, False))
+            qtensors.append(QTensor(name, f, False, size=ksize.get(name, 0)))
             continue
         k, r = rules[name]
         # one unit of the integer gradient in rate units, with the rule's 1/V^2 (the authors' step)
@@ -473,7 +562,7 @@ def quantize(g: Graph, *,
             wd_mult=math.floor(wd * 2**wd_shift + 0.5) if wd > 0 else 0, wd_shift=wd_shift,
             wdl_c=opt.weight_decay / sf * 2.0**32,
             salt=(0x9E3779B1 * (k + 1) + 0x85EBCA77 * int(seed)) & 0xFFFFFFFF,
-            feedback=name in restricted))
+            feedback=name in restricted, size=ksize.get(name, 0)))
     # online updates: weight decay touches every weight; apply it every P steps (P times as strong,
     # P a power of two <= 64 keeping one application below 2^-8 of a weight), restarted each epoch
     period = 1
@@ -484,7 +573,8 @@ def quantize(g: Graph, *,
                       wd_period=period if update == "online" else 1, populations=tuple(qpops),
                       qtensors=tuple(qtensors))
     out = g.copy()
-    out.program = replace(prog, quant=qz, buffers=fixed_buffers(prog, update))
+    out.program = replace(prog, quant=qz)
+    out.program = replace(out.program, buffers=fixed_buffers(out.program, update))
     return out
 
 
@@ -607,9 +697,15 @@ class FixedModel:
         # pooling synapses as dense integer matrices (P[o] at every tap; see "Average pooling")
         self.pmat = {ch.name: pool_matrix(g, ch, q.pop_frac[ch.dst]) for ch in prog.chains if ch.kernel == "pool"}
         self.channels = {p.bias: p.bias_channels for p in self.pops if p.bias and p.bias_channels}
+        # conv / convT synapses: each (output, input) pair's kernel tap (see "Convolutions")
+        self.taps = {ch.name: conv_taps(g, ch) for ch in prog.chains if ch.kernel in ("conv", "convt")}
+        self.cmat: dict[str, np.ndarray] = {}
 
     def _syn(self, syn: str) -> np.ndarray:
-        """The integer matrix the stages read for synapse ``syn``: its (restricted) weight, or a pool's."""
+        """The integer matrix the stages read for synapse ``syn``: its (restricted) weight, a pool's, or a
+        conv's dense equivalent (built from the restricted kernel in ``_restrict``)."""
+        if syn in self.cmat:
+            return self.cmat[syn]
         return self.pmat[syn] if syn in self.pmat else self.e[self.syn_w[syn]]
 
     def frac(self, name: str) -> int:
@@ -620,14 +716,14 @@ class FixedModel:
         bound ``R``, ``E = (W * k) >> 16`` with ``k = (R << 16) // isqrt(sum W**2)`` (``.k``; 2^16
         when within the bound), recomputed whenever the weights may have changed."""
         self.e, self.k = dict(self.w), {}
-        if self.opt.feedback_norm_mode != "reparam":
-            return
-        for name, qt in self.q.tensors.items():
-            if qt.feedback:
-                k = restriction_factor(self.w[name], feedback_bound(self.prog, name, qt.frac))
-                self.k[name] = k
-                if k != 1 << 16:
-                    self.e[name] = (self.w[name].astype(np.int64) * k) >> 16
+        if self.opt.feedback_norm_mode == "reparam":
+            for name, qt in self.q.tensors.items():
+                if qt.feedback:
+                    k = restriction_factor(self.w[name], feedback_bound(self.prog, name, qt.frac))
+                    self.k[name] = k
+                    if k != 1 << 16:
+                        self.e[name] = (self.w[name].astype(np.int64) * k) >> 16
+        self.cmat = {syn: conv_matrix(t, self.e[self.syn_w[syn]]) for syn, t in self.taps.items()}
 
     def weights(self) -> dict[str, np.ndarray]:
         """The weights as floats (exact: int16 / 2**frac)."""
@@ -776,7 +872,10 @@ class FixedModel:
     def _grads(self, dls: np.ndarray) -> dict[str, np.ndarray]:
         out = {}
         for r in self.prog.rules:
-            if isinstance(r, WeightRule):
+            if isinstance(r, WeightRule) and r.syn in self.taps:  # a conv kernel: the taps' correlation sums
+                out[r.tensor] = conv_grad(self.taps[r.syn], self.post[r.gate], self.cnt[r.pre],
+                                          self.w[r.tensor].size).reshape(self.w[r.tensor].shape)
+            elif isinstance(r, WeightRule):
                 pre = self.cnt[r.pre] if r.pre in self.cnt else self.xq
                 out[r.tensor] = np.outer(self.post[r.gate], pre)
             elif isinstance(r, BiasRule) and r.tensor in self.channels:  # per channel: the channel's sum

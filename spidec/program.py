@@ -295,6 +295,7 @@ class QTensor:
     wdl_c: float = 0.0  # online weight decay: mult = floor(lr * wdl_c + 0.5), shift 32
     salt: int = 0
     feedback: bool = False
+    size: int = 0  # elements a conv kernel holds (0: the chain's n_in * n_out, a bias's size)
 
 
 @dataclass(frozen=True)
@@ -797,6 +798,8 @@ def quant_lines(q: Quantization) -> list[str]:
     for coll in COLLECTIONS[Quantization]:
         for item in getattr(q, coll):
             skip = LIF_FIELDS if isinstance(item, QPopulation) and not _is_lif(item) else ()
+            if isinstance(item, QTensor) and not item.size:  # (only conv kernels say it: earlier builds' hashes stay)
+                skip = ("size",)
             lines.append(f"lower {KIND_OF[type(item)]} {_fields_text(item, skip=skip)}")
     return lines
 

@@ -345,7 +345,7 @@ for _name, _t in TARGETS.items():
 # ---------------------------------------------------------------------------------------------- the matrix
 
 OK = None  # a supported cell; any other value is the regex of the refusal
-_FIXED_CONV = r"synapse 'conv1': fixed point supports dense synapses only, not conv"
+_FIXED_CONV = r"synapse 'conv1': fixed point runs conv between populations only"  # (from the input)
 _FIXED_CHAIN = r"synapse 'conv1': fixed point runs synapses of one weighted op, not a chain"  # (pad |> conv)
 
 SUPPORT: dict[tuple[str, str], str | None] = {
@@ -357,7 +357,7 @@ SUPPORT: dict[tuple[str, str], str | None] = {
     ("c", "conv_if"): OK,  # (pad |> conv2d, avgpool2d |> scale(tensor) and a zero synapse: op chains)
     ("c", "lif"): OK,
     # fixed point (both refused by the quantize pass): dense synapses and pooling between populations, full
-    # or per-channel biases (IF or LIF): the conv graphs stop at their first conv synapse
+    # or per-channel biases (IF or LIF), conv between populations: the conv graphs stop at their conv from the input
     **{(t, g): v for t in ("c_fixed", "fixed_model") for g, v in (
         ("dense_fb", OK), ("two_pop", OK), ("conv", _FIXED_CONV), ("conv_if", _FIXED_CHAIN),
         ("lif", OK))},

@@ -183,9 +183,9 @@ def test_refusals(digits_graph):
     conv.add_readout("y", [3])
     conv.add_synapse("img", "c", Conv2d(rng.uniform(-1, 1, (2, 1, 3, 3))))
     conv.add_synapse("c", "y", [Flatten(), Dense(rng.uniform(-1, 1, (3, 32)))])
-    with pytest.raises(SpidecError, match="dense synapses only, not conv"):
+    with pytest.raises(SpidecError, match="fixed point runs conv between populations only"):
         quantize(passes.run(conv.validate()))
-    with pytest.raises(SpidecError, match="fixed point supports"):
+    with pytest.raises(SpidecError, match="synapse 'conv1': fixed point runs conv between populations only"):
         quantize(passes.run(conv_feedback()))
     with pytest.raises(SpidecError, match="is 0 or 1 in Q15"):  # (LIF itself: tests/test_fixed_lif.py)
         quantize(passes.run(deep_dense(), neuron="LIF", leak=1e-6))

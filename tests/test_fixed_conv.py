@@ -117,7 +117,7 @@ def test_fixed_rates_follow_the_float_runtime(digits, tmp_path):
 
 def test_refusals_name_the_synapse():
     g = passes.run(conv_feedback())
-    with pytest.raises(SpidecError, match="synapse 'conv1': fixed point supports dense synapses only, not conv"):
+    with pytest.raises(SpidecError, match="synapse 'conv1': fixed point runs conv between populations only"):
         quantize(g)
     rng = np.random.default_rng(0)
     h = Graph("pool_in")

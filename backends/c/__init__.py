@@ -463,6 +463,10 @@ def fixed_context(g: Graph) -> dict[str, Any]:
     pools = {ch.name: {**fx.pool_geometry(g, ch), "c": code_name(ch.name), "name": ch.name,
                        "P": ", ".join(str(int(v)) for v in fx.pool_weights(g, ch, q.pop_frac[ch.dst]))}
              for ch in prog.chains if ch.kernel == "pool"}
+    # conv / convT: the int16 kernel (learnable, or frozen) walked tap by tap (spidec.fixed: "Convolutions")
+    convs = {ch.name: {**fx.conv_geometry(g, ch), "kind": ch.kernel, "c": code_name(ch.name), "name": ch.name,
+                       "w": _cname(ch.weight), "k": _k(ch.weight)}
+             for ch in prog.chains if ch.kernel in ("conv", "convt")}
     pops = []
     for p in ctx["pops"]:
         name = p["name"]
@@ -470,7 +474,8 @@ def fixed_context(g: Graph) -> dict[str, Any]:
         ifeeds = _plain([{"w": _cname(chains[f.syn].weight), "n": ctx["n_inputs"]}
                          for f in step.feeds if f.kind == "input"], "a population from the input")
         pfeeds = [{"w": _cname(chains[f.syn].weight), "k": _k(chains[f.syn].weight), "n": n_of[f.src],
-                   "src_c": cname[f.src], "syn": f.syn, "delayed": f.kind == "delayed", "pool": pools.get(f.syn)}
+                   "src_c": cname[f.src], "syn": f.syn, "delayed": f.kind == "delayed", "pool": pools.get(f.syn),
+                   "conv": convs.get(f.syn)}
                   if f.syn not in pools else {"pool": pools[f.syn], "src_c": cname[f.src], "syn": f.syn,
                                               "delayed": f.kind == "delayed"}
                   for f in step.feeds if f.kind != "input"]
@@ -484,7 +489,7 @@ def fixed_context(g: Graph) -> dict[str, Any]:
         p = by[c.of]
         bfeeds = [{"w": _cname(chains[f.syn].weight) if f.syn not in pools else None,
                    "k": _k(chains[f.syn].weight) if f.syn not in pools else None, "syn": f.syn,
-                   "src_c": cname[f.gate], "delayed": f.delayed, "pool": pools.get(f.syn),
+                   "src_c": cname[f.gate], "delayed": f.delayed, "pool": pools.get(f.syn), "conv": convs.get(f.syn),
                    "shift": p["bp"] - q.pop_frac[f.gate] + round(math.log2(S[f.gate]))} for f in c.feeds]
         injections = _plain([{"w": _cname(chains[syn].weight)} for syn in c.injections], "a readout")
         back.append({**p, "bfeeds": bfeeds, "injections": injections, "ishift": q.readout_frac + fx.Q - p["bp"]})
@@ -494,7 +499,10 @@ def fixed_context(g: Graph) -> dict[str, Any]:
     updates = []
     for r in prog.rules:
         c = _cname(r.tensor)
-        if isinstance(r, WeightRule):
+        if isinstance(r, WeightRule) and r.syn in convs:  # a kernel: each tap's correlation sum
+            updates.append({"tensor": r.tensor, "kind": "conv_local", "c": c, "cv": convs[r.syn],
+                            "pre": f"cnt_{cname[r.pre]}", "m": f"m_{cname[r.gate]}", "sb": f"sb_{cname[r.gate]}"})
+        elif isinstance(r, WeightRule):
             pre = f"cnt_{cname[r.pre]}" if r.pre in cname else "xq"
             updates.append({"tensor": r.tensor, "kind": "local", "c": c, "rows": n_of[r.gate],
                             "cols": n_of.get(r.pre, ctx["n_inputs"]), "pre": pre,
