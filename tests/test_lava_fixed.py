@@ -196,15 +196,18 @@ def test_cli_compiles_lava_fixed_and_float_builds_stay_as_they_were(tmp_path, ru
 
 
 def test_what_lava_fixed_point_cannot_express_is_one_line(tmp_path):
-    """Dropout, conv synapses, per-channel biases and boards: one SpidecError line naming the thing,
-    nothing written."""
+    """Dropout, conv from the input, pooling between populations (which the C runtime's fixed point
+    runs) and boards: one SpidecError line naming the thing, nothing written."""
     torch = pytest.importorskip("torch")  # noqa: F841
     from conftest import conv_feedback
+    from test_fixed_conv import pool_net
     from test_training import DropNet
 
     cases = [
         (spidec.passes.run(spidec.from_torch(DropNet())), {}, r"synapse '.*': fixed point does not run dropout"),
-        (spidec.passes.run(conv_feedback()), {}, r"population 'c1': fixed point supports full biases only"),
+        (spidec.passes.run(conv_feedback()), {}, r"synapse 'conv1': fixed point runs conv between populations only"),
+        (spidec.passes.run(pool_net()), {}, r"synapse '.*': the lava target's fixed point runs dense synapses only, "
+         r"not pool"),
         (spidec.passes.run(dense_feedback()), {"board": "mps2-an386"},
          r"board 'mps2-an386' is a Cortex-M image of the c target; the lava target builds no boards"),
     ]
