@@ -148,6 +148,7 @@ def test_fixed_conv_training_within_three_points_of_float(digits, tmp_path):
         accs[kind] = rt.evaluate(digits.x_test, digits.y_test)["accuracy"]
     assert accs["float"] > 0.8, accs
     assert abs(accs["fixed"] - accs["float"]) <= 0.03, accs
+    print(f"conv model, 2 digits epochs at batch 16: float {accs['float']:.4f}, fixed {accs['fixed']:.4f}")
 
 
 def test_qemu_m4_trains_the_conv_model_to_the_host_weights(board_tools, digits, tmp_path):  # noqa: F811
