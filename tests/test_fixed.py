@@ -58,10 +58,14 @@ def digits() -> data.Dataset:
 
 
 def _lockstep(g: Graph, x: np.ndarray, y: np.ndarray, out: Path, batch: int, steps: int) -> FixedModel:
-    """Train the numpy model and the host C build side by side; compare everything after each sample/step."""
+    """Train the numpy model and the host C build side by side; compare everything after each sample/step.
+    (LIF: the C runtime reports weighted counts and back sums as floats, count / 2^cnt_frac and
+    sb * S / 2^sb_frac, exact for these small integers; IF has both fractions 0.)"""
     rt = emit(g, out).build()
     fm = FixedModel(g)
     assert rt.fixed
+    one = {qp.name: 2.0**qp.cnt_frac for qp in g.quant.populations}
+    oneb = {qp.name: 2.0**qp.sb_frac for qp in g.quant.populations}
     qw = rt.qweights()
     for name in fm.w:
         np.testing.assert_array_equal(qw[name], fm.w[name].ravel())
@@ -77,9 +81,10 @@ def _lockstep(g: Graph, x: np.ndarray, y: np.ndarray, out: Path, batch: int, ste
             assert abs(loss_c - loss_n) < 1e-4
             counts = np.empty(rt.lib.spide_neurons(), np.float32)
             rt.lib.spide_get_counts(counts)
-            np.testing.assert_array_equal(counts, np.concatenate([fm.cnt[p.name] for p in fm.pops]))
-            S = np.concatenate([np.full(p.size, fm.S[p.name]) for p in fm.pops])
-            np.testing.assert_array_equal(rt.back_sums(), np.concatenate([fm.sb[p.name] for p in fm.pops]) * S)
+            np.testing.assert_array_equal(counts, np.concatenate([fm.cnt[p.name] / one[p.name] for p in fm.pops])
+                                          .astype(np.float32))
+            want = np.concatenate([fm.sb[p.name] * (fm.S[p.name] / oneb[p.name]) for p in fm.pops])
+            np.testing.assert_array_equal(rt.back_sums(), want.astype(np.float32))
             np.testing.assert_array_equal(rt.forward(x[k])[0], fm.forward(x[k]).astype(np.float32))
             k = (k + 1) % len(y)
         qm = rt.qmomentum()
@@ -250,6 +255,30 @@ def board_tools() -> None:
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI must run the board tests; missing {', '.join(missing)} ({brd.INSTALL_HINT})")
         pytest.skip(f"missing {', '.join(missing)}: {brd.INSTALL_HINT}")
+
+
+def board_equals_host(g: Graph, tmp: Path, x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
+                      seed: int = 5) -> int:
+    """Train quantized ``g``'s Cortex-M4 image under QEMU (one epoch, batch 1) on (x, y) and the host
+    build on the same order; the board's weights equal the host's bit for bit and the memory plan
+    matches the image symbol by symbol. Returns how many tensors moved from their initial values."""
+    out = tmp / "m4"
+    emit(g, out, board="mps2-an386")
+    data.write_spds(out / "tr.spds", x, y, 10)
+    data.write_spds(out / "te.spds", x_test, y_test, 10)
+    result = brd.run_qemu(out, ["train", "tr.spds", "te.spds", "--epochs", "1", "--batch", "1", "--seed", str(seed),
+                                "--out", "w.bin"], timeout=300)
+    assert result["board"] == "mps2-an386" and len(result["epochs"]) == 2
+    rt = emit(g, tmp / "host").build()
+    rt.train_epoch(x, y, epoch_order(seed, 0, len(y)), batch=1, lr=rt.lr)
+    _, dump = read_weights_dump(out / "w.bin")
+    moved = 0
+    for i, name in enumerate(rt.tensor_names):
+        np.testing.assert_array_equal(dump[i], rt.qweights()[name], err_msg=name)
+        moved += int(np.any(dump[i] != FixedModel(g).w[name].ravel()))
+    check = brd.check_plan(brd.memory_plan(g.program), out / "spide-mps2-an386.elf")
+    assert not check["mismatches"]
+    return moved
 
 
 def test_qemu_m4_trains_digits_to_the_host_weights(board_tools, digits_graph, digits, tmp_path):

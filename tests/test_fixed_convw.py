@@ -8,13 +8,11 @@ overflow bounds counted from the taps, on the host and on the Cortex-M4 under QE
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
-from spidec.backends.c import board as brd
-from spidec.backends.c import emit, epoch_order, read_weights_dump
-from test_fixed import _lockstep, board_tools  # noqa: F401 (a fixture)
+from spidec.backends.c import emit
+from test_fixed import _lockstep, board_equals_host, board_tools  # noqa: F401 (a fixture)
 
 from spidec import Conv2d, ConvTranspose2d, Dense, Flatten, Graph, Reshape, data, passes
 from spidec.errors import SpidecError
@@ -155,21 +153,7 @@ def test_qemu_m4_trains_the_conv_model_to_the_host_weights(board_tools, digits, 
     """The Cortex-M4 image (online updates, batch 1) of the conv model: 40 samples, weights equal to the
     host build's bit for bit; the memory plan (kernels are weights, no new buffers) matches the image."""
     g = quantize(passes.run(conv_net(stride=True), T=16, T_back=24, sf=20), update="online")
-    out = tmp_path / "m4"
-    emit(g, out, board="mps2-an386")
     n = 40
-    data.write_spds(out / "tr.spds", digits.x_train[:n], digits.y_train[:n], 10)
-    data.write_spds(out / "te.spds", digits.x_test[:20], digits.y_test[:20], 10)
-    result = brd.run_qemu(out, ["train", "tr.spds", "te.spds", "--epochs", "1", "--batch", "1", "--seed", "5",
-                                "--out", "w.bin"], timeout=300)
-    assert result["board"] == "mps2-an386" and len(result["epochs"]) == 2
-    rt = emit(g, tmp_path / "host").build()
-    rt.train_epoch(digits.x_train[:n], digits.y_train[:n], epoch_order(5, 0, n), batch=1, lr=rt.lr)
-    _, dump = read_weights_dump(out / "w.bin")
-    moved = 0
-    for i, name in enumerate(rt.tensor_names):
-        np.testing.assert_array_equal(dump[i], rt.qweights()[name], err_msg=name)
-        moved += int(np.any(dump[i] != FixedModel(g).w[name].ravel()))
-    assert moved == len(rt.tensor_names)
-    check = brd.check_plan(brd.memory_plan(g.program), Path(out) / "spide-mps2-an386.elf")
-    assert not check["mismatches"]
+    moved = board_equals_host(g, tmp_path, digits.x_train[:n], digits.y_train[:n], digits.x_test[:20],
+                              digits.y_test[:20])
+    assert moved == len(FixedModel(g).w)

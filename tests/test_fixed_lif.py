@@ -14,52 +14,13 @@ from conftest import dense_feedback
 from spidec.backends.c import board as brd
 from spidec.backends.c import emit, epoch_order, read_weights_dump
 from spidec.frontends.onnx import load_onnx
-from test_fixed import board_tools, deep_dense  # noqa: F401 (a fixture)
+from test_fixed import _lockstep, board_tools, deep_dense  # noqa: F401 (a fixture)
 
 from spidec import data, passes
 from spidec.errors import SpidecError
 from spidec.fixed import I32, NORM_CAP, FixedModel, count_scale, leak_mul, leak_q15, quantize, weighted_norm
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _lockstep(g, x, y, out, batch, steps):
-    """test_fixed._lockstep for weighted counts: the C runtime reports counts and back sums as
-    floats (count / 2^cnt_frac, sb * S / 2^sb_frac), exact for these small integers."""
-    rt = emit(g, out).build()
-    fm = FixedModel(g)
-    one = {qp.name: 2.0**qp.cnt_frac for qp in g.quant.populations}
-    oneb = {qp.name: 2.0**qp.sb_frac for qp in g.quant.populations}
-    qw = rt.qweights()
-    for name in fm.w:
-        np.testing.assert_array_equal(qw[name], fm.w[name].ravel())
-    rt.set_lr(0.1)
-    fm.set_lr(0.1)
-    rt.lib.spide_begin_epoch()
-    fm.begin_epoch()
-    k = 0
-    for _ in range(steps):
-        for _ in range(batch):
-            loss_c = rt.lib.spide_learn(np.ascontiguousarray(x[k], np.float32), int(y[k]), batch)
-            loss_n = fm.learn(x[k], int(y[k]), batch)
-            assert abs(loss_c - loss_n) < 1e-4
-            counts = np.empty(rt.lib.spide_neurons(), np.float32)
-            rt.lib.spide_get_counts(counts)
-            np.testing.assert_array_equal(counts, np.concatenate([fm.cnt[p.name] / one[p.name] for p in fm.pops])
-                                          .astype(np.float32))
-            want = np.concatenate([fm.sb[p.name] * (fm.S[p.name] / oneb[p.name]) for p in fm.pops])
-            np.testing.assert_array_equal(rt.back_sums(), want.astype(np.float32))
-            np.testing.assert_array_equal(rt.forward(x[k])[0], fm.forward(x[k]).astype(np.float32))
-            k = (k + 1) % len(y)
-        qm = rt.qmomentum()
-        for name in fm.m:
-            np.testing.assert_array_equal(qm[name], fm.m[name].ravel(), err_msg=f"momentum of {name}")
-        rt.step(0.1)
-        fm.step(0.1)
-        qw = rt.qweights()
-        for name in fm.w:
-            np.testing.assert_array_equal(qw[name], fm.w[name].ravel(), err_msg=f"weights of {name}")
-    return fm
 
 
 def test_leak_multiply_never_grows_and_norms():
