@@ -19,6 +19,7 @@ pytest.importorskip("lava", reason="Lava is an optional extra (the test command 
 torch = pytest.importorskip("torch")
 from conftest import conv_feedback  # noqa: E402
 from spidec.backends import lava as lava_backend  # noqa: E402
+from test_lava_more import _both, _stages_equal_sim, _training_equals_sim  # noqa: E402
 
 
 def convt_chain_net(seed: int = 5) -> spidec.Graph:
@@ -42,52 +43,9 @@ def convt_chain_net(seed: int = 5) -> spidec.Graph:
     return g.validate()
 
 
-def _both(g: spidec.Graph, tmp_path):
-    net = lava_backend.emit(g, tmp_path / "lava").load()
-    sim = spidec.compile(g, target="sim", out=tmp_path / "sim")
-    return net, sim.load(dtype=torch.float64), sim.module()
-
-
 def _data(g: spidec.Graph, n: int = 4, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     return rng.random((n, *g.inputs[0].shape)), rng.integers(0, g.readouts[0].shape[0], n)
-
-
-def _stages_equal_sim(g: spidec.Graph, net, snet, prog, x, y) -> int:
-    """Forward rates and couple sums of every population as the sim program's (one spike per
-    neuron), the logits to 1e-9; returns how many rates were strictly inside (0, 1)."""
-    T, T_b = g.simulation.T, g.training.T_back
-    fwd = snet.forward_stage({"img": torch.from_numpy(x)})
-    _, dy, _ = prog.loss_and_grad(fwd, torch.from_numpy(y), len(y))
-    bwd = snet.backward_stage(fwd, dy)
-    inside = 0
-    for k in range(len(x)):
-        rates, logits = net.forward(x[k])
-        beta, fired = net.backward(rates, dy["y"].numpy()[k])
-        for name in rates:
-            assert np.max(np.abs(rates[name] - fwd[f"a_{name}"].numpy()[k].reshape(-1))) * T <= 1.0 + 1e-9, name
-            assert np.max(np.abs(beta[name] - bwd[f"beta_{name}"].numpy()[k].reshape(-1))) * T_b <= 1.0 + 1e-9, name
-            np.testing.assert_allclose(fired[name], bwd[f"rate_{name}"].numpy()[k].reshape(-1), atol=1.0 / T_b + 1e-12)
-            inside += int(np.sum((rates[name] > 0) & (rates[name] < 1)))
-        assert np.any(beta[name] != 0), name  # the backward stage reached the first population
-        np.testing.assert_allclose(logits, fwd["y_y"].numpy()[k], atol=1e-9)
-    return inside
-
-
-def _training_equals_sim(net, snet, prog, x, y, steps: int = 2) -> None:
-    """Two batches of two samples: every tensor as sim's to rtol 1e-9, and every learnable one moved."""
-    before = net.tensors()
-    for b in range(steps):
-        xb, yb = x[2 * b: 2 * b + 2], y[2 * b: 2 * b + 2]
-        for k in range(len(xb)):
-            net.learn(xb[k], yb[k], len(xb))
-        net.step(0.1)
-        prog.train_step(snet, {"img": torch.from_numpy(xb)}, torch.from_numpy(yb), 0.1)
-    after_sim, after_lava = snet.tensors(), net.tensors()
-    for name in after_sim:
-        np.testing.assert_allclose(after_lava[name], after_sim[name], rtol=1e-9, atol=1e-12, err_msg=name)
-    moved = [n for n in before if not np.allclose(after_lava[n], before[n])]
-    assert set(moved) == set(net.cfg["learnable"]), moved
 
 
 def _matrices_are_the_chains(g: spidec.Graph, net) -> None:
@@ -119,11 +77,11 @@ def test_op_chains_spike_and_train_as_sim(build, tmp_path):
     try:
         x, y = _data(g)
         _matrices_are_the_chains(g, net)
-        assert _stages_equal_sim(g, net, snet, sprog, x, y) >= 8
-        _training_equals_sim(net, snet, sprog, x, y)
+        assert _stages_equal_sim(g, net, snet, sprog, x, y, reach_back=True) >= 8
+        _training_equals_sim(net, snet, sprog, x, y, inp=g.inputs[0].name)
         # the stepped tensors are in the processes: the matrices rebuilt, both stages still as sim's
         _matrices_are_the_chains(g, net)
-        assert _stages_equal_sim(g, net, snet, sprog, x, y) >= 8
+        assert _stages_equal_sim(g, net, snet, sprog, x, y, reach_back=True) >= 8
     finally:
         net.close()
 

@@ -44,12 +44,13 @@ def _both(g: spidec.Graph, tmp_path):
     return net, sim.load(dtype=torch.float64), sim.module()
 
 
-def _stages_equal_sim(g: spidec.Graph, net, snet, prog, x, y) -> int:
+def _stages_equal_sim(g: spidec.Graph, net, snet, prog, x, y, reach_back: bool = False) -> int:
     """Forward and backward spikes of every population as the sim program's (one spike per
-    neuron; Lava's vectors are the populations flattened in C order); returns how many rates
-    were strictly inside (0, 1) (the test must exercise some)."""
+    neuron; Lava's vectors are the populations flattened in C order), the logits to 1e-9; returns
+    how many rates were strictly inside (0, 1) (the test must exercise some). ``reach_back``: the
+    backward stage must reach the last population listed (the first layer)."""
     T, T_b = g.simulation.T, g.training.T_back
-    fwd = snet.forward_stage({"x": torch.from_numpy(x)})
+    fwd = snet.forward_stage({g.inputs[0].name: torch.from_numpy(x)})
     _, dy, _ = prog.loss_and_grad(fwd, torch.from_numpy(y), len(y))
     bwd = snet.backward_stage(fwd, dy)
     inside = 0
@@ -61,18 +62,21 @@ def _stages_equal_sim(g: spidec.Graph, net, snet, prog, x, y) -> int:
             assert np.max(np.abs(beta[name] - bwd[f"beta_{name}"].numpy()[k].reshape(-1))) * T_b <= 1.0 + 1e-9, name
             np.testing.assert_allclose(fired[name], bwd[f"rate_{name}"].numpy()[k].reshape(-1), atol=1.0 / T_b + 1e-12)
             inside += int(np.sum((rates[name] > 0) & (rates[name] < 1)))
+        if reach_back:
+            assert np.any(beta[name] != 0), name
         np.testing.assert_allclose(logits, fwd["y_y"].numpy()[k], atol=1e-9)
     return inside
 
 
-def _training_equals_sim(net, snet, prog, x, y, steps: int = 2) -> None:
+def _training_equals_sim(net, snet, prog, x, y, steps: int = 2, inp: str = "x") -> None:
+    """Batches of two samples: every tensor as sim's to rtol 1e-9, and every learnable one moved."""
     before = net.tensors()
     for b in range(steps):
         xb, yb = x[2 * b: 2 * b + 2], y[2 * b: 2 * b + 2]
         for k in range(len(xb)):
             net.learn(xb[k], yb[k], len(xb))
         net.step(0.1)
-        prog.train_step(snet, {"x": torch.from_numpy(xb)}, torch.from_numpy(yb), 0.1)
+        prog.train_step(snet, {inp: torch.from_numpy(xb)}, torch.from_numpy(yb), 0.1)
     after_sim, after_lava = snet.tensors(), net.tensors()
     for name in after_sim:
         np.testing.assert_allclose(after_lava[name], after_sim[name], rtol=1e-9, atol=1e-12, err_msg=name)
