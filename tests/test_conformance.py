@@ -331,6 +331,22 @@ class Lava(Target):
         net.close()
 
 
+class LavaFixed(Lava):
+    """The Lava backend's fixed_pt processes (``--target lava --fixed``): the network's model is a
+    FixedModel whose two spiking loops run as Lava processes, read as FixedNumpy reads its own."""
+
+    def compile(self, g: Graph, out: Any) -> Any:
+        from spidec.fixed import quantize
+
+        return spidec.compile(quantize(g), target="lava", out=out, fixed=True)
+
+    def run(self, net: Any, g: Graph, x: np.ndarray, y: np.ndarray) -> Run:
+        return FixedNumpy().run(net.model, g, x, y)
+
+    def close(self, net: Any) -> None:
+        net.model.close()
+
+
 TARGETS: dict[str, Target] = {
     "sim": Sim("float64"),
     "sim_f32": Sim("float32"),
@@ -338,6 +354,7 @@ TARGETS: dict[str, Target] = {
     "c_fixed": CFixed(),
     "fixed_model": FixedNumpy(),
     "lava": Lava(),
+    "lava_fixed": LavaFixed(),
 }
 for _name, _t in TARGETS.items():
     _t.name = _name
@@ -358,7 +375,7 @@ SUPPORT: dict[tuple[str, str], str | None] = {
     ("c", "lif"): OK,
     # fixed point (both refused by the quantize pass): dense synapses and pooling between populations, full
     # or per-channel biases (IF or LIF), conv between populations: the conv graphs stop at their conv from the input
-    **{(t, g): v for t in ("c_fixed", "fixed_model") for g, v in (
+    **{(t, g): v for t in ("c_fixed", "fixed_model", "lava_fixed") for g, v in (
         ("dense_fb", OK), ("two_pop", OK), ("conv", _FIXED_CONV), ("conv_if", _FIXED_CHAIN),
         ("lif", OK))},
     # Lava: dense synapses and op chains (same step or delayed), IF or LIF, full or per-channel biases
@@ -406,6 +423,8 @@ TOLERANCE: dict[tuple[str, str], dict[str, float]] = {
     # The fixed-point C runtime against its numpy model: integer arithmetic, bit for bit (counts,
     # ternary sums, float32 logits, the int32 accumulated gradients). Measured: equal.
     ("c_fixed", "fixed_model"): {"counts_diff": 0, "back_diff": 0, "logits_diff": 0, "ints_diff": 0},
+    # Lava's fixed_pt processes against the same numpy model: bit for bit as well (test_lava_fixed).
+    ("lava_fixed", "fixed_model"): {"counts_diff": 0, "back_diff": 0, "logits_diff": 0, "ints_diff": 0},
     # Lava (floating_pt, float64) against sim in float64: the same spikes, forward and ternary
     # (test_lava allows one spike per neuron for a float64 threshold tie under another summation
     # order on digits; none can hide in a gradient compared to 1e-9, so none is allowed here), and
