@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import json
-import platform
 import pstats
 import sys
 import tempfile
@@ -26,6 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _report import print_table, write_results  # (bench/, this script's folder)
 from spidec.backends import get
 
 import spidec
@@ -107,17 +106,8 @@ def main(argv: list[str]) -> int:
     header = ["layers", "target", "passes", "emit / text", "total", "per layer"]
     table = [[str(r["layers"]), r["target"], f"{r['passes_s']:.2f} s", f"{r['emit_s']:.2f} s",
               f"{r['total_s']:.2f} s", f"{r['per_layer_ms']:.2f} ms"] for r in rows]
-    widths = [max(len(h), *(len(t[i]) for t in table)) for i, h in enumerate(header)]
-    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
-    print("  ".join("-" * w for w in widths))
-    for t in table:
-        print("  ".join(c.ljust(w) for c, w in zip(t, widths)))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": platform.platform(), "python": sys.version.split()[0],
-                               "spidec": spidec.__version__, "width": args.width, "rows": rows},
-                              indent=2) + "\n")
-    print(f"\nwrote {out}")
+    print_table(header, table)
+    write_results(args.out, rows, spidec=spidec.__version__, width=args.width)
     return 0
 
 

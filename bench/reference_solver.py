@@ -12,13 +12,12 @@ ratios within one run, not absolute figures across machines.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from _report import print_table, write_results  # (bench/, this script's folder)
 
 import spidec
 from spidec import reference as ref
@@ -80,17 +79,8 @@ def main(argv: list[str]) -> int:
               f"{1e3 * r['equilibrium_s']:.1f} ms", f"{1e3 * r['grad_dense_s']:.1f} ms",
               f"{1e3 * r['grad_gmres_s']:.1f} ms", f"{r['samples_per_s_dense']:.0f}",
               f"{r['samples_per_s_gmres']:.0f}", f"{r['dense_vs_gmres_max_rel_diff']:.1e}"] for r in rows]
-    widths = [max(len(h), *(len(t[i]) for t in table)) for i, h in enumerate(header)]
-    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
-    print("  ".join("-" * w for w in widths))
-    for t in table:
-        print("  ".join(c.ljust(w) for c, w in zip(t, widths)))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": platform.platform(), "python": sys.version.split()[0],
-                               "numpy": np.__version__, "spidec": spidec.__version__, "rows": rows},
-                              indent=2) + "\n")
-    print(f"\nwrote {out}")
+    print_table(header, table)
+    write_results(args.out, rows, numpy=np.__version__, spidec=spidec.__version__)
     return 0
 
 

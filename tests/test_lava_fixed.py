@@ -19,22 +19,7 @@ from spidec.fixed import FixedModel
 
 pytest.importorskip("lava", reason="Lava is an optional extra (the test command installs it)")
 from spidec.backends import lava as lava_backend
-
-
-def chain_net(seed: int = 0) -> spidec.Graph:
-    """x[8] -> h1[6] -> h2[5] with h1 -> h2 undelayed (same step), h2 -> h1 delayed, readout y[3]
-    from h2 (test_lava_more's net)."""
-    rng = np.random.default_rng(seed)
-    g = spidec.Graph("chain")
-    g.add_input("x", [8])
-    g.add_population("h1", [6], bias=rng.normal(0.1, 0.1, 6))
-    g.add_population("h2", [5], bias=rng.normal(0.0, 0.1, 5))
-    g.add_readout("y", [3])
-    g.add_synapse("x", "h1", spidec.Dense(rng.normal(0.05, 0.3, (6, 8))))
-    g.add_synapse("h1", "h2", spidec.Dense(rng.normal(0.1, 0.4, (5, 6))))
-    g.add_synapse("h2", "h1", spidec.Dense(rng.normal(0, 0.3, (6, 5))), delay=1)
-    g.add_synapse("h2", "y", spidec.Dense(rng.normal(0, 1, (3, 5))))
-    return g
+from test_lava_more import chain_net
 
 
 def _samples(g: spidec.Graph, n: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
