@@ -59,9 +59,12 @@ def _lockstep(q: spidec.Graph, out, x: np.ndarray, y: np.ndarray, batch: int = 2
                 np.testing.assert_array_equal(lm.m[name], fm.m[name], err_msg=f"momentum {name}, sample {k}")
         seen["moved"] = sum(int(not np.array_equal(fm.w[n], w0[n])) for n in fm.w)
         seen["pushed"] = sum(1 for (stage, _), e in lm._sent.items() if stage == "forward")
-        # the weights the synapse processes hold are the stages' weights of the last sample
+        # the matrices the synapse processes hold are the stages' matrices of the last sample
+        # (FixedModel._syn: a dense weight, a pool's or a conv's integer matrix; transposed backward)
         for syn, d in lm.fw.items():
-            np.testing.assert_array_equal(d.weights.get(), lm.e[lm.syn_w[syn]])
+            np.testing.assert_array_equal(d.weights.get(), lm._syn(syn), err_msg=syn)
+        for syn, d in lm.bw.items():
+            np.testing.assert_array_equal(d.weights.get(), lm._syn(syn).T, err_msg=syn)
     finally:
         net.close()
     return seen
@@ -181,18 +184,15 @@ def test_cli_compiles_lava_fixed_and_float_builds_stay_as_they_were(tmp_path, ru
 
 
 def test_what_lava_fixed_point_cannot_express_is_one_line(tmp_path):
-    """Dropout, conv from the input, pooling between populations (which the C runtime's fixed point
-    runs) and boards: one SpidecError line naming the thing, nothing written."""
+    """Dropout, conv from the input and boards: one SpidecError line naming the thing, nothing written
+    (pooling and conv between populations run: tests/test_lava_fixed_conv.py)."""
     torch = pytest.importorskip("torch")  # noqa: F841
     from conftest import conv_feedback
-    from test_fixed_conv import pool_net
     from test_training import DropNet
 
     cases = [
         (spidec.passes.run(spidec.from_torch(DropNet())), {}, r"synapse '.*': fixed point does not run dropout"),
         (spidec.passes.run(conv_feedback()), {}, r"synapse 'conv1': fixed point runs conv between populations only"),
-        (spidec.passes.run(pool_net()), {}, r"synapse '.*': the lava target's fixed point runs dense synapses only, "
-         r"not pool"),
         (spidec.passes.run(dense_feedback()), {"board": "mps2-an386"},
          r"board 'mps2-an386' is a Cortex-M image of the c target; the lava target builds no boards"),
     ]

@@ -50,10 +50,21 @@ so the host's once-per-sample work (input currents, integer readout and softmax,
 the local updates are FixedModel's own code: on Loihi 2 the learning engines would take the local
 update; the spiking stages are what run as Lava processes. The synapses are FixedDense processes,
 not Lava's Dense, whose fixed_pt model truncates weights to 8 bits (Loihi 2's synapse format) while
-the pass holds int16 weights. What fixed point cannot express (dropout, op chains) is refused by the
-quantize pass's checks in one line, before a file is written; so are pooling and conv synapses, which
-the C runtime's fixed point runs but the fixed_pt processes do not yet (they deliver one int16
-weight matrix per synapse, and the pass's pool and conv shifts are not carried over to them).
+the pass holds int16 weights. Every synapse between populations, whatever its kind (dense, average
+pooling, conv, transposed conv), is one FixedDense holding the integer matrix FixedModel itself
+multiplies, ``FixedModel._syn(name)``: the restricted dense weight, a pool's ``pool_matrix`` (the
+coefficient ``P[o]`` at every tap of window ``o``, at the destination's scale) or a conv's
+``conv_matrix`` (``M[o, i] = W[t(o, i)]``, rebuilt from the restricted kernel each sample), and its
+backward FixedDense the transpose with FixedModel's shift (``B_src - F_dst + log2 S_dst``, the same for
+every kind, since a pool's and a conv's entries are at the destination's scale as a dense weight's).
+``_syn`` is the single source: a synapse kind FixedModel learns to run later runs here unchanged.
+Before each stage the matrices that changed since the processes last received them (learnable dense
+weights and conv kernels after a step, online after every sample, a reparametrised feedback's
+restriction) are written into the processes. Cost: the dense equivalent of a pool or conv, n_out x
+n_in int32 per stage (FixedModel holds it too; MAX_MATRIX_ENTRIES refuses as for the float target),
+where the C runtime walks the windows and taps. What fixed point cannot express (dropout, op chains,
+a pool or conv from the input) is refused by the quantize pass's checks in one line, before a file
+is written.
 
 The backend reads models with one constant data input and one cross-entropy readout, computed on
 the host, and whose populations form one network (Lava runs the processes connected to the one it
@@ -209,8 +220,9 @@ def emit(g: Graph, out: str | Path, board: str | None = None) -> LavaArtifact:
     the quantize pass ran (``g.quant``, as the c backend decides), fixed_pt processes whose integer
     arithmetic is :class:`spidec.fixed.FixedModel`'s bit for bit (processes_fixed.py.j2,
     network_fixed.py.j2: the spiking stages in Lava, the once-per-sample host work and the local
-    updates by FixedModel's own code). What fixed point cannot express (dropout, conv, per-channel
-    biases, ...) the quantize pass refuses in one line; ``board`` (Cortex-M images) is the c target's."""
+    updates by FixedModel's own code; pool and conv synapses as FixedModel._syn's integer matrices).
+    What fixed point cannot express (dropout, op chains, a conv from the input, ...) the quantize pass
+    refuses in one line; ``board`` (Cortex-M images) is the c target's."""
     if board is not None:
         raise SpidecError(f"board '{board}' is a Cortex-M image of the c target; the lava target builds no boards",
                           hint="use --target c --board BOARD, or --target lava --fixed")
@@ -220,12 +232,9 @@ def emit(g: Graph, out: str | Path, board: str | None = None) -> LavaArtifact:
     if fixed:
         from ...fixed import FixedModel
 
-        FixedModel(g)  # (the checks of fixed point, before a file is written)
-        for ch in g.program.chains:
-            if ch.kernel != "dense":
-                raise SpidecError(f"synapse '{ch.name}': the lava target's fixed point runs dense synapses only, "
-                                  f"not {ch.kernel}", hint="use --target c --fixed (or --board) for pooling and "
-                                  "conv in integers, or --target lava without --fixed")
+        # (the checks of fixed point, before a file is written: whatever FixedModel runs, the fixed_pt
+        # processes run, each synapse between populations as FixedModel._syn's integer matrix)
+        FixedModel(g)
         cfg["fixed"] = {"update": g.quant.update}
     out = Path(out)
     env = environment(TEMPLATES)
