@@ -101,7 +101,30 @@ Bounds: one step adds at most ``fan_in W_MAX`` to a destination membrane, ``fan_
 one output reads (``kh kw C_in`` inside the image for conv; for convT the most (input, tap) pairs
 reaching one output), and at most ``fan_out W_MAX << shift`` to a source couple (``fan_out`` the most
 outputs one input reaches), both counted exactly from ``t``, in place of ``n_src`` and ``n_dst``.
-Refused: a conv from the input (the constant-current path) and a conv into the readout.
+Refused: a convT from the input, a conv or a pool into the readout.
+
+From the input (conv2d or average pooling from the data input, the constant-current path): ``M`` the
+synapse's integer dense equivalent (``conv_matrix`` of the kernel at the destination's ``F_p``, or
+``pool_matrix``), ``K_p = bias + round_shift(M x_q, F_x)`` once per sample as for a dense input weight
+(the C runtime gathers each output's taps / window of ``x_q``: every product of int16s is below 2^30,
+summed in int64, then clamped to ``k_max`` as a dense input's current). The kernel's gradient is
+``G[t] = sum_{t(o, i) = t} post[o] x_q[i]`` (``conv_grad`` with ``pre = x_q``), one unit worth the
+dense input weight's ``S / (T_back 2**F_x)``; the kernel counts in ``F_p`` as a dense input weight
+does (the input's current is clamped, so the membrane bounds read only the spike feeds).
+
+Op chains (``normal_form``: the one reading that ``quantize``, the numpy model, the C context and
+the board's memory plan share; views and scalar scales are already folded by the step program):
+  * ``pad |> conv2d``, a zero pad of the spatial axes (asymmetric allowed): the conv over the pad's
+    input with the pad's top / left added to its padding offsets, the output shape the chain's: the
+    same integer matrix (the padded border holds zeros, so those taps reach no input);
+  * ``avgpool2d |> scale(tensor)`` (any broadcast to the output; views between allowed): one
+    coefficient per output ``P[j] = floor(s[j] / divisor(j) * 2**F_dst + 0.5)`` (``n_out`` int16
+    entries; a scalar gain keeps the ``[ho * wo]`` table). The scale tensor stays a frozen int16 tensor
+    at its own fraction for the tensor interface only (``spide_get_tensor``); the stages read ``P``;
+  * ``zero`` (no tensor): dropped with its feeds and readout injections: it adds nothing forward and
+    nothing backward (the float C backend's zero kernel emits no code either);
+  * anything else (a scale before a conv, a dense |> pad, avgpool |> dense ...) is refused naming the
+    synapse and its op chain.
 
 Overflow: int32 membranes cannot overflow because ``k_max`` and ``g_max`` are chosen from the
 int16 weight range, the layer sizes and ``T`` so that the worst case fits (``bounds``), with or
@@ -187,12 +210,69 @@ def count_scale(leak: float, steps: int) -> tuple[int, int, int]:
     return lq, frac, weighted_norm(lq, steps, frac)
 
 
+def _slot(g: Graph, syn: str, op: int, field: str) -> str | None:
+    """The name of the tensor held in ``field`` of op ``op`` of synapse ``syn`` (None: a constant)."""
+    return next((n for n, s in g.tensor_slots().items() if s.owner == syn and s.op == op and s.field == field), None)
+
+
+def normal_form(g: Graph, prog: Program) -> Program:
+    """Step program ``prog`` of ``g`` with every op chain reduced to a kernel fixed point runs (see
+    "Op chains" in the module docstring), the one reading of the synapses that ``quantize``,
+    :class:`FixedModel`, the C context and the board's memory plan share:
+
+    * ``pad |> conv2d`` (a zero pad of the two spatial axes, either side): the conv (``kernel`` "conv",
+      ``kernel_op`` the conv) over the pad's input, the pad's top / left folded into the conv's padding
+      offsets by :func:`conv_geometry` (the same integer matrix: the padded border holds zeros);
+    * ``avgpool2d |> scale(tensor)`` (views between them allowed): the pool, its gain the tensor
+      broadcast to the output (:func:`pool_scale`), a coefficient per output;
+    * a ``zero`` synapse (no tensor): dropped with its feeds, transposes and readout injections (it
+      adds nothing forward and nothing backward; the float C backend's zero kernel emits no code).
+
+    Any other chain (``kernel == "chain"``) is refused naming the synapse and its ops. The graph's own
+    ``g.program`` keeps the chains as lowered (the text format and the float backends read them)."""
+    chains, dropped = [], set()
+    for ch in prog.chains:
+        if ch.kernel != "chain":
+            chains.append(ch)
+            continue
+        syn = g.synapse(ch.name).synapse
+        shapes = syn.shapes(g.node(ch.src).shape)
+        work = [i for i in ch.ops if not syn.ops[i].view]
+        kinds = [syn.ops[i].kind for i in work]
+        owned = [n for n, s in g.tensor_slots().items() if s.owner == ch.name]
+        if kinds == ["zero"] and not owned:
+            dropped.add(ch.name)
+            continue
+        if kinds == ["pad", "conv2d"] and work[1] == work[0] + 1:
+            pads = syn.ops[work[0]].pads
+            if len(pads) == 3 and pads[0] == (0, 0):
+                chains.append(replace(ch, kernel="conv", kernel_op=work[1], weight=_slot(g, ch.name, work[1], "weight"),
+                                      shape_in=tuple(shapes[work[0]]), shape_out=tuple(shapes[work[1] + 1])))
+                continue
+        if kinds == ["avgpool2d", "scale"]:
+            chains.append(replace(ch, kernel="pool", kernel_op=work[0], weight=None,
+                                  shape_in=tuple(shapes[work[0]]), shape_out=tuple(shapes[work[0] + 1])))
+            continue
+        names = " |> ".join(syn.ops[i].kind for i in ch.ops)
+        raise SpidecError(f"synapse '{ch.name}': fixed point cannot run the op chain {names} (it runs one dense, "
+                          "conv2d, conv_transpose2d or avgpool2d op, pad |> conv2d, avgpool2d |> scale, or zero)",
+                          hint="use the float C backend (drop --fixed) for other chains")
+    if not dropped:
+        return replace(prog, chains=tuple(chains))
+    pops = tuple(replace(p, feeds=tuple(f for f in p.feeds if f.syn not in dropped)) for p in prog.populations)
+    couples = tuple(replace(c, feeds=tuple(f for f in c.feeds if f.syn not in dropped),
+                            injections=tuple(s for s in c.injections if s not in dropped)) for c in prog.couples)
+    readouts = tuple(replace(r, feeds=tuple(f for f in r.feeds if f.syn not in dropped)) for r in prog.readouts)
+    return replace(prog, chains=tuple(chains), populations=pops, couples=couples, readouts=readouts)
+
+
 def _structure(g: Graph) -> Program:
-    """The step program of ``g``, checked against what fixed point supports (dense synapses without
-    scale, average pooling between populations with any scalar gain, conv / convT between populations,
-    IF or LIF neurons with a Q15 leak, full or per-channel biases, couples with a power-of-two S, one input,
-    one cross-entropy readout)."""
-    prog = require_program(g, "quantize")
+    """The step program of ``g`` in its fixed-point normal form (:func:`normal_form`), checked against what
+    fixed point supports (dense synapses without scale, average pooling with any scalar or tensor gain,
+    conv / convT between populations, conv2d (after a zero pad) and average pooling from the input, IF or
+    LIF neurons with a Q15 leak, full or per-channel biases, couples with a power-of-two S, one input, one
+    cross-entropy readout)."""
+    prog = normal_form(g, require_program(g, "quantize"))
     if prog.encoding != "constant" or len(prog.inputs) != 1:
         raise SpidecError("fixed point reads one data input as a constant current")
     if len(prog.readouts) != 1 or prog.readouts[0].loss != "cross_entropy":
@@ -207,6 +287,7 @@ def _structure(g: Graph) -> Program:
             raise SpidecError(f"couple of '{p.name}': fixed point needs S = 2 vth_b to be a power of two, got {c.S}")
     ro = prog.readouts[0]
     pops = {p.name for p in prog.populations}
+    inputs = {i.name for i in prog.inputs}
     read = {f.src for f in ro.feeds}
     if len({p.leak for p in prog.populations if p.name in read}) > 1:
         raise SpidecError(f"readout '{ro.name}': fixed point needs the populations it reads to share one leak "
@@ -216,18 +297,19 @@ def _structure(g: Graph) -> Program:
             raise SpidecError(f"synapse '{ch.name}': fixed point does not run dropout yet (p = {ch.dropout})",
                               hint="train with dropout on the float C or sim target, or export the model "
                               "with its Dropout in eval mode")
-        if ch.kernel == "chain":  # (the float C backend runs chains: backends/c chain_kernel)
-            raise SpidecError(f"synapse '{ch.name}': fixed point runs synapses of one weighted op, not a chain of "
-                              f"several ({len(ch.ops)} ops)", hint="use the float C backend (drop --fixed) for "
-                              "chains such as avgpool2d |> flatten |> dense")
-        pool_ok = ch.kernel == "pool" and ch.src in pops and ch.dst in pops
+        into_pop = ch.dst in pops and (ch.src in pops or ch.src in inputs)
+        pool_ok = ch.kernel == "pool" and into_pop
         if ch.kernel == "pool" and not pool_ok:
-            raise SpidecError(f"synapse '{ch.name}': fixed point pools between populations only (not from an "
-                              "input or into a readout)", hint="put a population between the input and the pool")
-        if ch.kernel in ("conv", "convt") and not (ch.src in pops and ch.dst in pops):
-            raise SpidecError(f"synapse '{ch.name}': fixed point runs {ch.kernel} between populations only (not "
+            raise SpidecError(f"synapse '{ch.name}': fixed point pools into populations only (from a population "
+                              "or the input, not into a readout)", hint="put a population between the pool and "
+                              "the readout")
+        if ch.kernel == "convt" and not (ch.src in pops and ch.dst in pops):
+            raise SpidecError(f"synapse '{ch.name}': fixed point runs convt between populations only (not "
                               "from an input or into a readout)", hint="use a dense synapse there, or the float "
                               "C backend (drop --fixed)")
+        if ch.kernel == "conv" and not into_pop:
+            raise SpidecError(f"synapse '{ch.name}': fixed point runs conv into populations only (not into a "
+                              "readout)", hint="use a dense synapse there, or the float C backend (drop --fixed)")
         if ch.kernel not in ("dense", "pool", "conv", "convt"):
             raise SpidecError(f"synapse '{ch.name}': fixed point supports dense synapses only, not {ch.kernel} "
                               "(and average pooling, conv and transposed conv between populations)",
@@ -290,6 +372,8 @@ def _frozen(prog: Program) -> list[str]:
     names = [ch.weight for ch in prog.chains if ch.weight and ch.weight not in learn]
     names += [p.bias for p in prog.populations if p.bias and p.bias not in learn]
     names += [r.bias for r in prog.readouts if r.bias and r.bias not in learn]
+    # then every other frozen tensor of the scales (a pool's tensor gain, a frozen pad |> conv2d kernel)
+    names += [t.name for t in (prog.quant.qtensors if prog.quant else ()) if not t.learnable and t.name not in names]
     return names  # type: ignore[return-value]
 
 
@@ -321,16 +405,35 @@ def pool_geometry(g: Graph, ch: Chain) -> dict[str, int]:
             "ph": ph, "pw": pw, "pf": -(-kh // sh) * -(-kw // sw)}
 
 
+def pool_scale(g: Graph, ch: Chain) -> np.ndarray | None:
+    """The tensor gain of an ``avgpool2d |> scale(tensor)`` synapse broadcast to its output, flat
+    ([n_out], float64; the views between them keep the flat order), or None for a scalar gain."""
+    syn = g.synapse(ch.name).synapse
+    after = [i for i in ch.ops if i > ch.kernel_op and syn.ops[i].kind == "scale"]  # type: ignore[operator]
+    if not after:
+        return None
+    i = after[0]
+    name = _slot(g, ch.name, i, "factor")
+    factor = g.tensor(name) if name else syn.ops[i].factor
+    shape = syn.shapes(g.node(ch.src).shape)[i]
+    return np.broadcast_to(np.asarray(factor, np.float64), tuple(shape)).ravel()
+
+
 def pool_coefficients(g: Graph, ch: Chain) -> np.ndarray:
-    """``g / divisor(o)`` per output position ``o`` of pooling synapse ``ch`` (float64, [ho * wo])."""
+    """``g / divisor(o)`` per output position ``o`` of pooling synapse ``ch`` (float64): ``[ho * wo]`` for
+    a scalar gain ``g``, ``[n_out]`` (``g[o] / divisor(o)`` over every channel) for a tensor gain."""
     op = g.synapse(ch.name).synapse.ops[ch.kernel_op]  # type: ignore[index]
     geo = pool_geometry(g, ch)
     div = np.broadcast_to(np.asarray(op._divisor(ch.shape_in), np.float64), (geo["ho"], geo["wo"]))
-    return (ch.factor / div).ravel()
+    scale = pool_scale(g, ch)
+    if scale is None:
+        return (ch.factor / div).ravel()
+    return ch.factor * scale / np.broadcast_to(div, (geo["co"], geo["ho"], geo["wo"])).ravel()
 
 
 def pool_weights(g: Graph, ch: Chain, frac: int) -> np.ndarray:
-    """The pool's integer coefficients ``P[o] = floor(g / divisor(o) * 2**frac + 0.5)`` (int64, [ho * wo])."""
+    """The pool's integer coefficients ``P[o] = floor(g / divisor(o) * 2**frac + 0.5)`` (int64, [ho * wo],
+    or [n_out] for a tensor gain: see :func:`pool_coefficients`)."""
     return np.floor(pool_coefficients(g, ch) * 2.0**frac + 0.5).astype(np.int64)
 
 
@@ -340,6 +443,7 @@ def pool_matrix(g: Graph, ch: Chain, frac: int) -> np.ndarray:
     geo = pool_geometry(g, ch)
     P = pool_weights(g, ch, frac)
     h, wd, ho, wo = geo["h"], geo["wd"], geo["ho"], geo["wo"]
+    per = 0 if P.size == ho * wo else ho * wo  # a tensor gain: one coefficient per output, channel included
     out = np.zeros((ch.n_out, ch.n_in), np.int64)
     for c in range(geo["co"]):
         for oy in range(ho):
@@ -350,16 +454,23 @@ def pool_matrix(g: Graph, ch: Chain, frac: int) -> np.ndarray:
                     for kx in range(geo["kw"]):
                         x = ox * geo["sw"] - geo["pw"] + kx
                         if 0 <= y < h and 0 <= x < wd:
-                            out[j, (c * h + y) * wd + x] = P[oy * wo + ox]
+                            out[j, (c * h + y) * wd + x] = P[c * per + oy * wo + ox]
     return out
 
 
 def conv_geometry(g: Graph, ch: Chain) -> dict[str, int]:
-    """The geometry of conv / convT synapse ``ch`` (the float C backend's ``_window`` keys)."""
-    op = g.synapse(ch.name).synapse.ops[ch.kernel_op]  # type: ignore[index]
+    """The geometry of conv / convT synapse ``ch`` (the float C backend's ``_window`` keys). A zero pad
+    before the conv (``pad |> conv2d``, see :func:`normal_form`) moves the input by its top / left
+    amounts: ``ph``, ``pw`` are the conv's padding plus those (the bottom / right come with the output
+    shape), ``h``, ``wd`` the unpadded input's."""
+    syn = g.synapse(ch.name).synapse
+    op = syn.ops[ch.kernel_op]  # type: ignore[index]
     ci, h, wd = ch.shape_in
     co, ho, wo = ch.shape_out
     (kh, kw), (sh, sw), (ph, pw) = op.kernel, op.stride, op.padding
+    before = ch.kernel_op - 1  # type: ignore[operator]
+    if before in ch.ops and syn.ops[before].kind == "pad":
+        ph, pw = ph + syn.ops[before].pads[1][0], pw + syn.ops[before].pads[2][0]
     return {"ci": ci, "h": h, "wd": wd, "co": co, "ho": ho, "wo": wo, "kh": kh, "kw": kw, "sh": sh, "sw": sw,
             "ph": ph, "pw": pw}
 
@@ -568,12 +679,15 @@ def quantize(g: Graph, *,
     period = 1
     while period < 64 and opt.lr * opt.weight_decay / sf * period * 2 <= 2.0**-8:
         period *= 2
+    for name in g.tensor_slots():  # held for the tensor interface only, e.g. a pool's tensor gain (in P)
+        if name not in frac_of:
+            qtensors.append(QTensor(name, frac_for([name]), False, size=int(g.tensor(name).size)))
     qz = Quantization(update=update, input_frac=fx, input_bits=input_bits, readout_frac=readout_frac,
                       momentum_q15=math.floor(opt.momentum * 2**15 + 0.5),
                       wd_period=period if update == "online" else 1, populations=tuple(qpops),
                       qtensors=tuple(qtensors))
-    out = g.copy()
-    out.program = replace(prog, quant=qz)
+    out = g.copy()  # (the graph keeps its program as lowered: the normal form is re-derived by _structure)
+    out.program = replace(float_program(g.program), quant=qz)
     out.program = replace(out.program, buffers=fixed_buffers(out.program, update))
     return out
 
@@ -752,10 +866,10 @@ class FixedModel:
             if p.bias and p.bias_channels:  # one bias per channel, broadcast over its positions
                 k = np.repeat(self.w[p.bias], p.size // p.bias_channels)
             else:
-                k = self.w[p.bias].copy() if p.bias else np.zeros(p.size, np.int64)
+                k = self.w[p.bias].ravel().copy() if p.bias else np.zeros(p.size, np.int64)
             for f in p.feeds:
-                if f.kind == "input":
-                    k += round_shift(self.e[self.syn_w[f.syn]] @ xq, q.input_frac)
+                if f.kind == "input":  # a dense weight, or a conv's / pool's integer matrix
+                    k += round_shift(self._syn(f.syn) @ xq, q.input_frac)
             K[p.name] = np.clip(k, -q.k_max[p.name], q.k_max[p.name])
         return K
 
@@ -873,7 +987,8 @@ class FixedModel:
         out = {}
         for r in self.prog.rules:
             if isinstance(r, WeightRule) and r.syn in self.taps:  # a conv kernel: the taps' correlation sums
-                out[r.tensor] = conv_grad(self.taps[r.syn], self.post[r.gate], self.cnt[r.pre],
+                pre = self.cnt[r.pre] if r.pre in self.cnt else self.xq  # (from the input: its x_q)
+                out[r.tensor] = conv_grad(self.taps[r.syn], self.post[r.gate], pre,
                                           self.w[r.tensor].size).reshape(self.w[r.tensor].shape)
             elif isinstance(r, WeightRule):
                 pre = self.cnt[r.pre] if r.pre in self.cnt else self.xq
@@ -886,7 +1001,7 @@ class FixedModel:
                 out[r.tensor] = np.outer(dls, self.cnt[r.pre])
             else:
                 out[r.tensor] = dls.copy()
-        return out
+        return {n: G.reshape(self.w[n].shape) for n, G in out.items()}  # (a full bias of a [C, H, W] population)
 
     def _accumulate(self, dls: np.ndarray) -> None:
         grads = self._grads(dls)

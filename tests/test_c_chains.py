@@ -208,8 +208,7 @@ def test_fixed_point_refuses_a_chain():
     g.add_synapse("h", "h", Dense(_u(rng, 10, 10, s=0.2)), delay=1, name="fb")
     g.add_synapse("h", "y", Dense(_u(rng, 3, 10)), name="cls")
     g = passes.run(g.validate(), T=T, T_back=T_BACK, sf=SF)
-    with pytest.raises(SpidecError, match=r"synapse 'in_pad': fixed point runs synapses of one weighted op, not a "
-                                          r"chain of several \(2 ops\)"):
+    with pytest.raises(SpidecError, match=r"synapse 'in_pad': fixed point cannot run the op chain dense \|> pad"):
         quantize(g)
 
 

@@ -270,9 +270,11 @@ class CFixed(Target):
             counts.append(c)
             back.append(rt.back_sums() / S)
         counts_ = _split(np.array(counts), prog)
+        learnable = g.parameters()  # (the runtime lists frozen tensors too, e.g. a tensor scale's factor)
         return Run(counts_, _rates(counts_, prog, rt.norms), logits,
-                   {k: v.astype(np.float64) for k, v in rt.grads().items()}, _split(np.array(back), prog),
-                   {k: v.astype(np.int64) for k, v in rt.qmomentum().items()}, rt.norms)
+                   {k: v.astype(np.float64) for k, v in rt.grads().items() if k in learnable},
+                   _split(np.array(back), prog),
+                   {k: v.astype(np.int64) for k, v in rt.qmomentum().items() if k in learnable}, rt.norms)
 
 
 class FixedNumpy(Target):
@@ -362,8 +364,8 @@ for _name, _t in TARGETS.items():
 # ---------------------------------------------------------------------------------------------- the matrix
 
 OK = None  # a supported cell; any other value is the regex of the refusal
-_FIXED_CONV = r"synapse 'conv1': fixed point runs conv between populations only"  # (from the input)
-_FIXED_CHAIN = r"synapse 'conv1': fixed point runs synapses of one weighted op, not a chain"  # (pad |> conv)
+# (the lava target's fixed point runs dense synapses: conv1 is a conv from the input, conv_if's a pad |> conv)
+_LAVA_FIXED = r"synapse 'conv1': the lava target's fixed point runs dense synapses only"
 
 SUPPORT: dict[tuple[str, str], str | None] = {
     # sim runs every graph (float64 and float32)
@@ -373,11 +375,11 @@ SUPPORT: dict[tuple[str, str], str | None] = {
     ("c", "conv"): OK,
     ("c", "conv_if"): OK,  # (pad |> conv2d, avgpool2d |> scale(tensor) and a zero synapse: op chains)
     ("c", "lif"): OK,
-    # fixed point (both refused by the quantize pass): dense synapses and pooling between populations, full
-    # or per-channel biases (IF or LIF), conv between populations: the conv graphs stop at their conv from the input
-    **{(t, g): v for t in ("c_fixed", "fixed_model", "lava_fixed") for g, v in (
-        ("dense_fb", OK), ("two_pop", OK), ("conv", _FIXED_CONV), ("conv_if", _FIXED_CHAIN),
-        ("lif", OK))},
+    # fixed point: dense synapses, pooling (scalar or tensor gain) and conv, conv (after a zero pad) and pooling
+    # from the input, full or per-channel biases (IF or LIF); zero synapses dropped (spidec.fixed.normal_form)
+    **{(t, g): OK for t in ("c_fixed", "fixed_model") for g in ("dense_fb", "two_pop", "conv", "conv_if", "lif")},
+    **{("lava_fixed", g): v for g, v in (("dense_fb", OK), ("two_pop", OK), ("conv", _LAVA_FIXED),
+                                          ("conv_if", _LAVA_FIXED), ("lif", OK))},
     # Lava: dense synapses and op chains (same step or delayed), IF or LIF, full or per-channel biases
     ("lava", "dense_fb"): OK,
     ("lava", "two_pop"): OK,

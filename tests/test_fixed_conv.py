@@ -10,7 +10,6 @@ import math
 
 import numpy as np
 import pytest
-from conftest import conv_feedback
 from spidec.backends.c import emit
 from test_fixed import _lockstep, board_equals_host, board_tools  # noqa: F401 (a fixture)
 
@@ -114,9 +113,7 @@ def test_fixed_rates_follow_the_float_runtime(digits, tmp_path):
 
 
 def test_refusals_name_the_synapse():
-    g = passes.run(conv_feedback())
-    with pytest.raises(SpidecError, match="synapse 'conv1': fixed point runs conv between populations only"):
-        quantize(g)
+    """A pool into the readout stays refused (from the input it runs: tests/test_fixed_chains.py)."""
     rng = np.random.default_rng(0)
     h = Graph("pool_in")
     h.add_input("img", [1, 4, 4])
@@ -124,8 +121,9 @@ def test_refusals_name_the_synapse():
     h.add_readout("y", [3])
     h.add_synapse("img", "a", AvgPool2d(2), name="pin")
     h.add_synapse("a", "a", [Flatten(), Dense(0.1 * rng.standard_normal((4, 4))), Reshape((1, 2, 2))], delay=1)
-    h.add_synapse("a", "y", [Flatten(), Dense(rng.standard_normal((3, 4)))])
-    with pytest.raises(SpidecError, match="synapse 'pin': fixed point pools between populations only"):
+    h.add_synapse("a", "y", [AvgPool2d(2), Flatten(), Scale(3.0), Dense(rng.standard_normal((3, 1)))], name="pout")
+    with pytest.raises(SpidecError, match=r"synapse 'pout': fixed point cannot run the op chain avgpool2d \|> flatten "
+                                          r"\|> dense"):
         quantize(passes.run(h.validate()))
 
 

@@ -184,15 +184,16 @@ def test_cli_compiles_lava_fixed_and_float_builds_stay_as_they_were(tmp_path, ru
 
 
 def test_what_lava_fixed_point_cannot_express_is_one_line(tmp_path):
-    """Dropout, conv from the input and boards: one SpidecError line naming the thing, nothing written
-    (pooling and conv between populations run: tests/test_lava_fixed_conv.py)."""
+    """Dropout, an avgpool |> conv chain and boards: one SpidecError line naming the thing, nothing
+    written (pooling and conv between populations run: tests/test_lava_fixed_conv.py)."""
     torch = pytest.importorskip("torch")  # noqa: F841
     from conftest import conv_feedback
     from test_training import DropNet
 
     cases = [
         (spidec.passes.run(spidec.from_torch(DropNet())), {}, r"synapse '.*': fixed point does not run dropout"),
-        (spidec.passes.run(conv_feedback()), {}, r"synapse 'conv1': fixed point runs conv between populations only"),
+        (spidec.passes.run(conv_feedback()), {}, r"synapse 'pool_conv': fixed point cannot run the op chain "
+         r"avgpool2d \|> conv2d"),
         (spidec.passes.run(dense_feedback()), {"board": "mps2-an386"},
          r"board 'mps2-an386' is a Cortex-M image of the c target; the lava target builds no boards"),
     ]

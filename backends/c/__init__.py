@@ -459,10 +459,17 @@ def fixed_context(g: Graph) -> dict[str, Any]:
     steps = {p.name: p for p in prog.populations}
     qpop = {qp.name: qp for qp in q.populations}
     # average pooling: its integer coefficients P[o] (spidec.fixed.pool_weights) as a const table per
-    # synapse, in flash on a board; the stages walk the windows as the float kernel's tables do
-    pools = {ch.name: {**fx.pool_geometry(g, ch), "c": code_name(ch.name), "name": ch.name,
-                       "P": ", ".join(str(int(v)) for v in fx.pool_weights(g, ch, q.pop_frac[ch.dst]))}
-             for ch in prog.chains if ch.kernel == "pool"}
+    # synapse, in flash on a board; the stages walk the windows as the float kernel's tables do. A tensor
+    # gain (avgpool2d |> scale) has one coefficient per output, channel included ("full": P[c * ho * wo + o])
+    pools = {}
+    for ch in prog.chains:
+        if ch.kernel == "pool":
+            P = fx.pool_weights(g, ch, q.pop_frac[ch.dst])
+            geo = fx.pool_geometry(g, ch)
+            full = P.size != geo["ho"] * geo["wo"]
+            pools[ch.name] = {**geo, "c": code_name(ch.name), "name": ch.name, "P": ", ".join(str(int(v)) for v in P),
+                              "full": full, "nP": P.size, "po": f"c * {geo['ho'] * geo['wo']} + o" if full else "o",
+                              "pj": "j" if full else "o"}
     # conv / convT: the int16 kernel (learnable, or frozen) walked tap by tap (spidec.fixed: "Convolutions")
     convs = {ch.name: {**fx.conv_geometry(g, ch), "kind": ch.kernel, "c": code_name(ch.name), "name": ch.name,
                        "w": _cname(ch.weight), "k": _k(ch.weight)}
@@ -472,7 +479,12 @@ def fixed_context(g: Graph) -> dict[str, Any]:
         name = p["name"]
         step, couple = steps[name], prog.couple_of(name)
         ifeeds = _plain([{"w": _cname(chains[f.syn].weight), "n": ctx["n_inputs"]}
-                         for f in step.feeds if f.kind == "input"], "a population from the input")
+                         for f in step.feeds if f.kind == "input" and f.syn not in pools and f.syn not in convs],
+                        "a population from the input")
+        # conv / pool from the input: each output gathers its taps / window of x_q (int64, see fixed.c.j2)
+        icfeeds = [{"conv": convs.get(f.syn), "pool": pools.get(f.syn), "syn": f.syn,
+                    "macs": int((fx.conv_taps(g, chains[f.syn]) >= 0).sum()) if f.syn in convs else step.size}
+                   for f in step.feeds if f.kind == "input" and (f.syn in pools or f.syn in convs)]
         pfeeds = [{"w": _cname(chains[f.syn].weight), "k": _k(chains[f.syn].weight), "n": n_of[f.src],
                    "src_c": cname[f.src], "syn": f.syn, "delayed": f.kind == "delayed", "pool": pools.get(f.syn),
                    "conv": convs.get(f.syn)}
@@ -482,7 +494,7 @@ def fixed_context(g: Graph) -> dict[str, Any]:
         pops.append({**p, "frac": q.pop_frac[name], "bp": q.couple_frac[name], "th": fx.threshold(step, q),
                      "cth": fx.couple_threshold(couple, q), "kmax": q.k_max[name], "gmax": q.g_max[name],
                      "si": 2 ** (q.couple_frac[name] + round(math.log2(couple.S))),
-                     "ifeeds": ifeeds, "pfeeds": pfeeds, **_lif(qpop[name], prog)})
+                     "ifeeds": ifeeds, "icfeeds": icfeeds, "pfeeds": pfeeds, **_lif(qpop[name], prog)})
     by = {p["name"]: p for p in pops}
     back = []
     for c in prog.couples:
@@ -501,7 +513,8 @@ def fixed_context(g: Graph) -> dict[str, Any]:
         c = _cname(r.tensor)
         if isinstance(r, WeightRule) and r.syn in convs:  # a kernel: each tap's correlation sum
             updates.append({"tensor": r.tensor, "kind": "conv_local", "c": c, "cv": convs[r.syn],
-                            "pre": f"cnt_{cname[r.pre]}", "m": f"m_{cname[r.gate]}", "sb": f"sb_{cname[r.gate]}"})
+                            "pre": f"cnt_{cname[r.pre]}" if r.pre in cname else "xq", "m": f"m_{cname[r.gate]}",
+                            "sb": f"sb_{cname[r.gate]}"})
         elif isinstance(r, WeightRule):
             pre = f"cnt_{cname[r.pre]}" if r.pre in cname else "xq"
             updates.append({"tensor": r.tensor, "kind": "local", "c": c, "rows": n_of[r.gate],
