@@ -328,6 +328,8 @@ def fixed_buffers(prog: Program, update: str) -> tuple[Buffer, ...]:
     out: list[Buffer] = []
     add = out.append
     ni, nc = prog.inputs[0].size, prog.readouts[0].size
+    inputs = {i.name for i in prog.inputs}
+    dense_in = any(ch.kernel == "dense" and ch.src in inputs for ch in prog.chains)
     for name in (*(r.tensor for r in prog.rules), *_frozen(prog)):
         size = prog_tensor_size(prog, name)
         c = "t_" + code_name(name)
@@ -353,14 +355,16 @@ def fixed_buffers(prog: Program, update: str) -> tuple[Buffer, ...]:
                    "ternary spikes fired (either sign)"))
         out += ternary_lists(cp, "i16", "i8")
     for name, dtype, size, what in (
-            ("xq", "i16", ni, "the quantised input x * 2^F_X"), ("nzi", "i16", ni, "indices of its non-zero values"),
+            ("xq", "i16", ni, "the quantised input x * 2^F_X"), ("nzi", "i16", ni if dense_in else 0,
+                                                                "indices of its non-zero values"),
             ("Lq", "i64", nc, "integer logits, scale 2^F_C * T"),
             ("dls", "i32", nc, "Q16 loss gradient sf/B * (softmax - onehot)"),
             ("logits", "f32", nc, "the logits as floats (the spide.h interface)"),
             ("events", "u64", 1, "spikes of the last sample"),  # (a scalar: see below)
             ("synops", "u64", 3, "spike-driven synaptic operations per stage"),
             ("macs", "u64", 3, "multiply-accumulates per stage")):
-        add(Buffer(name, dtype, size, "model", "", "other model state", what, scalar=name == "events"))
+        if size:  # (nzi: only for dense weights from the input; conv and pool feeds gather their taps)
+            add(Buffer(name, dtype, size, "model", "", "other model state", what, scalar=name == "events"))
     if update == "online":  # the samples' learning rate (momentum updates read it at the step)
         add(Buffer("lr_now", "f32", 1, "model", "", "other model state", "the learning rate of the samples",
                    scalar=True))
