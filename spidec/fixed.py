@@ -871,9 +871,11 @@ class FixedModel:
                 k = np.repeat(self.w[p.bias], p.size // p.bias_channels)
             else:
                 k = self.w[p.bias].ravel().copy() if p.bias else np.zeros(p.size, np.int64)
+            acc = np.zeros(p.size, np.int64)  # every input feed summed, then rounded once (as the C runtime)
             for f in p.feeds:
                 if f.kind == "input":  # a dense weight, or a conv's / pool's integer matrix
-                    k += round_shift(self._syn(f.syn) @ xq, q.input_frac)
+                    acc += self._syn(f.syn) @ xq
+            k += round_shift(acc, q.input_frac)
             K[p.name] = np.clip(k, -q.k_max[p.name], q.k_max[p.name])
         return K
 

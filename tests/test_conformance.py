@@ -364,8 +364,6 @@ for _name, _t in TARGETS.items():
 # ---------------------------------------------------------------------------------------------- the matrix
 
 OK = None  # a supported cell; any other value is the regex of the refusal
-# (the lava target's fixed point runs dense synapses: conv1 is a conv from the input, conv_if's a pad |> conv)
-_LAVA_FIXED = r"synapse 'conv1': the lava target's fixed point runs dense synapses only"
 
 SUPPORT: dict[tuple[str, str], str | None] = {
     # sim runs every graph (float64 and float32)
@@ -377,9 +375,9 @@ SUPPORT: dict[tuple[str, str], str | None] = {
     ("c", "lif"): OK,
     # fixed point: dense synapses, pooling (scalar or tensor gain) and conv, conv (after a zero pad) and pooling
     # from the input, full or per-channel biases (IF or LIF); zero synapses dropped (spidec.fixed.normal_form)
-    **{(t, g): OK for t in ("c_fixed", "fixed_model") for g in ("dense_fb", "two_pop", "conv", "conv_if", "lif")},
-    **{("lava_fixed", g): v for g, v in (("dense_fb", OK), ("two_pop", OK), ("conv", _LAVA_FIXED),
-                                          ("conv_if", _LAVA_FIXED), ("lif", OK))},
+    # (Lava's fixed_pt processes run what FixedModel runs: each synapse's integer matrix FixedModel._syn)
+    **{(t, g): OK for t in ("c_fixed", "fixed_model", "lava_fixed")
+       for g in ("dense_fb", "two_pop", "conv", "conv_if", "lif")},
     # Lava: dense synapses and op chains (same step or delayed), IF or LIF, full or per-channel biases
     ("lava", "dense_fb"): OK,
     ("lava", "two_pop"): OK,

@@ -26,7 +26,9 @@ def chain_net(kind: str = "conv", seed: int = 0) -> Graph:
         the pool: 3x3 window, stride 2, padding 1, count_include_pad=False, R/2 = 3) |> scale(tensor per
         channel), and a zero synapse c1 -> y;
       * ``pool``: img -avgpool 2 (gain 3)-> p0[1,4,4] -dense-> c1[4,8,8] is replaced by a pool from the
-        input: img -avgpool 2 |> scale 3-> c1[1,4,4] (R = 4, one channel), then as ``conv``."""
+        input: img -avgpool 2 |> scale 3-> c1[1,4,4] (R = 4, one channel), then as ``conv``;
+      * ``two``: ``conv`` plus a second synapse from the input into c1, flatten |> dense |> reshape (two
+        input feeds: their sum is rounded once, in C and in FixedModel)."""
     rng = np.random.default_rng(seed)
     g = Graph(f"chain_{kind}")
     g.add_input("img", [1, 8, 8])
@@ -36,12 +38,15 @@ def chain_net(kind: str = "conv", seed: int = 0) -> Graph:
     g.add_population("c2", [ch, r2, r2], bias=rng.uniform(-0.1, 0.2, (ch, r2, r2)))
     g.add_readout("y", [10], bias=rng.uniform(-0.1, 0.1, 10))
     k = rng.uniform(-0.3, 0.5, (ch, 1, 3, 3))
-    if kind == "conv":
+    if kind in ("conv", "two"):
         g.add_synapse("img", "c1", Conv2d(k, padding=1), name="conv1")
     elif kind == "pad":
         g.add_synapse("img", "c1", [Pad(((0, 0), (1, 0), (0, 1))), Conv2d(k, 2, 1)], name="conv1")
     else:
         g.add_synapse("img", "c1", [AvgPool2d(2), Scale(3.0)], name="pin")
+    if kind == "two":
+        g.add_synapse("img", "c1", [Flatten(), Dense(rng.uniform(-0.05, 0.05, (ch * r * r, 64))),
+                                    Reshape((ch, r, r))], name="skip")
     if kind == "pad":
         g.add_synapse("c1", "c2", [AvgPool2d(3, 2, 1, count_include_pad=False),
                                    Scale(rng.uniform(0.8, 1.6, (ch, 1, 1)))], name="pool")
@@ -103,15 +108,18 @@ def _float_conv(g: Graph, name: str, kernel: np.ndarray, eye: np.ndarray, n_in: 
 
 
 @pytest.mark.parametrize(("kind", "update"), [("conv", "momentum"), ("conv", "online"), ("pad", "momentum"),
-                                              ("pad", "online"), ("pool", "momentum")])
+                                              ("pad", "online"), ("pool", "momentum"), ("two", "online")])
 def test_c_equals_numpy_model(digits, tmp_path, kind, update):
     """Counts, ternary sums, logits, momentum and weights of the host C build equal FixedModel's after every
     sample / step; the kernel from the input learns (its gradient: the taps' sums of post x_q)."""
     g = quantize(passes.run(chain_net(kind), T=16, T_back=24, sf=20), update=update)
-    batch, steps = (4, 3) if update == "momentum" else (1, 10)
+    batch, steps = (4, 3) if update == "momentum" else (1, 60 if kind == "two" else 10)
+    # (two: rounding each input feed on its own changes K by one unit in ~50 neurons a sample, which reaches
+    # a count within 40 samples; the model and the C runtime round the feeds' sum once)
     before = FixedModel(g).w
     fm = _lockstep(g, digits.x_train, digits.y_train, tmp_path / "c", batch=batch, steps=steps)
     learn = ["c1.bias", "c2.bias", "fb.weight", "cls.weight"] + ([] if kind == "pool" else ["conv1.weight"])
+    learn += ["skip.weight"] if kind == "two" else []
     for name in learn:
         assert not np.array_equal(fm.w[name], before[name]), name
     assert all(c.sum() > 0 for c in fm.cnt.values()) and all(np.abs(s).sum() > 0 for s in fm.sb.values())

@@ -1,7 +1,8 @@
 """Fixed point beyond dense synapses (issue 17): average pooling between populations and per-channel
 biases run in the integer C runtime bit for bit as spidec.fixed.FixedModel computes them, with the
 quantize pass's overflow bounds, on the host and on the Cortex-M4 under QEMU; the pooled model trains
-as well in fixed point as in float. (Conv and transposed-conv synapses are still refused.)
+as well in fixed point as in float. (Conv and convT: test_fixed_convw; conv and pool from the input and
+op chains: test_fixed_chains.)
 """
 
 from __future__ import annotations
