@@ -24,7 +24,7 @@ from test_lava_more import chain_net
 
 def _samples(g: spidec.Graph, n: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return rng.random((n, g.inputs[0].shape[0])), rng.integers(0, g.readouts[0].shape[0], n)
+    return rng.random((n, *g.inputs[0].shape)), rng.integers(0, g.readouts[0].shape[0], n)
 
 
 def _lockstep(q: spidec.Graph, out, x: np.ndarray, y: np.ndarray, batch: int = 2) -> dict[str, int]:
@@ -56,6 +56,7 @@ def _lockstep(q: spidec.Graph, out, x: np.ndarray, y: np.ndarray, batch: int = 2
                 fm.step(0.1)
             for name in fm.w:  # online: every sample moves them; momentum: every step
                 np.testing.assert_array_equal(lm.w[name], fm.w[name], err_msg=f"weights {name}, sample {k}")
+            for name in fm.m:  # (the learnable tensors; fm.w also holds frozen ones, e.g. a pool's gain)
                 np.testing.assert_array_equal(lm.m[name], fm.m[name], err_msg=f"momentum {name}, sample {k}")
         seen["moved"] = sum(int(not np.array_equal(fm.w[n], w0[n])) for n in fm.w)
         seen["pushed"] = sum(1 for (stage, _), e in lm._sent.items() if stage == "forward")

@@ -1,6 +1,7 @@
 """The Lava target in fixed point with average pooling, conv and transposed-conv synapses between
-populations (issue 17): each such synapse is a FixedDense process holding FixedModel._syn's integer
-matrix (a pool's P[o] at every tap, a conv's M[o, i] = W[t(o, i)] from the restricted kernel) and
+populations, and conv / pool from the input and op chains (issue 17): each such synapse is a
+FixedDense process holding FixedModel._syn's integer matrix (a pool's P[o] at every tap, a conv's
+M[o, i] = W[t(o, i)] from the restricted kernel) and
 its backward twin the transpose with FixedModel's shift, so the Lava fixed_pt network is
 spidec.fixed.FixedModel bit for bit: counts, masks, integer logits, ternary sums and firing counts of
 every sample, integer weights and momentum after every sample and step (both update modes, IF and
@@ -100,27 +101,34 @@ def test_strided_conv_and_convt_with_output_padding(tmp_path):
     _run(q, tmp_path, n=4)
 
 
+@pytest.mark.parametrize("kind", ["pad", "pool"])
+def test_conv_and_pool_from_the_input_and_chains_equal_fixed_model(tmp_path, kind):
+    """test_fixed_chains' nets: pad |> conv2d (pad: a learnable conv from the input, an avgpool |> tensor
+    scale between populations and a zero synapse into the readout) or an avgpool from the input (pool):
+    the host computes the input currents with FixedModel's own code, the processes hold _syn's matrices."""
+    from test_fixed_chains import chain_net
+
+    q = passes.quantize(passes.run(chain_net(kind), T=16, T_back=24, sf=20.0), update="momentum")
+    _run(q, tmp_path, n=6 if kind == "pad" else 16)  # (pool: 20 neurons; >= 50 inside their masks)
+
+
 def test_what_still_cannot_run_is_one_line(tmp_path):
-    """A pool or a conv from the input (the host's constant-current path, refused by fixed point's
-    checks): one SpidecError line naming the synapse, nothing written."""
+    """A pool into the readout and an avgpool |> conv chain (refused by fixed point's checks): one
+    SpidecError line naming the synapse, nothing written."""
+    from conftest import conv_feedback
+
     rng = np.random.default_rng(0)
-    h = Graph("pool_in")
+    h = Graph("pool_out")
     h.add_input("img", [1, 4, 4])
-    h.add_population("a", [1, 2, 2])
-    h.add_readout("y", [3])
-    h.add_synapse("img", "a", AvgPool2d(2), name="pin")
-    h.add_synapse("a", "a", [Flatten(), Dense(0.1 * rng.standard_normal((4, 4))), Reshape((1, 2, 2))], delay=1)
-    h.add_synapse("a", "y", [Flatten(), Dense(rng.standard_normal((3, 4)))])
-    c = Graph("conv_in")
-    c.add_input("img", [1, 4, 4])
-    c.add_population("a", [2, 4, 4])
-    c.add_readout("y", [3])
-    c.add_synapse("img", "a", Conv2d(rng.uniform(-1, 1, (2, 1, 3, 3)), padding=1), name="cin")
-    c.add_synapse("a", "y", [Flatten(), Dense(rng.standard_normal((3, 32)))])
-    cases = [(h, "synapse 'pin': fixed point pools between populations only"),
-             (c, "synapse 'cin': fixed point runs conv between populations only")]
+    h.add_population("a", [4, 2, 2])
+    h.add_readout("y", [4])
+    h.add_synapse("img", "a", Conv2d(rng.uniform(-1, 1, (4, 1, 2, 2)), stride=2), name="cin")
+    h.add_synapse("a", "a", [Flatten(), Dense(0.1 * rng.standard_normal((16, 16))), Reshape((4, 2, 2))], delay=1)
+    h.add_synapse("a", "y", [AvgPool2d(2), Flatten()], name="pout")
+    cases = [(h.validate(), r"synapse 'pout': fixed point pools into populations only"),
+             (conv_feedback(), r"synapse 'pool_conv': fixed point cannot run the op chain avgpool2d \|> conv2d")]
     for k, (g, msg) in enumerate(cases):
         with pytest.raises(SpidecError, match=msg) as e:
-            spidec.compile(passes.run(g.validate()), "lava", tmp_path / f"b{k}", fixed=True)
+            spidec.compile(passes.run(g), "lava", tmp_path / f"b{k}", fixed=True)
         assert "\n" not in str(e.value), str(e.value)
         assert not (tmp_path / f"b{k}" / "processes_fixed.py").exists()
