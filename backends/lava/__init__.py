@@ -62,9 +62,11 @@ Before each stage the matrices that changed since the processes last received th
 weights and conv kernels after a step, online after every sample, a reparametrised feedback's
 restriction) are written into the processes. Cost: the dense equivalent of a pool or conv, n_out x
 n_in int32 per stage (FixedModel holds it too; MAX_MATRIX_ENTRIES refuses as for the float target),
-where the C runtime walks the windows and taps. What fixed point cannot express (dropout, op chains,
-a pool or conv from the input) is refused by the quantize pass's checks in one line, before a file
-is written.
+where the C runtime walks the windows and taps. Input synapses (dense, conv, pool) need no process:
+FixedModel's ``currents`` computes them on the host once per sample. The chains fixed point reduces
+(``spidec.fixed.normal_form``: pad |> conv2d, avgpool2d |> tensor scale, zero synapses) arrive as
+those kinds. What fixed point cannot express (dropout, other op chains, a pool into the readout) is
+refused by the quantize pass's checks in one line, before a file is written.
 
 The backend reads models with one constant data input and one cross-entropy readout, computed on
 the host, and whose populations form one network (Lava runs the processes connected to the one it
@@ -221,8 +223,8 @@ def emit(g: Graph, out: str | Path, board: str | None = None) -> LavaArtifact:
     arithmetic is :class:`spidec.fixed.FixedModel`'s bit for bit (processes_fixed.py.j2,
     network_fixed.py.j2: the spiking stages in Lava, the once-per-sample host work and the local
     updates by FixedModel's own code; pool and conv synapses as FixedModel._syn's integer matrices).
-    What fixed point cannot express (dropout, op chains, a conv from the input, ...) the quantize pass
-    refuses in one line; ``board`` (Cortex-M images) is the c target's."""
+    What fixed point cannot express (dropout, op chains other than spidec.fixed.normal_form's, ...) the
+    quantize pass refuses in one line; ``board`` (Cortex-M images) is the c target's."""
     if board is not None:
         raise SpidecError(f"board '{board}' is a Cortex-M image of the c target; the lava target builds no boards",
                           hint="use --target c --board BOARD, or --target lava --fixed")
