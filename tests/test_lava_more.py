@@ -53,10 +53,11 @@ def _stages_equal_sim(g: spidec.Graph, net, snet, prog, x, y, reach_back: bool =
     fwd = snet.forward_stage({g.inputs[0].name: torch.from_numpy(x)})
     _, dy, _ = prog.loss_and_grad(fwd, torch.from_numpy(y), len(y))
     bwd = snet.backward_stage(fwd, dy)
+    ro = g.readouts[0].name
     inside = 0
     for k in range(len(x)):
         rates, logits = net.forward(x[k])
-        beta, fired = net.backward(rates, dy["y"].numpy()[k])
+        beta, fired = net.backward(rates, dy[ro].numpy()[k])
         for name in rates:
             assert np.max(np.abs(rates[name] - fwd[f"a_{name}"].numpy()[k].reshape(-1))) * T <= 1.0 + 1e-9, name
             assert np.max(np.abs(beta[name] - bwd[f"beta_{name}"].numpy()[k].reshape(-1))) * T_b <= 1.0 + 1e-9, name
@@ -64,7 +65,7 @@ def _stages_equal_sim(g: spidec.Graph, net, snet, prog, x, y, reach_back: bool =
             inside += int(np.sum((rates[name] > 0) & (rates[name] < 1)))
         if reach_back:
             assert np.any(beta[name] != 0), name
-        np.testing.assert_allclose(logits, fwd["y_y"].numpy()[k], atol=1e-9)
+        np.testing.assert_allclose(logits, fwd[f"y_{ro}"].numpy()[k], atol=1e-9)
     return inside
 
 

@@ -20,26 +20,46 @@ every chain of same-step receives ends at a delayed Dense or at a population's c
 The backward stage is the same graph transposed: the transpose of an undelayed synapse is a
 ``SameStepDense`` from the successor's couple to the predecessor's, of a delayed one a Dense.
 
+Host transfers: Lava's ``Var.set``/``get`` move one element per message (about 20 us: 0.24 s for
+LeNet-F's first population of 11760 neurons, 3 s of every sample's state and 19 s for one learning
+step's weights), so the generated processes take each sample's state (a population's bias, a
+couple's bias and mask, the zeroing of u, counts and delayed currents) and the stepped tensors (an
+op chain's, a SameStepDense's matrix) as one array through a host pipe (an external InPort, as
+Lava's Injector), and send their counts back through another (an external OutPort, as the
+Extractor), on a one-element ``command`` Var that the process model handles in Lava's
+``on_var_update`` callback, before the next run (processes.py states the protocol). Only Lava's
+own Dense (delayed dense synapses) is still set element by element. LeNet-F: 0.5 s forward, about
+1 s per training sample, 0.08 s per learning step.
+
 Neurons: IF or LIF (the leak as in the sim program: u = leak (u - V s) after the spike, counts
 and couple sums leak-weighted, rates over the program's norms), the bias full or per channel
 (broadcast over H*W on the host: the constant current is computed there once per sample).
 
-Op chains (conv, transposed conv, pooling, pad, tensor scales, zero: any chain of spidec.ops):
-Lava's processes deliver a matrix, so a synapse between populations that is not one dense weight
-is delivered as its *dense matrix* M (n_out x n_in), built by the network by applying the chain
-(spidec.ops' own ``apply``, scalar scales folded into the factor) to the identity, in column
-blocks; the backward process gets M transposed, which is the chain's adjoint exactly. Cost:
-n_out * n_in float64 entries per synapse, twice (forward and backward process): a 3x3 conv from
-[16, 32, 32] to [16, 32, 32] is 16384^2 = 268M entries (2 GiB), so a chain over
-MAX_MATRIX_ENTRIES (64M entries, 512 MiB each) is refused at compile time naming the synapse;
-conv_feedback's pool |> conv is 27 x 108. After every learning step (and ``set_tensors``) the
-matrices of chains that hold a learnable tensor are rebuilt from the stepped tensors (frozen
-chains keep theirs). A learnable op's gradient is its true gradient, as the sim program computes
-it: ``op.grad`` of (post carried back through the adjoints of the later ops, pre carried forward
-through the earlier ops), times the chain's factor. Input synapses and readouts need no matrix:
-the host applies their chains (and the readout's adjoint) to each sample directly. The emitted
-network imports :mod:`spidec.ops` for this only when the model has an op chain (a dense-only
-model's build runs without spidec, as before).
+Op chains (conv, transposed conv, pooling, pad, tensor scales, zero: any chain of spidec.ops): a
+synapse between populations that is not one dense weight is a ``ChainSynapse`` process of the
+generated processes.py, which *applies the chain* to each step's spike vector: spidec.ops' own
+``apply`` in the forward process, the reversed ``adjoint``s in the backward one (the transpose
+exactly), times the chain's factor (its scalar scales folded in); delayed in Lava Dense's order
+(the previous step's current sent first), undelayed as SameStepDense. No dense matrix is built: the
+earlier delivery as the chain's n_out x n_in matrix (applied to the identity, refused over 64M
+entries) held 35M float64 entries for LeNet-F's pool1 alone, twice, and multiplied them all every
+step; the chain costs its own work per step (a conv: Ho*Wo*Cout*Cin*kh*kw multiply-adds). Measured
+per step (numpy, this machine): LeNet-F's pool1 0.16 ms as a chain, 21 ms as its matrix; conv2
+2.9 ms against 19 ms. A tiny chain is faster as a matrix (conv_feedback's 27 x 108 pool |> conv:
+3.5 us against 126 us), but both are below Lava's own cost of a process step (about 0.5 ms), so
+one path serves every chain. Memory bound: each chain process holds its tensors and, per
+step, the im2col copy of a conv's windows (Ho*Wo*Cin*kh*kw float64: LeNet-F's conv2 196 x 375,
+0.6 MB), so a model is bounded by its tensors and activations, as in the sim target, not by
+n_out*n_in. The chain's tensors are one flat Var ``tensors`` of each process (the effective ones: a
+reparametrised feedback weight restricted to its bound); after every learning step (and
+``set_tensors``) the host sets them into both processes of chains that hold a learnable tensor
+(frozen chains keep theirs), and the process rebuilds its ops when the Var was set. A learnable
+op's gradient is its true gradient, as the sim program computes it: ``op.grad`` of (post carried
+back through the adjoints of the later ops, pre carried forward through the earlier ops), times the
+chain's factor. Input synapses and readouts need no process: the host applies their chains (and the
+readout's adjoint) to each sample directly. The emitted network and processes import
+:mod:`spidec.ops` only when the model has an op chain (a dense-only model's build runs without
+spidec, as before).
 
 Fixed point (``spidec.compile(q, "lava", out, fixed=True)``, ``--target lava --fixed``: a graph the
 quantize pass annotated): processes_fixed.py holds fixed_pt process models (FixedPopulation,
@@ -98,11 +118,6 @@ from .. import environment
 TEMPLATES = Path(__file__).with_name("templates")
 
 
-# The largest dense matrix the backend builds for one op chain (n_out x n_in entries): 64M float64
-# entries are 512 MiB, held twice (the forward process's matrix and the backward one's transpose)
-MAX_MATRIX_ENTRIES = 64 * 2**20
-
-
 def _json_arg(value: Any) -> Any:
     """An op argument as JSON (pairs, shapes and pads as lists)."""
     if isinstance(value, tuple):
@@ -114,8 +129,8 @@ def _synapse(g: Graph, ch: Chain, slots: dict[tuple[str, int | None, str], str])
     """A synapse as the network reads it: ``weight`` and ``factor`` for one dense weight (with
     shape-only ops; ``ops`` None), otherwise ``ops``: its chain ``factor x ops`` (the scalar scales
     folded into ``factor``) as spidec.ops kinds, arguments and tensor names, on ``shape_in`` (the
-    source node's shape). The network builds an op chain's dense matrix by applying it to the
-    identity (see the module docstring)."""
+    source node's shape). Between populations an op chain is a ChainSynapse process that applies
+    it to each step's spikes (see the module docstring)."""
     e = g.synapse(ch.name)
     shape_in = tuple(g.node(e.src).shape)
     if ch.kernel == "dense":
@@ -128,13 +143,6 @@ def _synapse(g: Graph, ch: Chain, slots: dict[tuple[str, int | None, str], str])
                     "args": {a.name: _json_arg(getattr(op, a.name)) for a in op.args if a.name not in held},
                     "tensors": {f: slots[(ch.name, i, f)] for f in held}})
     return {"name": ch.name, "weight": None, "factor": ch.factor, "ops": ops, "shape_in": list(shape_in)}
-
-
-def _matrix_fits(ch: Chain, n_in: int, n_out: int) -> None:
-    if n_in * n_out > MAX_MATRIX_ENTRIES:
-        raise SpidecError(f"synapse '{ch.name}': the lava backend delivers its op chain as a dense {n_out} x {n_in} "
-                          f"matrix ({n_in * n_out} entries), over its limit of {MAX_MATRIX_ENTRIES}",
-                          hint="use --target sim or c for this model")
 
 
 def _connected(pops: list[dict[str, Any]], between: list[dict[str, Any]]) -> None:
@@ -178,8 +186,6 @@ def config(g: Graph) -> dict[str, Any]:
             continue
         syn = _synapse(g, ch, slots)
         if ch.src in names:
-            if syn["ops"] is not None:
-                _matrix_fits(ch, prog.population(ch.src).size, prog.population(ch.dst).size)
             between.append({**syn, "src": ch.src, "dst": ch.dst, "delayed": bool(ch.delay)})
         else:
             inputs.append({**syn, "dst": ch.dst})
