@@ -81,12 +81,14 @@ every kind, since a pool's and a conv's entries are at the destination's scale a
 Before each stage the matrices that changed since the processes last received them (learnable dense
 weights and conv kernels after a step, online after every sample, a reparametrised feedback's
 restriction) are written into the processes. Cost: the dense equivalent of a pool or conv, n_out x
-n_in int32 per stage (FixedModel holds it too; MAX_MATRIX_ENTRIES refuses as for the float target),
-where the C runtime walks the windows and taps. Input synapses (dense, conv, pool) need no process:
-FixedModel's ``currents`` computes them on the host once per sample. The chains fixed point reduces
-(``spidec.fixed.normal_form``: pad |> conv2d, avgpool2d |> tensor scale, zero synapses) arrive as
-those kinds. What fixed point cannot express (dropout, other op chains, a pool into the readout) is
-refused by the quantize pass's checks in one line, before a file is written.
+n_in int32 per stage (FixedModel holds it too, in int64, and a conv's tap index: 16 bytes an entry
+for a pool, 24 for a conv, e.g. 0.5 GiB for LeNet-F's pool1 of 11760 x 2940; fixed point targets
+small models, and only spidec.limits' model bounds apply), where the C runtime walks the windows and
+taps. Input synapses (dense, conv, pool) need no process: FixedModel's ``currents`` computes them on
+the host once per sample. The chains fixed point reduces (``spidec.fixed.normal_form``: pad |>
+conv2d, avgpool2d |> tensor scale, zero synapses) arrive as those kinds. What fixed point cannot
+express (dropout, other op chains, a pool into the readout) is refused by the quantize pass's checks
+in one line, before a file is written.
 
 The backend reads models with one constant data input and one cross-entropy readout, computed on
 the host, and whose populations form one network (Lava runs the processes connected to the one it
