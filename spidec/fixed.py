@@ -101,7 +101,7 @@ Bounds: one step adds at most ``fan_in W_MAX`` to a destination membrane, ``fan_
 one output reads (``kh kw C_in`` inside the image for conv; for convT the most (input, tap) pairs
 reaching one output), and at most ``fan_out W_MAX << shift`` to a source couple (``fan_out`` the most
 outputs one input reaches), both counted exactly from ``t``, in place of ``n_src`` and ``n_dst``.
-Refused: a convT from the input, a conv or a pool into the readout.
+Refused: a convT from the input, a conv or a pool into the readout (alone or before a dense: "Op chains").
 
 From the input (conv2d or average pooling from the data input, the constant-current path): ``M`` the
 synapse's integer dense equivalent (``conv_matrix`` of the kernel at the destination's ``F_p``, or
@@ -123,7 +123,35 @@ the board's memory plan share; views and scalar scales are already folded by the
     at its own fraction for the tensor interface only (``spide_get_tensor``); the stages read ``P``;
   * ``zero`` (no tensor): dropped with its feeds and readout injections: it adds nothing forward and
     nothing backward (the float C backend's zero kernel emits no code either);
-  * anything else (a scale before a conv, a dense |> pad, avgpool |> dense ...) is refused naming the
+  * ``avgpool2d |> (views, a scale) |> dense`` or ``|> conv2d`` between populations (kernel ``pool_dense`` /
+    ``pool_conv``: "pool then classifier layer" as an ordinary conv net lowers it, conftest's ``pool_conv``).
+    The pool's coefficients are held at their own scale ``F_P``: ``P[o] = floor(g[o] / divisor(o) * 2**F_P +
+    0.5)`` per pooled value ``o`` (``g`` the chain's scalar gain times any tensor scale, as ``pool_scale``),
+    ``F_P`` the largest (<= 15) keeping a window's coefficients ``kh kw max|P| <= 2**10`` (POOL_WINDOW: 10
+    for a plain pool, so ``P`` resolves a coefficient to 2^-10 of the window's sum, finer than a count's
+    1/T, and the gradient below stays within int32 as a dense one does: ``post * pre'`` per sample at most
+    ``NB N 2**10``). The learnable tensor ``W`` (dense ``[n_out, n_pool]`` or a conv kernel) is at the
+    destination's ``F_dst`` as any weight (same headroom). The synapse's integer matrix is
+    ``M[j, i] = sum over windows o holding i of round_shift(W'[j, o] * P[o], F_P)``, ``W'`` the dense weight
+    or ``conv_matrix`` of the (restricted) kernel on the pooled image (``pool_chain_matrix``). FixedModel
+    holds ``M`` (``_syn``: the Lava fixed target runs it as it is); the C runtime computes the entries as
+    it walks, no ``M`` in RAM: a forward spike of input ``i`` adds, for each window ``o`` holding ``i``,
+    ``round_shift(W'[:, o] * P[o], F_P)`` to the destination (a dense column, or the conv's taps of pooled
+    position ``o``); a ternary spike of output ``j`` adds, for each pooled ``o`` (dense: all; conv: the
+    transposed taps of ``j``), ``+-round_shift(W'[j, o] * P[o], F_P)`` shifted as a dense row to every input
+    of window ``o``. ``|W' P| < 2**30`` (int16 times int16): exact in int32. The gradient of ``W`` is the
+    adjoint on the pooled pre: ``pre'[o] = P[o] * sum_{i in window o} cnt[i]`` (exact, at ``2**F_P`` times
+    a count), ``G = post ⊗ pre'`` (dense) or ``conv_grad(taps, post, pre')`` (conv), one unit worth the dense
+    rule's ``unit * 2**-F_P``; then the rule's apply (momentum / online, stochastic rounding) unchanged. The
+    C runtime builds ``pre'`` in an ``int32[n_pool]`` on the stack during the update. Bounds
+    (``pool_chain_bounds``): each entry ``|round_shift(W P[o], F_P)| <= (W_MAX |P[o]| >> F_P) + 1``; one
+    step adds at most the sum of those over every (window, input) pair an output reads to a destination
+    membrane, and over every (output, window) pair an input feeds to a source couple (a conv's taps
+    counted exactly), in place of ``fan * W_MAX``. ``M`` over ``2**F_dst`` is the float chain with the
+    integer ``W`` within ``(1/2 + max|W_q| 2**-(F_P+1))`` units per window holding ``i`` (one rounding of
+    the product, and of the coefficient). Refused: from the input or into the readout (put a population
+    between), and a reparametrised (norm-restricted) feedback weight in such a chain; but see the readout;
+  * anything else (a scale before a conv, a dense |> pad, two learnable ops ...) is refused naming the
     synapse and its op chain.
 
 Overflow: int32 membranes cannot overflow because ``k_max`` and ``g_max`` are chosen from the
@@ -167,6 +195,8 @@ Q = 16  # softmax / loss-gradient fraction bits
 LOG2E_Q16 = 94548  # round(log2(e) * 2**16)
 EXP2_TABLE = tuple(math.floor(65536 * 2.0 ** (-i / 256) + 0.5) for i in range(257))
 UPDATES = ("momentum", "online")
+POOLED = ("pool_dense", "pool_conv")  # the normal form's avgpool2d |> dense / conv2d chains ("Op chains")
+POOL_WINDOW = 2**10  # a chain's pool fraction F_P keeps kh kw max|P| (a window's coefficients) at or below this
 
 
 def _exponent(x: float) -> int:
@@ -226,7 +256,10 @@ def normal_form(g: Graph, prog: Program) -> Program:
     * ``avgpool2d |> scale(tensor)`` (views between them allowed): the pool, its gain the tensor
       broadcast to the output (:func:`pool_scale`), a coefficient per output;
     * a ``zero`` synapse (no tensor): dropped with its feeds, transposes and readout injections (it
-      adds nothing forward and nothing backward; the float C backend's zero kernel emits no code).
+      adds nothing forward and nothing backward; the float C backend's zero kernel emits no code);
+    * ``avgpool2d |> (views, a scale) |> dense / conv2d``: kernel ``pool_dense`` / ``pool_conv``, ``kernel_op``
+      the pool, ``weight`` the learnable op's tensor, ``shape_in`` the pool's input, ``shape_out`` the chain's
+      output (:func:`pool_part` and :func:`learn_part` split it).
 
     Any other chain (``kernel == "chain"``) is refused naming the synapse and its ops. The graph's own
     ``g.program`` keeps the chains as lowered (the text format and the float backends read them)."""
@@ -249,13 +282,21 @@ def normal_form(g: Graph, prog: Program) -> Program:
                 chains.append(replace(ch, kernel="conv", kernel_op=work[1], weight=_slot(g, ch.name, work[1], "weight"),
                                       shape_in=tuple(shapes[work[0]]), shape_out=tuple(shapes[work[1] + 1])))
                 continue
+        learn = work[-1] if work else -1
+        if (len(kinds) >= 2 and kinds[0] == "avgpool2d" and kinds[-1] in ("dense", "conv2d")
+                and kinds[1:-1] in ([], ["scale"])):  # avgpool2d |> (views, a gain) |> dense / conv2d
+            chains.append(replace(ch, kernel="pool_dense" if kinds[-1] == "dense" else "pool_conv", kernel_op=work[0],
+                                  weight=_slot(g, ch.name, learn, "weight"), shape_in=tuple(shapes[work[0]]),
+                                  shape_out=tuple(shapes[learn + 1])))
+            continue
         if kinds == ["avgpool2d", "scale"]:
             chains.append(replace(ch, kernel="pool", kernel_op=work[0], weight=None,
                                   shape_in=tuple(shapes[work[0]]), shape_out=tuple(shapes[work[0] + 1])))
             continue
         names = " |> ".join(syn.ops[i].kind for i in ch.ops)
         raise SpidecError(f"synapse '{ch.name}': fixed point cannot run the op chain {names} (it runs one dense, "
-                          "conv2d, conv_transpose2d or avgpool2d op, pad |> conv2d, avgpool2d |> scale, or zero)",
+                          "conv2d, conv_transpose2d or avgpool2d op, pad |> conv2d, avgpool2d |> scale, "
+                          "avgpool2d |> dense / conv2d, or zero)",
                           hint="use the float C backend (drop --fixed) for other chains")
     if not dropped:
         return replace(prog, chains=tuple(chains))
@@ -310,11 +351,22 @@ def _structure(g: Graph) -> Program:
         if ch.kernel == "conv" and not into_pop:
             raise SpidecError(f"synapse '{ch.name}': fixed point runs conv into populations only (not into a "
                               "readout)", hint="use a dense synapse there, or the float C backend (drop --fixed)")
-        if ch.kernel not in ("dense", "pool", "conv", "convt"):
+        to_readout = ch.kernel == "pool_dense" and ch.src in pops and ch.dst in {r.name for r in prog.readouts}
+        if ch.kernel in POOLED and not (ch.src in pops and ch.dst in pops) and not to_readout:
+            where = ("from a population (into a population or the readout), not from the input" if ch.kernel ==
+                     "pool_dense" else "between populations only (not from the input or into the readout)")
+            raise SpidecError(f"synapse '{ch.name}': fixed point runs avgpool2d |> {ch.kernel[5:]} {where}",
+                              hint="put a population between")
+        if ch.kernel in POOLED and ch.weight in prog.restricted(prog.optimizer.feedback_norm_mode) and \
+                prog.optimizer.feedback_norm_mode == "reparam":
+            raise SpidecError(f"synapse '{ch.name}': fixed point cannot restrict (reparam) the weight of an avgpool2d "
+                              f"|> {ch.kernel[5:]} chain", hint="use feedback_norm_mode 'project' or a plain dense "
+                              "feedback synapse")
+        if ch.kernel not in ("dense", "pool", "conv", "convt", *POOLED):
             raise SpidecError(f"synapse '{ch.name}': fixed point supports dense synapses only, not {ch.kernel} "
                               "(and average pooling, conv and transposed conv between populations)",
                               hint="use the float C backend (drop --fixed) for identity synapses and op chains")
-        if ch.factor != 1.0 and not pool_ok:
+        if ch.factor != 1.0 and not pool_ok and ch.kernel not in POOLED:  # (a chain's gain is in its P)
             raise SpidecError(f"synapse '{ch.name}': fixed point needs weights without a scale factor "
                               f"(got {ch.factor})")
         if ch.src in {r.name for r in prog.readouts} or (ch.dst in {r.name for r in prog.readouts}
@@ -462,6 +514,89 @@ def pool_matrix(g: Graph, ch: Chain, frac: int) -> np.ndarray:
     return out
 
 
+def pool_windows(g: Graph, ch: Chain) -> np.ndarray:
+    """``A[o, i] = 1`` where input ``i`` lies in window ``o`` of pooling synapse ``ch`` ([n_out, n_in], int64;
+    ``pool_matrix`` is ``A`` times each window's coefficient)."""
+    geo = pool_geometry(g, ch)
+    h, wd, ho, wo = geo["h"], geo["wd"], geo["ho"], geo["wo"]
+    out = np.zeros((ch.n_out, ch.n_in), np.int64)
+    for c in range(geo["co"]):
+        for oy in range(ho):
+            for ox in range(wo):
+                j = (c * ho + oy) * wo + ox
+                for ky in range(geo["kh"]):
+                    y = oy * geo["sh"] - geo["ph"] + ky
+                    for kx in range(geo["kw"]):
+                        x = ox * geo["sw"] - geo["pw"] + kx
+                        if 0 <= y < h and 0 <= x < wd:
+                            out[j, (c * h + y) * wd + x] = 1
+    return out
+
+
+def pool_part(g: Graph, ch: Chain) -> Chain:
+    """The pool of an ``avgpool2d |> dense / conv2d`` chain (kernel ``pool_dense`` / ``pool_conv``) as a pooling
+    synapse of its own (kernel "pool", output the pooled shape, gain ``ch.factor`` and any tensor scale before
+    the learnable op): what :func:`pool_geometry`, :func:`pool_weights`, :func:`pool_windows` read."""
+    syn = g.synapse(ch.name).synapse
+    shapes = syn.shapes(g.node(ch.src).shape)
+    learn = [i for i in ch.ops if syn.ops[i].kind in ("dense", "conv2d")][-1]
+    ops = tuple(i for i in ch.ops if i < learn)
+    return replace(ch, kernel="pool", weight=None, ops=ops, shape_out=tuple(shapes[ch.kernel_op + 1]))  # type: ignore[operator]
+
+
+def learn_part(g: Graph, ch: Chain) -> Chain:
+    """The learnable op of an ``avgpool2d |> dense / conv2d`` chain alone, on the pooled values (kernel "dense"
+    or "conv", no gain): :func:`conv_taps` reads it for a conv."""
+    syn = g.synapse(ch.name).synapse
+    shapes = syn.shapes(g.node(ch.src).shape)
+    learn = [i for i in ch.ops if syn.ops[i].kind in ("dense", "conv2d")][-1]
+    return replace(ch, kernel="dense" if ch.kernel == "pool_dense" else "conv", kernel_op=learn, factor=1.0,
+                   ops=(learn,), shape_in=tuple(shapes[ch.kernel_op + 1]), shape_out=tuple(shapes[learn + 1]))  # type: ignore[operator]
+
+
+def pool_frac(g: Graph, ch: Chain) -> int:
+    """``F_P`` of an ``avgpool2d |> dense / conv2d`` chain: the largest (<= 15) keeping a window's coefficients
+    ``kh kw max|P|`` at or below POOL_WINDOW (see "Op chains")."""
+    pc = pool_part(g, ch)
+    geo = pool_geometry(g, pc)
+    big = float(np.max(np.abs(pool_coefficients(g, pc)))) * geo["kh"] * geo["kw"]
+    return max(0, min(15, _exponent(POOL_WINDOW / big)))
+
+
+def pool_chain(g: Graph, ch: Chain) -> tuple[np.ndarray, np.ndarray, int, np.ndarray | None]:
+    """``(A, P, F_P, taps)`` of an ``avgpool2d |> dense / conv2d`` chain: the windows ``A`` [n_pool, n_in], the
+    coefficient of every pooled value ``P`` [n_pool] (int64, at ``2**F_P``), and for a conv its taps over
+    the pooled image ([n_out, n_pool]; None for dense)."""
+    pc = pool_part(g, ch)
+    fp = pool_frac(g, ch)
+    P = pool_weights(g, pc, fp)
+    geo = pool_geometry(g, pc)
+    if P.size != pc.n_out:  # a scalar gain: the [ho * wo] table repeats over the channels
+        P = np.tile(P, geo["co"])
+    taps = conv_taps(g, learn_part(g, ch)) if ch.kernel == "pool_conv" else None
+    return pool_windows(g, pc), P, fp, taps
+
+
+def pool_chain_matrix(A: np.ndarray, P: np.ndarray, fp: int, taps: np.ndarray | None, w: np.ndarray) -> np.ndarray:
+    """``M[j, i] = sum_{o holding i} round_shift(W'[j, o] * P[o], F_P)`` ([n_out, n_in], int64), ``W'`` the
+    (restricted) dense weight or ``conv_matrix(taps, kernel)``."""
+    wp = conv_matrix(taps, w) if taps is not None else np.asarray(w, np.int64).reshape(-1, P.size)
+    return round_shift(wp * P[None, :], fp) @ A
+
+
+def pool_chain_bounds(g: Graph, ch: Chain) -> tuple[int, int]:
+    """The most one step's spikes add through chain ``ch`` (``avgpool2d |> dense / conv2d``) to one destination
+    membrane, and one step's ternary events (unshifted) to one source couple, for any int16 ``W``: each term
+    ``|round_shift(W P[o], F_P)| <= (W_MAX |P[o]| >> F_P) + 1``, counted over the (output, window, input)
+    triples that meet (a conv's taps counted exactly)."""
+    A, P, fp, taps = pool_chain(g, ch)
+    c = (W_MAX * np.abs(P) >> fp) + 1
+    reach = (taps >= 0).astype(np.int64) if taps is not None else np.ones((ch.n_out, P.size), np.int64)
+    fwd = int((reach @ (A.sum(axis=1) * c)).max())  # output j: every input of every window it reads
+    bwd = int((A.T @ (c * reach.sum(axis=0))).max())  # input i: every output reading a window holding it
+    return fwd, bwd
+
+
 def conv_geometry(g: Graph, ch: Chain) -> dict[str, int]:
     """The geometry of conv / convT synapse ``ch`` (the float C backend's ``_window`` keys). A zero pad
     before the conv (``pad |> conv2d``, see :func:`normal_form`) moves the input by its top / left
@@ -594,6 +729,13 @@ def quantize(g: Graph, *,
 
     taps = {ch.name: conv_taps(g, ch) >= 0 for ch in chains if ch.kernel in ("conv", "convt")}
 
+    pooled_bounds = {ch.name: pool_chain_bounds(g, ch) for ch in chains if ch.kernel in POOLED}
+
+    def adds(ch: Chain, forward: bool) -> int:  # the most one step adds through ch to one neuron (unshifted)
+        if ch.name in pooled_bounds:
+            return pooled_bounds[ch.name][0 if forward else 1]
+        return fan(ch, forward) * most(ch)
+
     def fan(ch: Chain, forward: bool) -> int:  # how many of those can meet in one neuron in one step
         if ch.name in taps:  # the taps that meet in one output (forward) / input (backward), counted
             return int(taps[ch.name].sum(axis=1 if forward else 0).max())
@@ -613,7 +755,7 @@ def quantize(g: Graph, *,
     qpops = []
     for p in pops:
         fp = pop_frac[p]
-        events = sum(fan(ch, True) * most(ch) for ch in chains if ch.dst == p and ch.src in pops)
+        events = sum(adds(ch, True) for ch in chains if ch.dst == p and ch.src in pops)
         room = I32 // T - events - 2**fp
         k_max = min(2 ** (fp + 10), room)
         if k_max < 2 ** (fp + 1):
@@ -621,7 +763,7 @@ def quantize(g: Graph, *,
                               f"{events:,} from spikes); lower headroom or T")
         bp = couple_frac[p]
         sh = round(math.log2(S[p]))
-        bev = sum(fan(ch, False) * (most(ch) << (bp - pop_frac[ch.dst] + round(math.log2(S[ch.dst]))))
+        bev = sum(adds(ch, False) << (bp - pop_frac[ch.dst] + round(math.log2(S[ch.dst])))
                   for ch in chains if ch.src == p and ch.dst in pops)
         room_b = I32 // T_back - bev - (2 ** (bp + sh))
         g_max = min(2 ** (bp + sh + 10), room_b)
@@ -651,7 +793,8 @@ def quantize(g: Graph, *,
     if ro.bias:
         frac_of[ro.bias] = readout_frac
     rules = {r.tensor: (k, r) for k, r in enumerate(prog.rules)}
-    ksize = {ch.weight: int(g.tensor(ch.weight).size) for ch in chains if ch.kernel in ("conv", "convt")}
+    ksize = {ch.weight: int(g.tensor(ch.weight).size) for ch in chains if ch.kernel in ("conv", "convt", *POOLED)}
+    fp_of = {ch.name: pool_frac(g, ch) for ch in chains if ch.kernel in POOLED}  # gradient at 2^F_P more
     restricted = prog.restricted(opt.feedback_norm_mode)
     qtensors = []
     for name, f in frac_of.items():
@@ -662,10 +805,11 @@ def quantize(g: Graph, *,
         # one unit of the integer gradient in rate units, with the rule's 1/V^2 (the authors' step)
         if isinstance(r, WeightRule):
             unit = S[r.gate] / (NB[r.gate] * (N[r.pre] if r.pre in pops else 2**fx)) * r.scale
+            unit *= 2.0 ** -fp_of.get(r.syn, 0)  # (1: exact, so other rules keep their unit bit for bit)
         elif isinstance(r, BiasRule):
             unit = S[r.gate] / NB[r.gate] * r.scale
         elif isinstance(r, ReadoutWeightRule):
-            unit = 1.0 / (2**Q * RN)
+            unit = 1.0 / (2**Q * RN) * 2.0 ** -fp_of.get(r.syn, 0)
         else:
             unit = 1.0 / 2**Q
         scale = opt.lr / sf * unit * 2**f
@@ -817,6 +961,8 @@ class FixedModel:
         self.channels = {p.bias: p.bias_channels for p in self.pops if p.bias and p.bias_channels}
         # conv / convT synapses: each (output, input) pair's kernel tap (see "Convolutions")
         self.taps = {ch.name: conv_taps(g, ch) for ch in prog.chains if ch.kernel in ("conv", "convt")}
+        # avgpool2d |> dense / conv2d: windows, coefficients at 2^F_P, a conv's taps (see "Op chains")
+        self.pchain = {ch.name: pool_chain(g, ch) for ch in prog.chains if ch.kernel in POOLED}
         self.cmat: dict[str, np.ndarray] = {}
 
     def _syn(self, syn: str) -> np.ndarray:
@@ -842,6 +988,8 @@ class FixedModel:
                     if k != 1 << 16:
                         self.e[name] = (self.w[name].astype(np.int64) * k) >> 16
         self.cmat = {syn: conv_matrix(t, self.e[self.syn_w[syn]]) for syn, t in self.taps.items()}
+        for syn, (A, P, fp, taps) in self.pchain.items():  # M[j, i] = sum_o round_shift(W'[j, o] P[o], F_P)
+            self.cmat[syn] = pool_chain_matrix(A, P, fp, taps, self.e[self.syn_w[syn]])
 
     def weights(self) -> dict[str, np.ndarray]:
         """The weights as floats (exact: int16 / 2**frac)."""
@@ -919,7 +1067,11 @@ class FixedModel:
         if self.ro.bias is not None:
             L += RN * self.w[self.ro.bias]
         for f in self.ro.feeds:
-            L += self.e[self.syn_w[f.syn]] @ cnt[f.src]
+            if f.syn in self.pchain:  # avgpool |> dense: round_shift(W_c @ pre', F_P), pre' the pooled counts
+                A, P, fp, _ = self.pchain[f.syn]
+                L += round_shift(self.e[self.syn_w[f.syn]] @ (P * (A @ cnt[f.src])), fp)
+            else:
+                L += self.e[self.syn_w[f.syn]] @ cnt[f.src]
         self.logits_q = L
         return L / (RN * 2.0**self.q.readout_frac)
 
@@ -950,9 +1102,14 @@ class FixedModel:
         q, g = self.q, {}
         for c in self.back:
             acc = np.zeros(c.size, np.int64)
+            fpi = injection_frac(self.pchain, c.injections)
             for syn in c.injections:
-                acc += self.e[self.syn_w[syn]].T @ dls
-            g[c.of] = np.clip(round_shift(acc, q.readout_frac + Q - q.couple_frac[c.of]), -q.g_max[c.of],
+                if syn in self.pchain:  # the adjoint through the pool: sum_{o holding i} P[o] (W_c^T dls)[o]
+                    A, P, fp, _ = self.pchain[syn]
+                    acc += (A.T @ (P * (self.e[self.syn_w[syn]].T @ dls))) << (fpi - fp)
+                else:
+                    acc += (self.e[self.syn_w[syn]].T @ dls) << fpi
+            g[c.of] = np.clip(round_shift(acc, q.readout_frac + Q + fpi - q.couple_frac[c.of]), -q.g_max[c.of],
                               q.g_max[c.of])
         return g
 
@@ -992,7 +1149,13 @@ class FixedModel:
     def _grads(self, dls: np.ndarray) -> dict[str, np.ndarray]:
         out = {}
         for r in self.prog.rules:
-            if isinstance(r, WeightRule) and r.syn in self.taps:  # a conv kernel: the taps' correlation sums
+            if isinstance(r, WeightRule) and r.syn in self.pchain:  # the adjoint on the pooled pre, at 2^F_P
+                A, P, _fp, taps = self.pchain[r.syn]
+                pre = P * (A @ self.cnt[r.pre])
+                post = self.post[r.gate]
+                G = np.outer(post, pre) if taps is None else conv_grad(taps, post, pre, self.w[r.tensor].size)
+                out[r.tensor] = G.reshape(self.w[r.tensor].shape)
+            elif isinstance(r, WeightRule) and r.syn in self.taps:  # a conv kernel: the taps' correlation sums
                 pre = self.cnt[r.pre] if r.pre in self.cnt else self.xq  # (from the input: its x_q)
                 out[r.tensor] = conv_grad(self.taps[r.syn], self.post[r.gate], pre,
                                           self.w[r.tensor].size).reshape(self.w[r.tensor].shape)
@@ -1003,6 +1166,9 @@ class FixedModel:
                 out[r.tensor] = self.post[r.gate].reshape(self.channels[r.tensor], -1).sum(axis=1)
             elif isinstance(r, BiasRule):
                 out[r.tensor] = self.post[r.gate].copy()
+            elif isinstance(r, ReadoutWeightRule) and r.syn in self.pchain:  # dls (x) pre', at 2^F_P
+                A, P, _fp, _ = self.pchain[r.syn]
+                out[r.tensor] = np.outer(dls, P * (A @ self.cnt[r.pre]))
             elif isinstance(r, ReadoutWeightRule):
                 out[r.tensor] = np.outer(dls, self.cnt[r.pre])
             else:
@@ -1071,6 +1237,12 @@ class FixedModel:
             self.forward(x[k])
             ok += int(np.argmax(self.logits_q) == y[k])
         return ok / max(1, len(y))
+
+
+def injection_frac(pchain: dict[str, Any], injections: Any) -> int:
+    """The fraction a couple's injection sums at: the largest ``F_P`` of its ``avgpool2d |> dense`` readout
+    synapses (0 when it has none: then every injection is the plain ``W_c^T dls``)."""
+    return max([pchain[s][2] for s in injections if s in pchain] + [0])
 
 
 def feedback_bound(prog: Program, tensor: str, frac: int) -> int:

@@ -14,9 +14,9 @@ import pytest
 from spidec.backends.c import emit
 from test_fixed import _lockstep, board_equals_host, board_tools  # noqa: F401 (a fixture)
 
-from spidec import AvgPool2d, Dense, Flatten, Graph, Reshape, Scale, data, passes
+from spidec import AvgPool2d, Conv2d, Dense, Flatten, Graph, Reshape, Scale, data, passes
 from spidec.errors import SpidecError
-from spidec.fixed import I32, FixedModel, pool_geometry, pool_matrix, pool_weights, quantize
+from spidec.fixed import I32, FixedModel, normal_form, pool_geometry, pool_matrix, pool_weights, quantize
 
 
 def pool_net(seed: int = 0, odd: bool = False) -> Graph:
@@ -114,7 +114,8 @@ def test_fixed_rates_follow_the_float_runtime(digits, tmp_path):
 
 
 def test_refusals_name_the_synapse():
-    """A pool into the readout stays refused (from the input it runs: tests/test_fixed_chains.py)."""
+    """A bare pool into the readout stays refused (from the input it runs: tests/test_fixed_chains.py; before the
+    readout's dense: tests/test_fixed_pool_chains.py)."""
     rng = np.random.default_rng(0)
     h = Graph("pool_in")
     h.add_input("img", [1, 4, 4])
@@ -123,9 +124,19 @@ def test_refusals_name_the_synapse():
     h.add_synapse("img", "a", AvgPool2d(2), name="pin")
     h.add_synapse("a", "a", [Flatten(), Dense(0.1 * rng.standard_normal((4, 4))), Reshape((1, 2, 2))], delay=1)
     h.add_synapse("a", "y", [AvgPool2d(2), Flatten(), Scale(3.0), Dense(rng.standard_normal((3, 1)))], name="pout")
-    with pytest.raises(SpidecError, match=r"synapse 'pout': fixed point cannot run the op chain avgpool2d \|> flatten "
-                                          r"\|> dense"):
-        quantize(passes.run(h.validate()))
+    # avgpool |> flatten |> scale |> dense into the readout runs (tests/test_fixed_pool_chains.py) ...
+    q = quantize(passes.run(h.validate()))
+    assert {ch.name: ch.kernel for ch in normal_form(q, q.program).chains}["pout"] == "pool_dense"
+    # ... a bare pool into the readout does not
+    b = Graph("pool_out")
+    b.add_input("img", [1, 4, 4])
+    b.add_population("a", [4, 2, 2])
+    b.add_readout("y", [4])
+    b.add_synapse("img", "a", Conv2d(rng.uniform(-1, 1, (4, 1, 2, 2)), stride=2), name="cin")
+    b.add_synapse("a", "a", [Flatten(), Dense(0.1 * rng.standard_normal((16, 16))), Reshape((4, 2, 2))], delay=1)
+    b.add_synapse("a", "y", [AvgPool2d(2), Flatten()], name="pout")
+    with pytest.raises(SpidecError, match=r"synapse 'pout': fixed point pools into populations only"):
+        quantize(passes.run(b.validate()))
 
 
 def test_fixed_pool_training_within_three_points_of_float(digits, tmp_path):

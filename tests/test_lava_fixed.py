@@ -185,16 +185,17 @@ def test_cli_compiles_lava_fixed_and_float_builds_stay_as_they_were(tmp_path, ru
 
 
 def test_what_lava_fixed_point_cannot_express_is_one_line(tmp_path):
-    """Dropout, an avgpool |> conv chain and boards: one SpidecError line naming the thing, nothing
-    written (pooling and conv between populations run: tests/test_lava_fixed_conv.py)."""
+    """Dropout, avgpool |> dense from the input and boards: one SpidecError line naming the thing, nothing
+    written (pooling, conv and avgpool |> dense / conv between populations run: tests/test_lava_fixed_conv.py,
+    tests/test_fixed_pool_chains.py)."""
     torch = pytest.importorskip("torch")  # noqa: F841
-    from conftest import conv_feedback
+    from test_lava_fixed_conv import _pool_dense_in
     from test_training import DropNet
 
     cases = [
         (spidec.passes.run(spidec.from_torch(DropNet())), {}, r"synapse '.*': fixed point does not run dropout"),
-        (spidec.passes.run(conv_feedback()), {}, r"synapse 'pool_conv': fixed point cannot run the op chain "
-         r"avgpool2d \|> conv2d"),
+        (spidec.passes.run(_pool_dense_in()), {}, r"synapse 'pin': fixed point runs avgpool2d \|> dense from a "
+         r"population"),
         (spidec.passes.run(dense_feedback()), {"board": "mps2-an386"},
          r"board 'mps2-an386' is a Cortex-M image of the c target; the lava target builds no boards"),
     ]

@@ -112,11 +112,23 @@ def test_conv_and_pool_from_the_input_and_chains_equal_fixed_model(tmp_path, kin
     _run(q, tmp_path, n=6 if kind == "pad" else 16)  # (pool: 20 neurons; >= 50 inside their masks)
 
 
-def test_what_still_cannot_run_is_one_line(tmp_path):
-    """A pool into the readout and an avgpool |> conv chain (refused by fixed point's checks): one
-    SpidecError line naming the synapse, nothing written."""
-    from conftest import conv_feedback
+def _pool_dense_in() -> Graph:
+    """img[1,4,4] -avgpool2d |> flatten |> dense-> a[6] (self-feedback) -> y[4]: the chain from the input."""
+    rng = np.random.default_rng(1)
+    h = Graph("pool_dense_in")
+    h.add_input("img", [1, 4, 4])
+    h.add_population("a", [6])
+    h.add_readout("y", [4])
+    h.add_synapse("img", "a", [AvgPool2d(2), Flatten(), Dense(rng.uniform(-1, 1, (6, 4)))], name="pin")
+    h.add_synapse("a", "a", Dense(0.1 * rng.standard_normal((6, 6))), delay=1)
+    h.add_synapse("a", "y", Dense(rng.uniform(-1, 1, (4, 6))))
+    return h.validate()
 
+
+def test_what_still_cannot_run_is_one_line(tmp_path):
+    """A bare pool into the readout and avgpool |> dense from the input (refused by fixed point's checks;
+    avgpool |> dense / conv between populations and avgpool |> dense into the readout run:
+    tests/test_fixed_pool_chains.py): one SpidecError line naming the synapse, nothing written."""
     rng = np.random.default_rng(0)
     h = Graph("pool_out")
     h.add_input("img", [1, 4, 4])
@@ -126,7 +138,7 @@ def test_what_still_cannot_run_is_one_line(tmp_path):
     h.add_synapse("a", "a", [Flatten(), Dense(0.1 * rng.standard_normal((16, 16))), Reshape((4, 2, 2))], delay=1)
     h.add_synapse("a", "y", [AvgPool2d(2), Flatten()], name="pout")
     cases = [(h.validate(), r"synapse 'pout': fixed point pools into populations only"),
-             (conv_feedback(), r"synapse 'pool_conv': fixed point cannot run the op chain avgpool2d \|> conv2d")]
+             (_pool_dense_in(), r"synapse 'pin': fixed point runs avgpool2d \|> dense from a population")]
     for k, (g, msg) in enumerate(cases):
         with pytest.raises(SpidecError, match=msg) as e:
             spidec.compile(passes.run(g), "lava", tmp_path / f"b{k}", fixed=True)

@@ -474,6 +474,23 @@ def fixed_context(g: Graph) -> dict[str, Any]:
     convs = {ch.name: {**fx.conv_geometry(g, ch), "kind": ch.kernel, "c": code_name(ch.name), "name": ch.name,
                        "w": _cname(ch.weight), "k": _k(ch.weight)}
              for ch in prog.chains if ch.kernel in ("conv", "convt")}
+    # avgpool2d |> dense / conv2d (spidec.fixed: "Op chains"): the pool's coefficients P at their own 2^F_P as
+    # a const table, the learnable W (dense [n_out, n_pool] or a conv kernel) at the destination's scale;
+    # the stages compute each entry round_shift(W'[j, o] P[o], F_P) as they walk (no dense M in RAM)
+    pchains = {}
+    for ch in prog.chains:
+        if ch.kernel in fx.POOLED:
+            pc, lp = fx.pool_part(g, ch), fx.learn_part(g, ch)
+            fp = fx.pool_frac(g, ch)
+            P = fx.pool_weights(g, pc, fp)
+            geo = fx.pool_geometry(g, pc)
+            full = P.size != geo["ho"] * geo["wo"]
+            pchains[ch.name] = {
+                "pool": {**geo, "c": code_name(ch.name), "name": ch.name, "P": ", ".join(str(int(v)) for v in P),
+                         "full": full, "nP": P.size, "po": f"c * {geo['ho'] * geo['wo']} + o" if full else "o"},
+                "fp": fp, "half": 1 << (fp - 1) if fp else 0, "dense": ch.kernel == "pool_dense",
+                "n_pool": pc.n_out, "n_out": ch.n_out, "w": _cname(ch.weight), "name": ch.name,
+                "cv": None if ch.kernel == "pool_dense" else {**fx.conv_geometry(g, lp), "kind": "conv"}}
     pops = []
     for p in ctx["pops"]:
         name = p["name"]
@@ -487,9 +504,9 @@ def fixed_context(g: Graph) -> dict[str, Any]:
                    for f in step.feeds if f.kind == "input" and (f.syn in pools or f.syn in convs)]
         pfeeds = [{"w": _cname(chains[f.syn].weight), "k": _k(chains[f.syn].weight), "n": n_of[f.src],
                    "src_c": cname[f.src], "syn": f.syn, "delayed": f.kind == "delayed", "pool": pools.get(f.syn),
-                   "conv": convs.get(f.syn)}
+                   "conv": convs.get(f.syn), "pc": pchains.get(f.syn)}
                   if f.syn not in pools else {"pool": pools[f.syn], "src_c": cname[f.src], "syn": f.syn,
-                                              "delayed": f.kind == "delayed"}
+                                              "delayed": f.kind == "delayed", "pc": None}
                   for f in step.feeds if f.kind != "input"]
         pops.append({**p, "frac": q.pop_frac[name], "bp": q.couple_frac[name], "th": fx.threshold(step, q),
                      "cth": fx.couple_threshold(couple, q), "kmax": q.k_max[name], "gmax": q.g_max[name],
@@ -502,16 +519,30 @@ def fixed_context(g: Graph) -> dict[str, Any]:
         bfeeds = [{"w": _cname(chains[f.syn].weight) if f.syn not in pools else None,
                    "k": _k(chains[f.syn].weight) if f.syn not in pools else None, "syn": f.syn,
                    "src_c": cname[f.gate], "delayed": f.delayed, "pool": pools.get(f.syn), "conv": convs.get(f.syn),
+                   "pc": pchains.get(f.syn),
                    "shift": p["bp"] - q.pop_frac[f.gate] + round(math.log2(S[f.gate]))} for f in c.feeds]
-        injections = _plain([{"w": _cname(chains[syn].weight)} for syn in c.injections], "a readout")
-        back.append({**p, "bfeeds": bfeeds, "injections": injections, "ishift": q.readout_frac + fx.Q - p["bp"]})
+        injections = _plain([{"w": _cname(chains[syn].weight), "pc": pchains.get(syn)} for syn in c.injections],
+                            "a readout")
+        fpi = max([pchains[syn]["fp"] for syn in c.injections if syn in pchains] + [0])  # (fx.injection_frac)
+        back.append({**p, "bfeeds": bfeeds, "injections": injections, "fpi": fpi,
+                     "ishift": q.readout_frac + fx.Q + fpi - p["bp"]})
     ro = prog.readouts[0]
-    rfeeds = _plain([{"w": _cname(chains[f.syn].weight), "n": n_of[f.src], "src_c": cname[f.src]}
+    rfeeds = _plain([{"w": _cname(chains[f.syn].weight), "n": n_of[f.src], "src_c": cname[f.src], "syn": f.syn,
+                      "pc": pchains.get(f.syn)}
                      for f in ro.feeds], "a readout")
     updates = []
     for r in prog.rules:
         c = _cname(r.tensor)
-        if isinstance(r, WeightRule) and r.syn in convs:  # a kernel: each tap's correlation sum
+        if isinstance(r, WeightRule) and r.syn in pchains:  # the adjoint on the pooled counts pre' (at 2^F_P)
+            pcx = pchains[r.syn]
+            upd = {"tensor": r.tensor, "c": c, "pc": pcx, "src": f"cnt_{cname[r.pre]}", "pre": f"pp_{pcx['pool']['c']}",
+                   "m": f"m_{cname[r.gate]}", "sb": f"sb_{cname[r.gate]}"}
+            if pcx["dense"]:
+                updates.append({**upd, "kind": "pool_local", "rows": n_of[r.gate], "cols": pcx["n_pool"],
+                                "post": f"m_{cname[r.gate]}[k] ? sb_{cname[r.gate]}[k] : 0"})
+            else:
+                updates.append({**upd, "kind": "pool_local", "cv": pcx["cv"]})
+        elif isinstance(r, WeightRule) and r.syn in convs:  # a kernel: each tap's correlation sum
             updates.append({"tensor": r.tensor, "kind": "conv_local", "c": c, "cv": convs[r.syn],
                             "pre": f"cnt_{cname[r.pre]}" if r.pre in cname else "xq", "m": f"m_{cname[r.gate]}",
                             "sb": f"sb_{cname[r.gate]}"})
@@ -520,6 +551,11 @@ def fixed_context(g: Graph) -> dict[str, Any]:
             updates.append({"tensor": r.tensor, "kind": "local", "c": c, "rows": n_of[r.gate],
                             "cols": n_of.get(r.pre, ctx["n_inputs"]), "pre": pre,
                             "post": f"m_{cname[r.gate]}[k] ? sb_{cname[r.gate]}[k] : 0"})
+        elif isinstance(r, ReadoutWeightRule) and r.syn in pchains:  # dls (x) pre' (at 2^F_P)
+            pcx = pchains[r.syn]
+            updates.append({"tensor": r.tensor, "c": c, "pc": pcx, "src": f"cnt_{cname[r.pre]}",
+                            "pre": f"pp_{pcx['pool']['c']}", "kind": "pool_local", "rows": ctx["n_classes"],
+                            "cols": pcx["n_pool"], "post": "dls[k]"})
         elif isinstance(r, ReadoutWeightRule):
             updates.append({"tensor": r.tensor, "kind": "delta", "c": c, "rows": ctx["n_classes"],
                             "cols": n_of[r.pre], "pre": f"cnt_{cname[r.pre]}", "post": "dls[k]"})
@@ -535,7 +571,8 @@ def fixed_context(g: Graph) -> dict[str, Any]:
             "readout": {"bias": _cname(ro.bias) if ro.bias else None, "feeds": rfeeds,
                         "norm": "T_STEPS" if all(not qpop[f.src].leak_q15 for f in ro.feeds)
                         else str(fx.readout_norm(prog, q.populations))},
-            "updates": updates, "pools": list(pools.values()), "w_max": fx.W_MAX, "log2e": fx.LOG2E_Q16,
+            "updates": updates, "pools": list(pools.values()), "pchains": list(pchains.values()),
+            "w_max": fx.W_MAX, "log2e": fx.LOG2E_Q16,
             "exp2": ", ".join(str(v) for v in fx.EXP2_TABLE), "sf_q16": (float(ctx["sf"]) * 2.0**fx.Q).hex(),
             "plan": prog.buffers}
 

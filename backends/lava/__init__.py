@@ -86,8 +86,10 @@ for a pool, 24 for a conv, e.g. 0.5 GiB for LeNet-F's pool1 of 11760 x 2940; fix
 small models, and only spidec.limits' model bounds apply), where the C runtime walks the windows and
 taps. Input synapses (dense, conv, pool) need no process: FixedModel's ``currents`` computes them on
 the host once per sample. The chains fixed point reduces (``spidec.fixed.normal_form``: pad |>
-conv2d, avgpool2d |> tensor scale, zero synapses) arrive as those kinds. What fixed point cannot
-express (dropout, other op chains, a pool into the readout) is refused by the quantize pass's checks
+conv2d, avgpool2d |> tensor scale, zero synapses) arrive as those kinds, and an avgpool2d |> dense / conv2d
+chain between populations as its matrix ``sum_o round_shift(W'[j, o] P[o], F_P)`` (into the readout it is
+FixedModel's host readout). What fixed point cannot express (dropout, other op chains, a bare pool into the
+readout) is refused by the quantize pass's checks
 in one line, before a file is written.
 
 The backend reads models with one constant data input and one cross-entropy readout, computed on
