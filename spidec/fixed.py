@@ -150,7 +150,17 @@ the board's memory plan share; views and scalar scales are already folded by the
     counted exactly), in place of ``fan * W_MAX``. ``M`` over ``2**F_dst`` is the float chain with the
     integer ``W`` within ``(1/2 + max|W_q| 2**-(F_P+1))`` units per window holding ``i`` (one rounding of
     the product, and of the coefficient). Refused: from the input or into the readout (put a population
-    between), and a reparametrised (norm-restricted) feedback weight in such a chain; but see the readout;
+    between), a conv2d one into the readout, and a reparametrised (norm-restricted) feedback weight in such a
+    chain;
+  * ``avgpool2d |> (views) |> dense`` from a population into the readout: the logits ``L = N b + W_c @ cnt``
+    read ``round_shift(W_c @ pre', F_P)`` for that feed (``pre'`` the pooled counts as above; exact in int64,
+    one rounding per feed and class), its gradient is ``dls ⊗ pre'`` at the readout unit times ``2**-F_P``, and
+    the couple injection ``W_c^T dls`` becomes the adjoint through the pool: for each input ``i``,
+    ``sum over windows o holding i of P[o] (W_c^T dls)[o]``, summed with the couple's other injections at
+    ``2**F_I`` (``F_I`` the largest ``F_P`` among them, 0 without: ``injection_frac``; plain injections shifted
+    up by ``F_I``) and brought to ``2**B_p`` by one rounding shift of ``F_C + 16 + F_I - B_p``, then clamped as
+    before. The C runtime holds ``pre'`` (``int32[n_pool]``) and ``W_c^T dls`` (``int64[n_pool]``) on the
+    stack for the sample;
   * anything else (a scale before a conv, a dense |> pad, two learnable ops ...) is refused naming the
     synapse and its op chain.
 
