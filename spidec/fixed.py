@@ -143,7 +143,8 @@ the board's memory plan share; views and scalar scales are already folded by the
     adjoint on the pooled pre: ``pre'[o] = P[o] * sum_{i in window o} cnt[i]`` (exact, at ``2**F_P`` times
     a count), ``G = post ⊗ pre'`` (dense) or ``conv_grad(taps, post, pre')`` (conv), one unit worth the dense
     rule's ``unit * 2**-F_P``; then the rule's apply (momentum / online, stochastic rounding) unchanged. The
-    C runtime builds ``pre'`` in an ``int32[n_pool]`` on the stack during the update. Bounds
+    C runtime builds ``pre'`` in ``pp_<synapse>``, a static ``int32[n_pool]`` of the buffer plan (so the
+    board's memory report prices it; the stack budget stays the fixed 2 KiB), during the update. Bounds
     (``pool_chain_bounds``): each entry ``|round_shift(W P[o], F_P)| <= (W_MAX |P[o]| >> F_P) + 1``; one
     step adds at most the sum of those over every (window, input) pair an output reads to a destination
     membrane, and over every (output, window) pair an input feeds to a source couple (a conv's taps
@@ -159,8 +160,8 @@ the board's memory plan share; views and scalar scales are already folded by the
     ``sum over windows o holding i of P[o] (W_c^T dls)[o]``, summed with the couple's other injections at
     ``2**F_I`` (``F_I`` the largest ``F_P`` among them, 0 without: ``injection_frac``; plain injections shifted
     up by ``F_I``) and brought to ``2**B_p`` by one rounding shift of ``F_C + 16 + F_I - B_p``, then clamped as
-    before. The C runtime holds ``pre'`` (``int32[n_pool]``) and ``W_c^T dls`` (``int64[n_pool]``) on the
-    stack for the sample;
+    before. The C runtime holds ``pre'`` (``pp_<synapse>``, ``int32[n_pool]``) and ``W_c^T dls``
+    (``ti_<synapse>``, ``int64[n_pool]``) as static buffers of the plan;
   * anything else (a scale before a conv, a dense |> pad, two learnable ops ...) is refused naming the
     synapse and its op chain.
 
@@ -385,8 +386,9 @@ def _structure(g: Graph) -> Program:
     return prog
 
 
-def fixed_buffers(prog: Program, update: str) -> tuple[Buffer, ...]:
-    """The state of the integer arithmetic (what fixed.c.j2 declares and the board report prices)."""
+def fixed_buffers(prog: Program, update: str, g: Graph) -> tuple[Buffer, ...]:
+    """The state of the integer arithmetic (what fixed.c.j2 declares and the board report prices) of
+    ``g``'s step program ``prog``."""
     out: list[Buffer] = []
     add = out.append
     ni, nc = prog.inputs[0].size, prog.readouts[0].size
@@ -416,6 +418,15 @@ def fixed_buffers(prog: Program, update: str) -> tuple[Buffer, ...]:
         add(Buffer(f"nb_{c}", "i16", n, "backward", cp.name, "rates and counts",
                    "ternary spikes fired (either sign)"))
         out += ternary_lists(cp, "i16", "i8")
+    readout = {r.name for r in prog.readouts}
+    for ch in normal_form(g, prog).chains:  # avgpool |> dense / conv2d: the pooled values ("Op chains")
+        if ch.kernel in POOLED and (ch.learnable or ch.dst in readout):  # (read by its update or the readout)
+            c, n = code_name(ch.name), pool_part(g, ch).n_out
+            add(Buffer(f"pp_{c}", "i32", n, "update", ch.name, "rates and counts",
+                       "pooled counts pre' = P * (window sums), at 2^F_P"))
+            if ch.dst in readout:
+                add(Buffer(f"ti_{c}", "i64", n, "backward", ch.name, "membranes",
+                           "W_c^T dls of each pooled value, once per sample"))
     for name, dtype, size, what in (
             ("xq", "i16", ni, "the quantised input x * 2^F_X"), ("nzi", "i16", ni if dense_in else 0,
                                                                 "indices of its non-zero values"),
@@ -846,7 +857,7 @@ def quantize(g: Graph, *,
                       qtensors=tuple(qtensors))
     out = g.copy()  # (the graph keeps its program as lowered: the normal form is re-derived by _structure)
     out.program = replace(float_program(g.program), quant=qz)
-    out.program = replace(out.program, buffers=fixed_buffers(out.program, update))
+    out.program = replace(out.program, buffers=fixed_buffers(out.program, update, out))
     return out
 
 

@@ -718,7 +718,7 @@ def check_program(g: Graph) -> None:
                               hint="delete the 'lower quantization/qpopulation/qtensor' statements or quantize again")
         if q.update not in ("momentum", "online"):
             raise SpidecError(f"unknown fixed-point update rule {q.update!r}")
-        planned = fixed_buffers(prog, q.update)
+        planned = fixed_buffers(prog, q.update, g)
     if prog.buffers != planned:
         raise SpidecError("the step program's buffer plan is not the one its arithmetic keeps",
                           hint="delete the 'lower state' statements or run the lower pass again")
