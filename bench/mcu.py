@@ -41,11 +41,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def measure(model, name: str, board: str, update: str, batch: int, options: dict, out: Path, train: str,
-            test: str, epochs: int) -> dict:
+            test: str, epochs: int, lr_schedule: str | None = None) -> dict:
     """Build ``model`` for ``board``, train it under QEMU on the packed files, and read the memory
     plan against the image: one table row."""
     emit(quantize(passes.run(model, **options), update=update), out, board=board)
-    r = brd.run_qemu(out, ["train", train, test, "--epochs", str(epochs), "--batch", str(batch)], progress=True)
+    sched = ["--lr-schedule", lr_schedule] if lr_schedule else []  # (linear:K: the board's only one)
+    r = brd.run_qemu(out, ["train", train, test, "--epochs", str(epochs), "--batch", str(batch), *sched],
+                     progress=True)
     info = brd.board_info(out)
     check = brd.check_plan(info["plan"], out / f"spide-{board}.elf")
     state = sum(p["ram"] for p in info["plan"] if p["symbols"] and p["part"] != "sample buffer")
@@ -66,7 +68,7 @@ def measure(model, name: str, board: str, update: str, batch: int, options: dict
             "events_per_sample": last["events_per_sample"], "synops_per_sample": last["synops_per_sample"],
             "instructions_per_synop": last["instructions_per_sample"] / last["synops_per_sample"],
             "test_accuracy_before": r["epochs"][0]["test_accuracy"], "test_accuracy": last["test_accuracy"],
-            "epochs": epochs}
+            "epochs": epochs, **({"lr_schedule": lr_schedule} if lr_schedule else {})}
 
 
 def main() -> int:
@@ -74,7 +76,18 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--models", default="digits,mnist", help="digits, mnist or both (default)")
     ap.add_argument("--mnist-train", type=int, default=60000, help="MNIST training samples (default: all 60,000)")
+    ap.add_argument("--lr-schedule", default=None, help="linear:K: the rate falls in K steps over the run "
+                    "(spidec.schedule; default: the compiled schedule)")
     args = ap.parse_args()
+    if args.lr_schedule:
+        from spidec.errors import SpidecError
+        from spidec.schedule import parse_schedule
+
+        try:
+            if parse_schedule(args.lr_schedule)[0] != "linear":
+                raise SpidecError(f"--lr-schedule {args.lr_schedule}: a board takes linear:K")
+        except SpidecError as e:
+            ap.error(str(e))
     missing = brd.missing_tools()
     if missing:
         print(f"error: missing {', '.join(missing)}; {brd.INSTALL_HINT}", file=sys.stderr)
@@ -94,7 +107,8 @@ def main() -> int:
                     out.mkdir()
                     (out / "data").symlink_to(data_dir)
                     rows.append(measure(model, "digits", board, update, batch, {"sf": sf}, out,
-                                        "data/digits.train.spds", "data/digits.test.spds", args.epochs))
+                                        "data/digits.train.spds", "data/digits.test.spds", args.epochs,
+                                        args.lr_schedule))
         if "mnist" in models:  # the microcontroller MNIST example, streamed sample by sample from the host
             sys.path.insert(0, str(ROOT / "examples"))
             from export import build
@@ -110,7 +124,8 @@ def main() -> int:
             out.mkdir()
             (out / "data").symlink_to(data_dir)
             rows.append(measure(model, "mnist_mcu", "mps2-an386", "online", 1, MCU_SETTINGS, out,
-                                "data/mnist.train.spds", "data/mnist.test.spds", args.epochs)
+                                "data/mnist.train.spds", "data/mnist.test.spds", args.epochs,
+                                args.lr_schedule)
                         | {"train_samples": n})
     head = ("model", "board", "update", "flash KiB", "RAM KiB", "state KiB", "insn/sample", "insn/inference",
             "events/sample", "synops/sample", "insn/synop", "test acc")

@@ -588,8 +588,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", help="board builds: write the trained weights to this file (relative to BUILD)")
         p.add_argument("--timeout", type=float, help="board builds: stop QEMU after this many seconds (an error: "
                        "exit 1)")
-        p.add_argument("--lr-schedule", dest="lr_schedule", help="sim, c host: multistep:E1,E2:GAMMA, cosine or "
-                       "constant (default: the model's milestones)")
+        p.add_argument("--lr-schedule", dest="lr_schedule", help="sim, c host: multistep:E1,E2:GAMMA, cosine, "
+                       "constant or linear:K (c board too: linear:K; default: the model's milestones)")
         p.add_argument("--warmup", type=int, default=0, help="sim, c host: ramp the learning rate over N batches")
         p.add_argument("--augment", default="", help="sim, c host: crop4,flip (random 4-pixel-padded crops, "
                        "horizontal flips)")

@@ -844,7 +844,13 @@ def train_build(out: Path, opts: Any, say: Any) -> dict[str, Any]:
         raise SpidecError(f"{str(out)!r} is no board build", hint="compile with --board mps2-an386")
     train, test = _data_files(out, opts.data, opts.data_dir, opts.limit_train, opts.limit_test)
     if board is not None and not opts.host:
-        for o in ("lr_schedule", "augment", "normalize"):
+        if opts.lr_schedule:  # the board program takes linear:K only (runtime/board/spide_board.c)
+            from ...schedule import parse_schedule
+
+            if parse_schedule(opts.lr_schedule)[0] != "linear":
+                raise SpidecError(f"--lr-schedule {opts.lr_schedule}: a board program runs its compiled schedule "
+                                  "or linear:K", hint="add --host for the others")
+        for o in ("augment", "normalize"):
             if getattr(opts, o):
                 raise SpidecError(f"--{o.replace('_', '-')} is for the host trainer; the board program runs the "
                                   "compiled schedule on the data as packed", hint="add --host")
@@ -1015,9 +1021,9 @@ class TrainOpts(ctypes.Structure):
                 ("epochs", ctypes.c_int), ("iteration", ctypes.c_long), ("warmup", ctypes.c_int),
                 ("seed", ctypes.c_uint64), ("crop", ctypes.c_int), ("flip", ctypes.c_int),
                 ("mean", ctypes.POINTER(ctypes.c_float)), ("std", ctypes.POINTER(ctypes.c_float)),
-                ("n_stats", ctypes.c_int)]
+                ("n_stats", ctypes.c_int), ("steps", ctypes.c_int), ("total", ctypes.c_long)]
 
-    SCHEDULES = {"constant": 1, "multistep": 2, "cosine": 3}  # spide.h SPIDE_LR_* (0: the model's own)
+    SCHEDULES = {"constant": 1, "multistep": 2, "cosine": 3, "linear": 4}  # spide.h SPIDE_LR_* (0: the model's own)
 
     def set_schedule(self, spec: str) -> Any:
         """Set an ``--lr-schedule`` spec (spidec.schedule); returns the milestone array the struct
@@ -1025,6 +1031,9 @@ class TrainOpts(ctypes.Structure):
         from ...schedule import parse_schedule
 
         kind, milestones, gamma = parse_schedule(spec)
+        if kind == "linear":  # (K in the milestones' place: spidec.schedule; the caller sets total)
+            self.schedule, self.steps = self.SCHEDULES[kind], milestones[0]
+            return None
         ms = (ctypes.c_int * max(1, len(milestones)))(*milestones)
         self.schedule, self.milestones = self.SCHEDULES[kind], ctypes.cast(ms, ctypes.POINTER(ctypes.c_int))
         self.n_milestones, self.gamma = len(milestones), gamma
@@ -1293,6 +1302,7 @@ class CRuntime:
                 ctypes.cast(sd, ctypes.POINTER(ctypes.c_float)), len(mean)
         rng = np.random.default_rng(seed)
         per_epoch = -(-len(y) // batch)
+        opts.total = epochs * per_epoch  # (linear:K falls over the whole run)
         history = []
         for epoch in range(epochs):
             perm = np.ascontiguousarray(rng.permutation(len(y)).astype(np.int32))

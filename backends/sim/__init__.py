@@ -294,7 +294,7 @@ class SimArtifact(Artifact):
                 xb = apply(xb, idx, epoch, seed, aug, norm)
             it = epoch * per_epoch + count[0] % per_epoch
             count[0] += 1
-            rate = lr_at(sched, lr or m.LR, epoch, epochs, it, warmup)
+            rate = lr_at(sched, lr or m.LR, epoch, epochs, it, warmup, epochs * per_epoch)
             keys = m.sample_keys(seed, epoch, idx) if m.DROPOUT else None
             r = m.train_step(net, self._input(xb), yt[idx], rate, total, keys=keys)
             bad = None if math.isfinite(r["loss"]) else f"the loss is {r['loss']}"

@@ -5,7 +5,13 @@
  * array), so a board and the host executable given the same seed see the samples in the same order.
  *
  *   prog.elf train TRAIN.spds TEST.spds [--epochs N] [--batch B] [--lr LR] [--seed S] [--out W.bin]
+ *            [--lr-schedule linear:K]
  *   prog.elf eval TEST.spds
+ *
+ * The rate is the compiled per-epoch schedule (spide_lr_at); --lr-schedule linear:K replaces it, as
+ * on the host trainer, by LR falling in K equal steps over the run: batch `it` of the epochs *
+ * batches-per-epoch trains at spide_linear_lr (spidec/schedule.py), set before its samples (online
+ * fixed-point updates read the rate per sample) and given to its step.
  *
  * Results go to stdout one line each ("key value" pairs; "progress ..." lines about 20 times an
  * epoch), errors to stderr. Exit codes: 0 ok,
@@ -163,11 +169,11 @@ int main(int argc, char **argv) {
     static float x[SPIDE_BOARD_INPUTS]; /* one sample */
     if (argc < 3 || (strcmp(argv[1], "train") && strcmp(argv[1], "eval"))) {
         fprintf(stderr, "usage: %s train TRAIN.spds TEST.spds [--epochs N] [--batch B] [--lr LR] [--seed S] "
-                "[--out W.bin] | eval TEST.spds\n", argc ? argv[0] : "prog");
+                "[--out W.bin] [--lr-schedule linear:K] | eval TEST.spds\n", argc ? argv[0] : "prog");
         return 2;
     }
     int training = !strcmp(argv[1], "train");
-    int epochs = 1, batch = 1, first = training ? 4 : 3;
+    int epochs = 1, batch = 1, first = training ? 4 : 3, steps = 0; /* steps: linear:K's K (0: compiled) */
     float lr = info->lr;
     unsigned long long seed = 0;
     const char *out = NULL;
@@ -180,6 +186,15 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--lr")) lr = (float)atof(v);
         else if (!strcmp(argv[i], "--seed")) seed = strtoull(v, NULL, 10);
         else if (!strcmp(argv[i], "--out")) out = v;
+        else if (!strcmp(argv[i], "--lr-schedule")) {
+            char *end;
+            long k = strncmp(v, "linear:", 7) ? 0 : strtol(v + 7, &end, 10);
+            if (k < 1 || end == v + 7 || *end) {
+                fprintf(stderr, "error: --lr-schedule %s: a board takes linear:K (K >= 1)\n", v);
+                return 2;
+            }
+            steps = (int)k;
+        }
         else { fprintf(stderr, "error: unknown option %s\n", argv[i]); return 2; }
     }
     if (epochs < 0 || batch < 1 || !(lr > 0)) { fprintf(stderr, "error: --epochs >= 0, --batch >= 1, --lr > 0\n"); return 2; }
@@ -197,8 +212,10 @@ int main(int argc, char **argv) {
     printf("epoch 0 test_accuracy %.4f samples %u instructions_per_inference %.0f\n", acc, (unsigned)te.count,
            (double)(t1 - t0) * per_tick / te.count);
     uint64_t work[6];
+    long per_epoch = training ? ((long)tr.count + batch - 1) / batch : 0, it = 0;
     for (int e = 0; training && e < epochs; e++) {
-        float lr_e = spide_lr_at(e, lr);
+        float lr_e = steps ? spide_linear_lr(lr, steps, (long)e * per_epoch, (long)epochs * per_epoch)
+                           : spide_lr_at(e, lr);
         spide_set_lr(lr_e);
         spide_begin_epoch();
         spide_take_work(work);
@@ -207,8 +224,13 @@ int main(int argc, char **argv) {
         int ok = 0;
         uint64_t ticks = 0;
         uint32_t every = tr.count / 20 > 0 ? tr.count / 20 : 1, shown = 0;
-        for (uint32_t start = 0; start < tr.count; start += (uint32_t)batch) {
+        float lr_b = lr_e; /* this batch's rate */
+        for (uint32_t start = 0; start < tr.count; start += (uint32_t)batch, it++) {
             uint32_t n = tr.count - start < (uint32_t)batch ? tr.count - start : (uint32_t)batch;
+            if (steps) {
+                float r = spide_linear_lr(lr, steps, it, (long)epochs * per_epoch);
+                if (r != lr_b) spide_set_lr(lr_b = r);
+            }
             for (uint32_t k = 0; k < n; k++) {
                 uint32_t i = spide_order_index(seed, (uint32_t)e, tr.count, start + k);
                 int y;
@@ -219,7 +241,7 @@ int main(int argc, char **argv) {
                 ok += argmax(spide_forward_logits(), info->n_classes) == y;
             }
             uint64_t s0 = spide_board_ticks();
-            spide_step(lr_e);
+            spide_step(lr_b);
             ticks += spide_board_ticks() - s0;
             if (start + n - shown >= every && start + n < tr.count) { /* about 20 progress lines an epoch */
                 shown = start + n;

@@ -128,7 +128,7 @@ int spide_input_shape(int *dims);
  *  augmentation (spidec/augment.py, runtime/include/spide_augment.h). Zero-initialise, then set. */
 typedef struct {
     float lr;                 /* base learning rate */
-    int schedule;             /* SPIDE_LR_MODEL (the compiled milestones), _CONSTANT, _MULTISTEP, _COSINE */
+    int schedule;             /* SPIDE_LR_MODEL (the compiled milestones), _CONSTANT, _MULTISTEP, _COSINE, _LINEAR */
     const int *milestones;    /* SPIDE_LR_MULTISTEP: epochs where lr is multiplied by gamma */
     int n_milestones;
     float gamma;
@@ -140,8 +140,14 @@ typedef struct {
     int flip;                 /* random horizontal flips */
     const float *mean, *std;  /* normalisation after augmentation (NULL: none) */
     int n_stats;              /* 1: one mean/std for every channel; else one per channel */
+    int steps;                /* SPIDE_LR_LINEAR: K, the rate falls in K equal steps over the run */
+    long total;               /* SPIDE_LR_LINEAR: the run's batches, epochs * batches per epoch */
 } spide_train_opts_t;
-enum { SPIDE_LR_MODEL = 0, SPIDE_LR_CONSTANT = 1, SPIDE_LR_MULTISTEP = 2, SPIDE_LR_COSINE = 3 };
+enum { SPIDE_LR_MODEL = 0, SPIDE_LR_CONSTANT = 1, SPIDE_LR_MULTISTEP = 2, SPIDE_LR_COSINE = 3, SPIDE_LR_LINEAR = 4 };
+/** linear:K (spidec/schedule.py): lr * (1 - floor(K * iteration / total) / K) in double, the floor
+ *  an integer division (64-bit: a board's long is 32); lr when total <= 0. The host trainer and the
+ *  board program share it, so both give the same float. */
+float spide_linear_lr(float lr, int steps, long iteration, long total);
 
 /** The learning rate of batch `iteration` (counted from the start of training) in `epoch`. */
 float spide_schedule_lr(const spide_train_opts_t *o, int epoch, long iteration);

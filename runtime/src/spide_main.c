@@ -18,7 +18,7 @@ static const char *USAGE =
     "usage: %s COMMAND [options]\n"
     "  train   --train FILE.spds [--test FILE.spds] [--epochs N] [--batch B] [--lr LR] [--seed S]\n"
     "          [--checkpoint FILE] [--resume] [--save-every BATCHES] [--quiet]\n"
-    "          [--lr-schedule multistep:E1,E2:GAMMA|cosine|constant] [--warmup BATCHES]\n"
+    "          [--lr-schedule multistep:E1,E2:GAMMA|cosine|constant|linear:K] [--warmup BATCHES]\n"
     "          [--augment crop4,flip] [--normalize MEAN,..;STD,..] [--threads N]\n"
     "  eval    --test FILE.spds [--checkpoint FILE] [--threads N]\n"
     "  predict --data FILE.spds [--checkpoint FILE]      one predicted class per line\n"
@@ -66,10 +66,19 @@ static int save_position(const char *ckpt, spide_position_t at, spide_position_t
     return 0;
 }
 
-/* --lr-schedule: multistep:E1,E2[:GAMMA], cosine, constant (spidec/schedule.py) */
+/* --lr-schedule: multistep:E1,E2[:GAMMA], cosine, constant, linear:K (spidec/schedule.py; linear's
+ * total, epochs * batches per epoch, is set once the data is read) */
 static int parse_schedule(const char *v, spide_train_opts_t *o, int *ms, int max) {
     if (!strcmp(v, "constant")) { o->schedule = SPIDE_LR_CONSTANT; return 0; }
     if (!strcmp(v, "cosine")) { o->schedule = SPIDE_LR_COSINE; return 0; }
+    if (!strncmp(v, "linear:", 7)) {
+        char *end;
+        long k = strtol(v + 7, &end, 10);
+        if (end == v + 7 || *end || k < 1 || k > 0x7FFFFFFFL) return -1;
+        o->schedule = SPIDE_LR_LINEAR;
+        o->steps = (int)k;
+        return 0;
+    }
     if (strncmp(v, "multistep:", 10) != 0) return -1;
     const char *p = v + 10;
     int n = 0;
@@ -297,7 +306,7 @@ int main(int argc, char **argv) {
         }
         else if (!strcmp(a, "--lr-schedule")) {
             if (parse_schedule(v, &opts, milestones, 64) != 0) {
-                fprintf(stderr, "error: --lr-schedule %s: use multistep:E1,E2:GAMMA, cosine or constant\n", v);
+                fprintf(stderr, "error: --lr-schedule %s: use multistep:E1,E2:GAMMA, cosine, constant or linear:K (K >= 1)\n", v);
                 return 2;
             }
         } else if (!strcmp(a, "--augment")) {
@@ -413,6 +422,7 @@ int main(int argc, char **argv) {
     opts.seed = seed;
     opts.epochs = epochs;
     long per_epoch = (tr.count + batch - 1) / batch;
+    opts.total = (long)epochs * per_epoch; /* linear:K falls over the whole run (a resume sees the same) */
     int32_t *perm = (int32_t *)malloc((size_t)tr.count * sizeof(int32_t));
     if (!perm) { fprintf(stderr, "error: out of memory\n"); return 1; }
     if (good.done && start_epoch < epochs && (good.done >= tr.count || good.done % batch != 0)) {

@@ -27,6 +27,12 @@
 #endif
 #endif
 
+float spide_linear_lr(float lr, int steps, long iteration, long total) {
+    if (total <= 0 || steps < 1) return lr;
+    long long q = (long long)steps * (long long)iteration / (long long)total;
+    return (float)((double)lr * (1.0 - (double)q / steps));
+}
+
 float spide_schedule_lr(const spide_train_opts_t *o, int epoch, long iteration) {
     double lr = o->lr;
     if (o->schedule == SPIDE_LR_MODEL) {
@@ -36,6 +42,9 @@ float spide_schedule_lr(const spide_train_opts_t *o, int epoch, long iteration) 
             if (epoch >= o->milestones[i]) lr *= o->gamma;
     } else if (o->schedule == SPIDE_LR_COSINE) {
         lr = o->lr * 0.5 * (1.0 + cos(3.14159265358979323846 * epoch / (o->epochs > 0 ? o->epochs : 1)));
+    } else if (o->schedule == SPIDE_LR_LINEAR && o->total > 0) {
+        long long q = (long long)o->steps * (long long)iteration / (long long)o->total;
+        lr = o->lr * (1.0 - (double)q / o->steps);
     }
     if (o->warmup > 0 && iteration < o->warmup) lr = lr * (double)(iteration + 1) / o->warmup;
     return (float)lr;
