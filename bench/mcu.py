@@ -1,11 +1,17 @@
 """Benchmark of the microcontroller target: the digits model and the MNIST example trained
 integer-only on Cortex-M boards under QEMU.
 
-    python bench/mcu.py [--epochs 1] [--models digits,mnist] [--mnist-train 60000]
+    python bench/mcu.py [--epochs 1] [--models digits,mnist,mnist_mcu_conv] [--mnist-train 60000]
+                        [--mnist-test 10000]
 
 MNIST (examples/models.py: mnist_mcu, 784 -> 128 with feedback -> 10, online updates at batch 1 with
 MCU_SETTINGS) runs on the Cortex-M4F only, streamed from the host sample by sample; a full epoch is
 about half an hour of QEMU. Goal (issue 17): RAM <= 256 KiB, flash <= 1 MiB, >= 97% after one epoch.
+The convolutional MNIST example (mnist_mcu_conv: conv5 s2 8 channels with a convT feedback, avgpool,
+readout; MCU_CONV_SETTINGS) trains with the rate falling linearly over the epoch (MCU_CONV_SCHEDULE,
+``--lr-schedule linear:10`` of the board trainer) when the board trainer accepts that option, and
+otherwise at its best constant rate (MCU_CONV_CONSTANT_LR); the table says which. A full epoch is
+about 20 minutes of QEMU (~14 M instructions per sample).
 
 For the Cortex-M4F (mps2-an386) and the Cortex-M3 (mps2-an385), with online updates (no buffers:
 the small-device setting) and with the model's SGD with momentum (an int32 buffer per weight):
@@ -40,14 +46,31 @@ from spidec.fixed import quantize
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def board_accepts(out: Path, option: str) -> bool:
+    """Whether the board trainer built in ``out`` (its copy of runtime/board/spide_board.c) parses
+    ``option``: the trainer rejects an unknown option, so a run only passes what it accepts."""
+    src = out / "runtime" / "board" / "spide_board.c"
+    return src.exists() and f'"{option}"' in src.read_text()
+
+
 def measure(model, name: str, board: str, update: str, batch: int, options: dict, out: Path, train: str,
-            test: str, epochs: int, lr_schedule: str | None = None) -> dict:
+            test: str, epochs: int, schedule: tuple[str, float] | None = None) -> dict:
     """Build ``model`` for ``board``, train it under QEMU on the packed files, and read the memory
-    plan against the image: one table row."""
+    plan against the image: one table row. ``schedule`` = (spec, constant lr): pass ``--lr-schedule
+    spec`` to the board trainer if it accepts it, else train at the constant lr (the row says which)."""
     emit(quantize(passes.run(model, **options), update=update), out, board=board)
-    sched = ["--lr-schedule", lr_schedule] if lr_schedule else []  # (linear:K: the board's only one)
-    r = brd.run_qemu(out, ["train", train, test, "--epochs", str(epochs), "--batch", str(batch), *sched],
-                     progress=True)
+    args = ["train", train, test, "--epochs", str(epochs), "--batch", str(batch)]
+    lr, lr_schedule = options.get("lr"), "constant"
+    if schedule is not None:
+        if board_accepts(out, "--lr-schedule"):
+            lr_schedule = schedule[0]
+            args += ["--lr-schedule", lr_schedule]
+        else:
+            lr = schedule[1]
+            args += ["--lr", str(lr)]
+        print(f"{name}: the board trainer {'accepts' if lr_schedule != 'constant' else 'has no'} --lr-schedule: "
+              f"lr {lr:g}, schedule {lr_schedule}", file=sys.stderr)
+    r = brd.run_qemu(out, args, progress=True)
     info = brd.board_info(out)
     check = brd.check_plan(info["plan"], out / f"spide-{board}.elf")
     state = sum(p["ram"] for p in info["plan"] if p["symbols"] and p["part"] != "sample buffer")
@@ -58,7 +81,7 @@ def measure(model, name: str, board: str, update: str, batch: int, options: dict
     parts["heap (measured)"] = r["heap_used"]
     parts["stack (measured)"] = r["stack_used"]
     return {"model": name, "ram_parts": parts, "board": board, "cpu": brd.BOARDS[board]["cpu"], "update": update,
-            "batch": batch, "sf": options["sf"], "lr": options.get("lr"), "T": options.get("T"),
+            "batch": batch, "sf": options["sf"], "lr": lr, "lr_schedule": lr_schedule, "T": options.get("T"),
             "T_back": options.get("T_back"),
             "flash_bytes": check["size"]["flash"], "static_ram_bytes": check["size"]["static_ram"],
             "training_state_bytes": state, "heap_bytes": r["heap_used"], "stack_bytes": r["stack_used"],
@@ -68,31 +91,27 @@ def measure(model, name: str, board: str, update: str, batch: int, options: dict
             "events_per_sample": last["events_per_sample"], "synops_per_sample": last["synops_per_sample"],
             "instructions_per_synop": last["instructions_per_sample"] / last["synops_per_sample"],
             "test_accuracy_before": r["epochs"][0]["test_accuracy"], "test_accuracy": last["test_accuracy"],
-            "epochs": epochs, **({"lr_schedule": lr_schedule} if lr_schedule else {})}
+            "epochs": epochs}
 
 
-def main() -> int:
+MODELS = ("digits", "mnist", "mnist_mcu_conv")  # mnist: the MLP example mnist_mcu
+
+
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=1)
-    ap.add_argument("--models", default="digits,mnist", help="digits, mnist or both (default)")
+    ap.add_argument("--models", default=",".join(MODELS), help=f"some of {', '.join(MODELS)} (default: all)")
     ap.add_argument("--mnist-train", type=int, default=60000, help="MNIST training samples (default: all 60,000)")
-    ap.add_argument("--lr-schedule", default=None, help="linear:K: the rate falls in K steps over the run "
-                    "(spidec.schedule; default: the compiled schedule)")
-    args = ap.parse_args()
-    if args.lr_schedule:
-        from spidec.errors import SpidecError
-        from spidec.schedule import parse_schedule
-
-        try:
-            if parse_schedule(args.lr_schedule)[0] != "linear":
-                raise SpidecError(f"--lr-schedule {args.lr_schedule}: a board takes linear:K")
-        except SpidecError as e:
-            ap.error(str(e))
+    ap.add_argument("--mnist-test", type=int, default=10000, help="MNIST test samples (default: all 10,000)")
+    args = ap.parse_args(argv)
     missing = brd.missing_tools()
     if missing:
         print(f"error: missing {', '.join(missing)}; {brd.INSTALL_HINT}", file=sys.stderr)
         return 1
     models = set(args.models.split(","))
+    unknown = models - set(MODELS)
+    if unknown:
+        ap.error(f"unknown model(s) {', '.join(sorted(unknown))}; choose from {', '.join(MODELS)}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp) / "data"
@@ -107,33 +126,38 @@ def main() -> int:
                     out.mkdir()
                     (out / "data").symlink_to(data_dir)
                     rows.append(measure(model, "digits", board, update, batch, {"sf": sf}, out,
-                                        "data/digits.train.spds", "data/digits.test.spds", args.epochs,
-                                        args.lr_schedule))
-        if "mnist" in models:  # the microcontroller MNIST example, streamed sample by sample from the host
+                                        "data/digits.train.spds", "data/digits.test.spds", args.epochs))
+        mnist_models = [m for m in ("mnist", "mnist_mcu_conv") if m in models]
+        if mnist_models:  # the microcontroller MNIST examples, streamed sample by sample from the host
             sys.path.insert(0, str(ROOT / "examples"))
             from export import build
-            from models import MCU_SETTINGS
+            from models import MCU_CONV_CONSTANT_LR, MCU_CONV_SCHEDULE, MCU_CONV_SETTINGS, MCU_SETTINGS
 
-            model = spidec.from_torch(build("mnist_mcu"))
             ds = load("mnist")
             n = min(args.mnist_train, len(ds.y_train))
+            n_test = min(args.mnist_test, len(ds.y_test))
             data_dir.mkdir(exist_ok=True)
             write_spds(data_dir / "mnist.train.spds", ds.x_train[:n], ds.y_train[:n], ds.classes)
-            write_spds(data_dir / "mnist.test.spds", ds.x_test, ds.y_test, ds.classes)
-            out = Path(tmp) / "mnist-mps2-an386-online"
-            out.mkdir()
-            (out / "data").symlink_to(data_dir)
-            rows.append(measure(model, "mnist_mcu", "mps2-an386", "online", 1, MCU_SETTINGS, out,
-                                "data/mnist.train.spds", "data/mnist.test.spds", args.epochs,
-                                args.lr_schedule)
-                        | {"train_samples": n})
+            write_spds(data_dir / "mnist.test.spds", ds.x_test[:n_test], ds.y_test[:n_test], ds.classes)
+            for key in mnist_models:
+                name = "mnist_mcu" if key == "mnist" else key
+                settings, schedule = ((MCU_SETTINGS, None) if key == "mnist" else
+                                      (MCU_CONV_SETTINGS, (MCU_CONV_SCHEDULE, MCU_CONV_CONSTANT_LR)))
+                out = Path(tmp) / f"{name}-mps2-an386-online"
+                out.mkdir()
+                (out / "data").symlink_to(data_dir)
+                rows.append(measure(spidec.from_torch(build(name)), name, "mps2-an386", "online", 1, settings, out,
+                                    "data/mnist.train.spds", "data/mnist.test.spds", args.epochs, schedule)
+                            | {"train_samples": n, "test_samples": n_test})
     head = ("model", "board", "update", "flash KiB", "RAM KiB", "state KiB", "insn/sample", "insn/inference",
             "events/sample", "synops/sample", "insn/synop", "test acc")
     print(" | ".join(head))
     print(" | ".join("---" for _ in head))
     for r in rows:
         print(" | ".join([r["model"], f"{r['board']} ({r['cpu']})",
-                          f"{r['update']} (batch {r['batch']}, sf {r['sf']:g})",
+                          f"{r['update']} (batch {r['batch']}, sf {r['sf']:g}"
+                          + (f", lr {r['lr']:g}" if r.get("lr") else "")
+                          + (f", {r['lr_schedule']}" if r.get("lr_schedule", "constant") != "constant" else "") + ")",
                           f"{r['flash_bytes'] / 1024:.1f}", f"{r['ram_bytes'] / 1024:.1f}",
                           f"{r['training_state_bytes'] / 1024:.1f}", f"{r['instructions_per_sample'] / 1e6:.2f} M",
                           f"{r['instructions_per_inference'] / 1e3:.0f} k", f"{r['events_per_sample']:.0f}",
@@ -144,7 +168,7 @@ def main() -> int:
           "(issue 6); MNIST RAM <= 256 KiB and flash <= 1 MiB, >= 97% after one epoch (issue 17).")
     res = ROOT / "bench" / "results"
     res.mkdir(parents=True, exist_ok=True)
-    name = "mcu.json" if models == {"digits", "mnist"} else f"mcu_{'_'.join(sorted(models))}.json"
+    name = "mcu.json" if models == set(MODELS) else f"mcu_{'_'.join(sorted(models))}.json"
     (res / name).write_text(json.dumps({"machine": platform.platform(), "rows": rows}, indent=1))
     plot(rows, res / name.replace(".json", ".png"))
     print(f"wrote {res / name} and {res / name.replace('.json', '.png')}")
@@ -167,7 +191,7 @@ def plot(rows: list[dict], path: Path) -> None:
         ax1.bar(labels, vals, bottom=bottom, label=part)
         bottom = [b + v for b, v in zip(bottom, vals)]
     for i, r in enumerate(rows):  # each model's goal over its own bar
-        goal = 256 if r.get("model") == "mnist_mcu" else 64
+        goal = 256 if r.get("model", "").startswith("mnist") else 64
         ax1.plot([i - 0.45, i + 0.45], [goal, goal], color="k", ls="--", lw=1)
     ax1.text(-0.4, 70, "goal: 64 KiB (digits), 256 KiB (MNIST)", ha="left")
     ax1.set_ylabel("RAM (KiB)")
