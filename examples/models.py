@@ -145,7 +145,6 @@ class MnistMcuConvF(nn.Module):
 # over the epoch; at a constant rate use lr 0.02 (96.73% instead of 97.83%)
 MCU_CONV_SETTINGS = {"T": 30, "T_back": 100, "sf": 30.0, "lr": 0.1}
 MCU_CONV_SCHEDULE = "linear:10"  # the trainers' --lr-schedule: lr falls linearly in 10 steps over the epoch
-MCU_CONV_CONSTANT_LR = 0.02  # the best constant rate, for a trainer without the schedule
 
 
 class ConvNetF(nn.Module):
