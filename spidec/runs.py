@@ -42,7 +42,7 @@ class TrainOptions:
     timeout: float | None = None
     quiet: bool = False
     json: bool = False
-    lr_schedule: str | None = None  # sim, c host: spidec.schedule spec (default: the model's milestones)
+    lr_schedule: str | None = None  # sim, c host, a board (linear:K only): spidec.schedule spec
     warmup: int = 0  # sim, c host: linear warm-up batches
     augment: str = ""  # sim, c host: spidec.augment spec (crop4,flip)
     normalize: str | None = None  # sim, c host: MEAN,..;STD,.. (or cifar10, cifar100)
