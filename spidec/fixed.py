@@ -519,20 +519,9 @@ def pool_matrix(g: Graph, ch: Chain, frac: int) -> np.ndarray:
     of window ``o`` of every channel (the numpy model multiplies it; the C runtime walks the windows)."""
     geo = pool_geometry(g, ch)
     P = pool_weights(g, ch, frac)
-    h, wd, ho, wo = geo["h"], geo["wd"], geo["ho"], geo["wo"]
-    per = 0 if P.size == ho * wo else ho * wo  # a tensor gain: one coefficient per output, channel included
-    out = np.zeros((ch.n_out, ch.n_in), np.int64)
-    for c in range(geo["co"]):
-        for oy in range(ho):
-            for ox in range(wo):
-                j = (c * ho + oy) * wo + ox
-                for ky in range(geo["kh"]):
-                    y = oy * geo["sh"] - geo["ph"] + ky
-                    for kx in range(geo["kw"]):
-                        x = ox * geo["sw"] - geo["pw"] + kx
-                        if 0 <= y < h and 0 <= x < wd:
-                            out[j, (c * h + y) * wd + x] = P[c * per + oy * wo + ox]
-    return out
+    if P.size == geo["ho"] * geo["wo"]:  # a scalar gain: one coefficient per position, the same in every channel
+        P = np.tile(P, geo["co"])
+    return pool_windows(g, ch) * P[:, None]
 
 
 def pool_windows(g: Graph, ch: Chain) -> np.ndarray:

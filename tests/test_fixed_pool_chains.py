@@ -11,7 +11,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import conv_feedback
-from spidec.backends.c import emit
 from test_fixed import _lockstep, board_equals_host, board_tools  # noqa: F401 (a fixture)
 
 from spidec import AvgPool2d, Conv2d, Dense, Flatten, Graph, Reshape, data, passes
@@ -144,16 +143,9 @@ def test_refusals():
 
 def test_fixed_trains_as_float(digits, tmp_path, capsys):
     """Two epochs, batch 16, the model's SGD: float C against fixed-point C on pool_dense_net."""
-    g0 = passes.run(pool_dense_net(), T=30, T_back=60)
-    accs = {}
-    for kind, g in (("float", g0), ("fixed", quantize(g0, update="momentum"))):
-        rt = emit(g, tmp_path / kind).build()
-        rt.train(digits.x_train, digits.y_train, epochs=2, batch=16, seed=0)
-        accs[kind] = rt.evaluate(digits.x_test, digits.y_test)["accuracy"]
-    with capsys.disabled():
-        print(f"\navgpool |> dense digits, 2 epochs: float {accs['float']:.2%}, fixed {accs['fixed']:.2%}")
-    assert accs["float"] > 0.8, accs
-    assert abs(accs["fixed"] - accs["float"]) <= 0.03, accs
+    from test_fixed_chains import float_and_fixed_agree
+
+    float_and_fixed_agree(passes.run(pool_dense_net(), T=30, T_back=60), digits, tmp_path, capsys, "avgpool |> dense")
 
 
 def test_qemu_m4_trains_the_pool_dense_net_to_the_host_weights(board_tools, digits, tmp_path):  # noqa: F811
