@@ -295,7 +295,9 @@ def normal_form(g: Graph, prog: Program) -> Program:
                 continue
         learn = work[-1] if work else -1
         if (len(kinds) >= 2 and kinds[0] == "avgpool2d" and kinds[-1] in ("dense", "conv2d")
-                and kinds[1:-1] in ([], ["scale"])):  # avgpool2d |> (views, a gain) |> dense / conv2d
+                and kinds[1:-1] in ([], ["scale"])  # avgpool2d |> (views, a gain) |> dense / conv2d
+                and (kinds[-1] == "dense" or tuple(shapes[work[0] + 1]) == tuple(shapes[learn]))):
+            # (a conv reads the pooled image as it is: a reshape between them is refused below)
             chains.append(replace(ch, kernel="pool_dense" if kinds[-1] == "dense" else "pool_conv", kernel_op=work[0],
                                   weight=_slot(g, ch.name, learn, "weight"), shape_in=tuple(shapes[work[0]]),
                                   shape_out=tuple(shapes[learn + 1])))
@@ -570,7 +572,14 @@ def pool_frac(g: Graph, ch: Chain) -> int:
     pc = pool_part(g, ch)
     geo = pool_geometry(g, pc)
     big = float(np.max(np.abs(pool_coefficients(g, pc)))) * geo["kh"] * geo["kw"]
-    return max(0, min(15, _exponent(POOL_WINDOW / big)))
+    fp = max(0, min(15, _exponent(POOL_WINDOW / big))) if big > 0 else 0
+    P = np.abs(pool_weights(g, pc, fp))
+    if not P.any() or P.max() > W_MAX:
+        raise SpidecError(f"synapse '{ch.name}': the pool's gain {'rounds to 0' if not P.any() else 'is too large'} in "
+                          f"fixed point (coefficients up to {float(np.max(np.abs(pool_coefficients(g, pc)))):.3g}, "
+                          f"held as integers at 2^{fp} below {W_MAX + 1})", hint="remove the synapse or rescale "
+                          "its gain and the weight after it")
+    return fp
 
 
 def pool_chain(g: Graph, ch: Chain) -> tuple[np.ndarray, np.ndarray, int, np.ndarray | None]:

@@ -13,7 +13,7 @@ import pytest
 from conftest import conv_feedback
 from test_fixed import _lockstep, board_equals_host, board_tools  # noqa: F401 (a fixture)
 
-from spidec import AvgPool2d, Conv2d, Dense, Flatten, Graph, Reshape, data, passes
+from spidec import AvgPool2d, Conv2d, Dense, Flatten, Graph, Reshape, Scale, data, passes
 from spidec.errors import SpidecError
 from spidec.fixed import FixedModel, normal_form, pool_chain, pool_frac, quantize
 
@@ -139,6 +139,24 @@ def test_refusals():
     with pytest.raises(SpidecError, match=r"synapse 'pin': fixed point runs avgpool2d \|> dense from a population "
                                           r"\(into a population or the readout\), not from the input"):
         quantize(passes.run(g.validate()))
+    # a reshape between the pool and a conv (the conv would read another image than the pooled one), and a
+    # gain that rounds to zero: one line each, not a wrong matrix or a ZeroDivisionError (review findings)
+    for name, ops, msg in (
+            ("pc", [AvgPool2d(2), Reshape((16, 2, 2)), Conv2d(rng.uniform(-0.3, 0.5, (2, 16, 1, 1)))],
+             r"synapse 'pc': fixed point cannot run the op chain avgpool2d \|> reshape \|> conv2d"),
+            ("pz", [AvgPool2d(2), Scale(0.0), Flatten(), Dense(rng.uniform(-1, 1, (8, 64)))],
+             r"synapse 'pz': the pool's gain rounds to 0 in fixed point")):
+        h = Graph("bad2")
+        h.add_input("img", [1, 8, 8])
+        h.add_population("c1", [4, 8, 8], bias=np.full(4, 0.3))
+        h.add_population("c2", [2, 2, 2])
+        h.add_readout("y", [3])
+        h.add_synapse("img", "c1", Conv2d(rng.uniform(-0.3, 0.5, (4, 1, 3, 3)), padding=1), name="conv1")
+        h.add_synapse("c1", "c2", [*ops, Reshape((2, 2, 2))] if name == "pz" else ops, name=name)
+        h.add_synapse("c2", "y", [Flatten(), Dense(rng.uniform(-0.4, 0.4, (3, 8)))], name="cls")
+        with pytest.raises(SpidecError, match=msg) as e:
+            quantize(passes.run(h.validate()))
+        assert "\n" not in str(e.value)
 
 
 def test_fixed_trains_as_float(digits, tmp_path, capsys):
