@@ -38,12 +38,11 @@ def parse_schedule(spec: str) -> tuple[str, tuple[int, ...], float]:
     if kind in ("constant", "cosine") and len(parts) == 1:
         return kind, (), 1.0
     if kind == "linear" and len(parts) == 2:
-        try:
-            steps = int(parts[1])
-        except ValueError:
-            steps = 0
-        if steps < 1:
-            raise SpidecError(f"--lr-schedule {spec!r}: linear:K needs an integer K >= 1 (the number of steps)")
+        k = parts[1].strip()
+        steps = int(k) if k.isascii() and k.isdigit() else 0  # (digits only, as the C trainers parse it)
+        if not 1 <= steps <= 2**31 - 1:
+            raise SpidecError(f"--lr-schedule {spec!r}: linear:K needs an integer K in 1..2^31-1 (the number of "
+                              "steps)")
         return kind, (steps,), 1.0
     if kind == "multistep" and len(parts) in (2, 3):
         try:
@@ -57,6 +56,16 @@ def parse_schedule(spec: str) -> tuple[str, tuple[int, ...], float]:
             raise SpidecError(f"--lr-schedule {spec!r}: gamma must be a positive number")
         return kind, milestones, gamma
     raise SpidecError(f"unknown --lr-schedule {spec!r}", hint="multistep:20,40:0.1, cosine, constant or linear:10")
+
+
+def canonical_schedule(spec: str) -> str:
+    """``spec`` as the C trainers parse it (lower case, no spaces: ``LINEAR: 10`` -> ``linear:10``)."""
+    kind, milestones, gamma = parse_schedule(spec)
+    if kind == "linear":
+        return f"linear:{milestones[0]}"
+    if kind == "multistep":
+        return f"multistep:{','.join(str(m) for m in milestones)}:{gamma!r}"
+    return kind
 
 
 def lr_at(schedule: tuple[str, tuple[int, ...], float], lr: float, epoch: int, epochs: int, iteration: int = 0,

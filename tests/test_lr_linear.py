@@ -18,7 +18,7 @@ from spidec.backends.c import TrainOpts, emit, epoch_order, read_weights_dump
 import spidec
 from spidec import data
 from spidec.errors import SpidecError
-from spidec.schedule import lr_at, parse_schedule
+from spidec.schedule import canonical_schedule, lr_at, parse_schedule
 
 needs_cc = pytest.mark.skipif(shutil.which("cc") is None or shutil.which("make") is None,
                               reason="the C backend needs a C compiler (cc) and make")
@@ -43,6 +43,24 @@ def test_lr_at_falls_in_k_steps_over_the_run():
 
 
 @needs_cc
+def test_specs_reach_the_c_programs_in_the_spelling_they_parse():
+    """The Python parser accepts case and spaces; the C trainers get the plain spelling (review finding: a
+    spec that passed validation then stopped the host trainer or the board with exit 2). K must fit a C int
+    (ctypes wrapped 2^32 + 1 to 1)."""
+    from spidec.backends.c import _trainer_args
+
+    from spidec.runs import TrainOptions
+
+    assert canonical_schedule(" LINEAR: 10 ") == "linear:10"
+    assert canonical_schedule("multistep:3") == "multistep:3:0.1"
+    assert canonical_schedule("Cosine") == "cosine"
+    args = _trainer_args(TrainOptions(lr_schedule="Linear:4"))
+    assert args[args.index("--lr-schedule") + 1] == "linear:4"
+    for bad in ("linear:1_0", f"linear:{2**32 + 1}", "linear:-3"):
+        with pytest.raises(SpidecError, match=r"linear:K needs an integer K in 1\.\.2"):
+            parse_schedule(bad)
+
+
 def test_c_schedule_lr_equals_python(tmp_path):
     rt = spidec.compile(spidec.load(EXAMPLES / "digits_fb.spir"), target="c", out=tmp_path / "c").runtime()
     rt.lib.spide_schedule_lr.argtypes = [ctypes.POINTER(TrainOpts), ctypes.c_int, ctypes.c_long]

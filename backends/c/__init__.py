@@ -895,7 +895,11 @@ def _trainer_args(opts: Any) -> list[str]:
     args = ["--epochs", str(opts.epochs if opts.epochs is not None else 1), "--seed", str(opts.seed)]
     if opts.batch is not None:
         args += ["--batch", str(opts.batch)]
-    for flag, v in (("--lr-schedule", getattr(opts, "lr_schedule", None)), ("--warmup", getattr(opts, "warmup", 0)),
+    from ...schedule import canonical_schedule
+
+    schedule = getattr(opts, "lr_schedule", None)
+    schedule = canonical_schedule(schedule) if schedule else None  # (the programs parse the plain spelling only)
+    for flag, v in (("--lr-schedule", schedule), ("--warmup", getattr(opts, "warmup", 0)),
                     ("--augment", getattr(opts, "augment", "")), ("--normalize", _normalize_text(opts))):
         if v:
             args += [flag, str(v)]

@@ -42,7 +42,8 @@ float spide_schedule_lr(const spide_train_opts_t *o, int epoch, long iteration) 
             if (epoch >= o->milestones[i]) lr *= o->gamma;
     } else if (o->schedule == SPIDE_LR_COSINE) {
         lr = o->lr * 0.5 * (1.0 + cos(3.14159265358979323846 * epoch / (o->epochs > 0 ? o->epochs : 1)));
-    } else if (o->schedule == SPIDE_LR_LINEAR && o->total > 0) {
+    } else if (o->schedule == SPIDE_LR_LINEAR && o->total > 0 && o->steps >= 1) {
+        /* spide_linear_lr's formula, kept in double until after the warmup (as spidec.schedule.lr_at) */
         long long q = (long long)o->steps * (long long)iteration / (long long)o->total;
         lr = o->lr * (1.0 - (double)q / o->steps);
     }
