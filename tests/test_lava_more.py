@@ -88,17 +88,24 @@ def _training_equals_sim(net, snet, prog, x, y, steps: int = 2, inp: str = "x") 
 # ---------------------------------------------------------------------------------------------- 1. same step
 
 
-def test_same_step_synapse_spikes_and_training_equal_sim(tmp_path):
-    g = spidec.passes.run(chain_net(), sf=20.0, T=30, T_back=60)
-    prog = g.program
-    assert [ch.delay for ch in prog.chains if ch.src == "h1" and ch.dst == "h2"] == [0]
+def _spikes_and_training_equal_sim(g, tmp_path) -> dict:
+    """Lava and the sim program on one batch: both stages' spikes equal (at least 8 neurons inside their
+    masks) and two training steps' tensors equal; returns Lava's tensors after them."""
     net, snet, sprog = _both(g, tmp_path)
     try:
         x, y = _sample()
         assert _stages_equal_sim(g, net, snet, sprog, x, y) >= 8
         _training_equals_sim(net, snet, sprog, x, y)
+        return net.tensors()
     finally:
         net.close()
+
+
+def test_same_step_synapse_spikes_and_training_equal_sim(tmp_path):
+    g = spidec.passes.run(chain_net(), sf=20.0, T=30, T_back=60)
+    prog = g.program
+    assert [ch.delay for ch in prog.chains if ch.src == "h1" and ch.dst == "h2"] == [0]
+    _spikes_and_training_equal_sim(g, tmp_path)
 
 
 def test_same_step_rates_reach_the_reference_equilibrium_at_large_T(tmp_path):
@@ -131,13 +138,7 @@ def test_lif_populations_and_couples_equal_sim(tmp_path):
     g = spidec.passes.run(chain_net(), neuron="LIF", leak=0.9, sf=20.0, T=30, T_back=60)
     assert {p.model for p in g.program.populations} == {"LIF"}
     assert {c.leak for c in g.program.couples} == {0.9}
-    net, snet, sprog = _both(g, tmp_path)
-    try:
-        x, y = _sample()
-        assert _stages_equal_sim(g, net, snet, sprog, x, y) >= 8
-        _training_equals_sim(net, snet, sprog, x, y)
-    finally:
-        net.close()
+    _spikes_and_training_equal_sim(g, tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------- 3. per-channel bias
@@ -162,11 +163,4 @@ def channel_net(seed: int = 3) -> spidec.Graph:
 def test_per_channel_bias_broadcasts_and_trains_as_in_sim(tmp_path):
     g = spidec.passes.run(channel_net(), sf=20.0, T=30, T_back=60)
     assert g.program.population("h").bias_channels == 3
-    net, snet, sprog = _both(g, tmp_path)
-    try:
-        x, y = _sample()
-        assert _stages_equal_sim(g, net, snet, sprog, x, y) >= 8
-        _training_equals_sim(net, snet, sprog, x, y)
-        assert net.tensors()["h.bias"].shape == (3,)
-    finally:
-        net.close()
+    assert _spikes_and_training_equal_sim(g, tmp_path)["h.bias"].shape == (3,)

@@ -5,7 +5,6 @@ it ends with the host fixed-point build's weights bit for bit; on the host it le
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 from spidec.backends.c import board as brd
 from spidec.backends.c import emit, epoch_order, read_weights_dump
 from spidec.frontends.onnx import load_onnx
+from test_fixed import board_tools  # noqa: F401 (a fixture)
 
 from spidec import data, passes
 from spidec.fixed import quantize
@@ -24,21 +24,12 @@ from export import build, export_onnx  # noqa: E402
 from models import MCU_CONV_SCHEDULE, MCU_CONV_SETTINGS  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def board_tools() -> None:
-    missing = brd.missing_tools()
-    if missing:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI must run the board tests; missing {', '.join(missing)} ({brd.INSTALL_HINT})")
-        pytest.skip(f"missing {', '.join(missing)}: {brd.INSTALL_HINT}")
-
-
 def _opts(settings: dict) -> list[str]:
     return ["--T", str(settings["T"]), "--T-back", str(settings["T_back"]), "--sf", str(settings["sf"]),
             "--lr", str(settings["lr"])]
 
 
-def test_qemu_m4_trains_the_conv_mnist_example_like_the_host(board_tools, tmp_path, capsys):
+def test_qemu_m4_trains_the_conv_mnist_example_like_the_host(board_tools, tmp_path, capsys):  # noqa: F811
     """spidec compile of mnist_mcu_conv's ONNX --board mps2-an386 --report: it fits 256 KiB of RAM and
     1 MiB of flash (measured: 75.5 KiB and 59.7 KiB), the plan agrees with the image symbol by symbol;
     640 streamed MNIST samples trained under QEMU with the board trainer's --lr-schedule linear:10 end
